@@ -1,0 +1,1 @@
+"""raftstate.client — the library workers import to talk to a raftstate cluster."""

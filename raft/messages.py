@@ -1,0 +1,314 @@
+"""Wire and log types of the core: small frozen dataclasses that round-trip through msgpack.
+
+Every RPC carries ``term``, ``src`` and ``dst``. Replies carry what they answer (indexes taken
+from the *request*, never from the leader's current view) so that duplicated or reordered replies
+are harmless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from enum import IntEnum
+from typing import Any, ClassVar, TypeAlias
+
+import msgpack
+
+
+class EntryKind(IntEnum):
+    NORMAL = 0  #: application command (opaque bytes)
+    NOOP = 1  #: appended by every new leader; commits its term (Raft §5.4.2, §8)
+    CONFIG = 2  #: a ConfChange, msgpack-encoded in ``data``; takes effect when appended (§4.1)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    index: int
+    term: int
+    #: leader-assigned cluster time (ms). Non-decreasing along every log (see RaftNode._stamp).
+    time_ms: int
+    kind: EntryKind = EntryKind.NORMAL
+    data: bytes = b""
+
+
+class ConfChangeOp(IntEnum):
+    ADD_LEARNER = 0  #: replicate to it, no vote
+    PROMOTE = 1  #: learner -> voter (or add directly as a voter)
+    REMOVE = 2  #: voter or learner leaves (the leader included)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfChange:
+    op: ConfChangeOp
+    node_id: str
+    #: opaque to the core; the node layer keeps peer addresses here
+    address: str = ""
+
+    def encode(self) -> bytes:
+        out: bytes = msgpack.packb([int(self.op), self.node_id, self.address])
+        return out
+
+    @classmethod
+    def decode(cls, data: bytes) -> ConfChange:
+        op, node_id, address = msgpack.unpackb(data)
+        return cls(ConfChangeOp(op), str(node_id), str(address))
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """Voters and learners; disjoint sets. ``addresses`` is opaque node-layer context."""
+
+    voters: frozenset[str] = frozenset()
+    learners: frozenset[str] = frozenset()
+    addresses: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        assert not (self.voters & self.learners), "a node is either voter or learner"
+
+    @property
+    def members(self) -> frozenset[str]:
+        return self.voters | self.learners
+
+    def quorum(self) -> int:
+        return len(self.voters) // 2 + 1
+
+    def address_of(self, node_id: str) -> str | None:
+        return dict(self.addresses).get(node_id)
+
+    def apply(self, cc: ConfChange) -> Membership:
+        voters, learners = set(self.voters), set(self.learners)
+        addrs = dict(self.addresses)
+        if cc.op == ConfChangeOp.ADD_LEARNER:
+            if cc.node_id not in voters:
+                learners.add(cc.node_id)
+        elif cc.op == ConfChangeOp.PROMOTE:
+            learners.discard(cc.node_id)
+            voters.add(cc.node_id)
+        else:
+            voters.discard(cc.node_id)
+            learners.discard(cc.node_id)
+            addrs.pop(cc.node_id, None)
+        if cc.address and cc.op != ConfChangeOp.REMOVE:
+            addrs[cc.node_id] = cc.address
+        return Membership(frozenset(voters), frozenset(learners), tuple(sorted(addrs.items())))
+
+    def to_wire(self) -> list[Any]:
+        return [sorted(self.voters), sorted(self.learners), [list(a) for a in self.addresses]]
+
+    @classmethod
+    def from_wire(cls, w: list[Any]) -> Membership:
+        return cls(frozenset(w[0]), frozenset(w[1]), tuple((str(a), str(b)) for a, b in w[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """Must be durable before any message that depends on it leaves the node."""
+
+    term: int = 0
+    vote: str | None = None
+    commit: int = 0  #: persisted lazily; only speeds up recovery, never needed for safety
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    index: int
+    term: int
+    membership: Membership
+    #: cluster time of the last entry the snapshot covers
+    time_ms: int = 0
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVote:
+    TYPE: ClassVar[int] = 1
+    term: int  #: for a pre-vote, the term the candidate *would* use (its term + 1)
+    src: str
+    dst: str
+    last_log_index: int
+    last_log_term: int
+    pre_vote: bool = False
+    #: set by a TimeoutNow-triggered election: voters skip the leader-lease check (§3.10)
+    transfer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVoteResp:
+    TYPE: ClassVar[int] = 2
+    term: int
+    src: str
+    dst: str
+    granted: bool
+    pre_vote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntries:
+    TYPE: ClassVar[int] = 3
+    term: int
+    src: str
+    dst: str
+    prev_index: int
+    prev_term: int
+    entries: tuple[Entry, ...]
+    commit: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntriesResp:
+    TYPE: ClassVar[int] = 4
+    term: int
+    src: str
+    dst: str
+    success: bool
+    #: on success: prev_index + len(entries) of the request answered (never the follower's last index)
+    #: on reject: the prev_index of the rejected request
+    index: int
+    #: on reject: a hint for fast backtracking — the follower's last index, or the first index of
+    #: the conflicting term (§5.3 "optimization"), plus that term (0 when the log is too short)
+    hint_index: int = 0
+    hint_term: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    TYPE: ClassVar[int] = 5
+    term: int
+    src: str
+    dst: str
+    #: min(follower's match, leader commit): always safe for the follower to commit up to
+    commit: int
+    #: read round: the follower echoes it so ReadIndex can count a quorum of acknowledgements
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatResp:
+    TYPE: ClassVar[int] = 6
+    term: int
+    src: str
+    dst: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    TYPE: ClassVar[int] = 7
+    term: int
+    src: str
+    dst: str
+    meta: SnapshotMeta
+    #: the core emits b""; the driver fills in the application's snapshot bytes before sending
+    data: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshotResp:
+    TYPE: ClassVar[int] = 8
+    term: int
+    src: str
+    dst: str
+    #: the snapshot index the follower now has (0 if it refused)
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    TYPE: ClassVar[int] = 9
+    term: int
+    src: str
+    dst: str
+
+
+Message: TypeAlias = (
+    RequestVote
+    | RequestVoteResp
+    | AppendEntries
+    | AppendEntriesResp
+    | Heartbeat
+    | HeartbeatResp
+    | InstallSnapshot
+    | InstallSnapshotResp
+    | TimeoutNow
+)
+
+_BY_TYPE: dict[int, type[Any]] = {
+    c.TYPE: c
+    for c in (
+        RequestVote,
+        RequestVoteResp,
+        AppendEntries,
+        AppendEntriesResp,
+        Heartbeat,
+        HeartbeatResp,
+        InstallSnapshot,
+        InstallSnapshotResp,
+        TimeoutNow,
+    )
+}
+
+
+# --------------------------------------------------------------------------- codec
+
+
+def entry_to_wire(e: Entry) -> list[Any]:
+    return [e.index, e.term, e.time_ms, int(e.kind), e.data]
+
+
+def entry_from_wire(w: list[Any]) -> Entry:
+    return Entry(int(w[0]), int(w[1]), int(w[2]), EntryKind(w[3]), bytes(w[4]))
+
+
+def meta_to_wire(m: SnapshotMeta) -> list[Any]:
+    return [m.index, m.term, m.membership.to_wire(), m.time_ms]
+
+
+def meta_from_wire(w: list[Any]) -> SnapshotMeta:
+    return SnapshotMeta(int(w[0]), int(w[1]), Membership.from_wire(w[2]), int(w[3]))
+
+
+def _field_to_wire(v: Any) -> Any:
+    if isinstance(v, SnapshotMeta):
+        return meta_to_wire(v)
+    if isinstance(v, tuple):
+        return [entry_to_wire(e) for e in v]
+    return v
+
+
+def message_to_wire(msg: Message) -> list[Any]:
+    return [msg.TYPE, *(_field_to_wire(getattr(msg, f.name)) for f in fields(msg))]
+
+
+def message_from_wire(w: list[Any]) -> Message:
+    """Inverse of :func:`message_to_wire`. Raises ValueError on anything malformed."""
+    try:
+        cls = _BY_TYPE[w[0]]
+        args = list(w[1:])
+        names = [f.name for f in fields(cls)]
+        if len(args) != len(names):
+            raise ValueError(f"{cls.__name__} takes {len(names)} fields, got {len(args)}")
+        kw = dict(zip(names, args, strict=True))
+        if "entries" in kw:
+            kw["entries"] = tuple(entry_from_wire(e) for e in kw["entries"])
+        if "meta" in kw:
+            kw["meta"] = meta_from_wire(kw["meta"])
+        msg: Message = cls(**kw)
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed raft message: {exc}") from exc
+    return msg
+
+
+def encode_message(msg: Message) -> bytes:
+    out: bytes = msgpack.packb(message_to_wire(msg), use_bin_type=True)
+    return out
+
+
+def decode_message(data: bytes) -> Message:
+    try:
+        w = msgpack.unpackb(data, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ValueError(f"malformed raft message: not msgpack ({exc})") from exc
+    if not isinstance(w, list) or not w:
+        raise ValueError("malformed raft message: expected a non-empty array")
+    return message_from_wire(w)

@@ -1,0 +1,101 @@
+"""The batch the core hands its driver, and the state it is restarted from.
+
+Driver contract for one :class:`Ready` (the order matters; see ``RaftNode.ready``):
+
+1. **Persist**: if ``snapshot`` is set, store it (and install it into the state machine);
+   write ``entries`` — the first may have an index at or below entries persisted earlier, which
+   means *truncate the stored log from that index, then append*; write ``hard_state`` if set;
+   fsync everything (one fsync may cover the whole batch: group commit).
+2. **Send** ``messages``. An :class:`Outbound` with ``after_persist=False`` may be sent before step 1
+   finishes (a leader's appends to followers); every other one only after the fsync.
+   An ``InstallSnapshot`` leaves the core with empty ``data``: the driver fills in the snapshot bytes.
+3. **Apply** ``committed`` entries in order, then answer ``reads`` (each is safe once everything
+   in ``committed`` is applied).
+4. Call ``RaftNode.advance(ready)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from raftstate.raft.messages import Entry, HardState, Membership, Message, SnapshotMeta
+
+
+class Role(StrEnum):
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre-candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+    LEARNER = "learner"  #: a follower that is not a voter in its latest membership
+
+
+@dataclass(frozen=True, slots=True)
+class SoftState:
+    """Volatile state worth reporting (logged by the node on every change)."""
+
+    role: Role
+    term: int
+    leader: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    msg: Message
+    #: the message may only leave once this Ready's persist step is synced
+    after_persist: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A linearizable read: safe to serve once the state machine has applied ``index``."""
+
+    ctx: Hashable
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotToInstall:
+    meta: SnapshotMeta
+    data: bytes = field(repr=False)
+
+
+@dataclass(slots=True)
+class Ready:
+    hard_state: HardState | None = None
+    entries: list[Entry] = field(default_factory=list)
+    snapshot: SnapshotToInstall | None = None
+    messages: list[Outbound] = field(default_factory=list)
+    committed: list[Entry] = field(default_factory=list)
+    reads: list[ReadState] = field(default_factory=list)
+    #: set when role, term or leader changed since the previous Ready
+    soft_state: SoftState | None = None
+    #: reads refused since the previous Ready because leadership was lost (ctx values)
+    dropped_reads: list[Hashable] = field(default_factory=list)
+    #: the latest membership (effective as soon as its entry is appended), when it changed
+    membership: Membership | None = None
+
+    def empty(self) -> bool:
+        return not (
+            self.hard_state
+            or self.entries
+            or self.snapshot
+            or self.messages
+            or self.committed
+            or self.reads
+            or self.soft_state
+            or self.dropped_reads
+            or self.membership
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PersistedState:
+    """What a restarting node loads from disk to rebuild the core."""
+
+    hard_state: HardState = HardState()
+    #: the latest snapshot's metadata; None for a fresh node
+    snapshot: SnapshotMeta | None = None
+    #: every stored entry after the snapshot, contiguous
+    entries: tuple[Entry, ...] = ()
