@@ -124,6 +124,7 @@ class RaftNode:
         self._msgs: list[Outbound] = []
         self._pending_snapshot: SnapshotToInstall | None = None
         self._need_broadcast_append = False
+        self._need_broadcast_commit = False
         self._need_broadcast_heartbeat = False
 
         self._prev_hard = HardState(self.term, self.vote, self.log.committed)
@@ -239,6 +240,7 @@ class RaftNode:
         return bool(
             self._msgs
             or self._need_broadcast_append
+            or self._need_broadcast_commit
             or self._need_broadcast_heartbeat
             or self.log.handed_index < self.log.last_index
             or self.log.applied < self.log.committed
@@ -609,9 +611,22 @@ class RaftNode:
                     self._send_timeout_now(msg.src)
             elif pr.state == ProgressState.PROBE:
                 pr.become_replicate()
-            self._send_append(msg.src)
+            # Only what is new: an empty append here would ping-pong forever on an idle cluster.
+            self._send_append(msg.src, allow_empty=False)
             return
-        # Rejected. Stale if it answers an append we no longer care about.
+        # Rejected. If it answers our current probe (sent after every ack we counted) and says the
+        # follower's log ends below its match, the follower lost acknowledged entries (a wiped or
+        # replaced disk): lower its match, or we would ignore its rejections forever. That only
+        # makes us resend; it never uncommits anything. Any other rejection at or below match is
+        # a stale (reordered or duplicated) reply and leaves match alone.
+        if (
+            pr.state == ProgressState.PROBE
+            and msg.index == pr.next - 1
+            and msg.hint_term == 0
+            and msg.hint_index - 1 < pr.match
+        ):
+            pr.match = msg.hint_index - 1
+        # Stale if it answers an append we no longer care about.
         if msg.index <= pr.match or (pr.state == ProgressState.PROBE and msg.index != pr.next - 1):
             return
         # The entry at msg.index (the rejected prev_index) does not match: resume at or before it.
@@ -727,6 +742,7 @@ class RaftNode:
     def _flush_broadcasts(self) -> None:
         if self.role != Role.LEADER:
             self._need_broadcast_append = self._need_broadcast_heartbeat = False
+            self._need_broadcast_commit = False
             return
         if self._need_broadcast_heartbeat:
             self._need_broadcast_heartbeat = False
@@ -734,10 +750,13 @@ class RaftNode:
                 self._read_seq += 1  # open the read round that the pending reads wait for
             for peer in sorted(self.progress):
                 self._send_heartbeat(peer)
-        if self._need_broadcast_append:
-            self._need_broadcast_append = False
+        if self._need_broadcast_append or self._need_broadcast_commit:
+            # A new commit index travels even without new entries (followers apply sooner);
+            # nothing else sends an empty append, so idle clusters stay quiet.
+            allow_empty = self._need_broadcast_commit
+            self._need_broadcast_append = self._need_broadcast_commit = False
             for peer in sorted(self.progress):
-                self._send_append(peer, allow_empty=False)
+                self._send_append(peer, allow_empty=allow_empty)
 
     # ----------------------------------------------------------------- commit
 
@@ -754,7 +773,7 @@ class RaftNode:
         candidate = matches[len(matches) - self.membership.quorum()]
         if candidate > self.log.committed and self._may_commit_by_counting(candidate):
             self.log.commit_to(candidate)
-            self._need_broadcast_append = True
+            self._need_broadcast_commit = True
             self._on_commit_advanced()
 
     def _may_commit_by_counting(self, index: int) -> bool:

@@ -257,7 +257,10 @@ def entry_to_wire(e: Entry) -> list[Any]:
 
 
 def entry_from_wire(w: list[Any]) -> Entry:
-    return Entry(int(w[0]), int(w[1]), int(w[2]), EntryKind(w[3]), bytes(w[4]))
+    index, term, time_ms, kind, data = w
+    if not all(type(x) is int for x in (index, term, time_ms)) or not isinstance(data, bytes):
+        raise ValueError(f"entry fields have wrong types: {[type(x).__name__ for x in w]}")
+    return Entry(index, term, time_ms, EntryKind(kind), data)
 
 
 def meta_to_wire(m: SnapshotMeta) -> list[Any]:
@@ -294,7 +297,7 @@ def message_from_wire(w: list[Any]) -> Message:
         if "meta" in kw:
             kw["meta"] = meta_from_wire(kw["meta"])
         msg: Message = cls(**kw)
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
+    except (KeyError, IndexError, TypeError, ValueError, AssertionError) as exc:
         raise ValueError(f"malformed raft message: {exc}") from exc
     return msg
 

@@ -12,6 +12,10 @@ Driver contract for one :class:`Ready` (the order matters; see ``RaftNode.ready`
 3. **Apply** ``committed`` entries in order, then answer ``reads`` (each is safe once everything
    in ``committed`` is applied).
 4. Call ``RaftNode.advance(ready)``.
+
+A driver may take the next Ready before it has finished with this one (so that a leader's
+heartbeats leave while an fsync is in flight), provided it sends the early messages at once and
+handles every other step of the batches strictly in the order it took them.
 """
 
 from __future__ import annotations

@@ -1,0 +1,53 @@
+"""Wire types shared by the server (raftstate.node) and the client library — the only module both use.
+
+Every error response body is ``{"error": {"code": CODE, "message": TEXT, ...details}}`` with the
+HTTP status from :data:`STATUS_OF`. Codes are stable API; messages are for people.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+JSON: Final = "application/json"
+MSGPACK: Final = "application/msgpack"
+
+# Error codes (machine-readable, stable).
+NOT_LEADER: Final = "not_leader"
+NOT_FOUND: Final = "not_found"
+VERSION_MISMATCH: Final = "version_mismatch"
+LOCK_HELD: Final = "lock_held"
+LOCK_LOST: Final = "lock_lost"
+WRONG_TYPE: Final = "wrong_type"
+OVERFLOW: Final = "overflow"
+KEY_TOO_LARGE: Final = "key_too_large"
+VALUE_TOO_LARGE: Final = "value_too_large"
+REQUEST_TOO_LARGE: Final = "request_too_large"
+SESSION_EXPIRED: Final = "session_expired"
+INVALID_REQUEST: Final = "invalid_request"
+UNAVAILABLE: Final = "unavailable"
+TIMEOUT: Final = "timeout"
+#: the write may or may not have been applied (e.g. leadership lost after proposing)
+OUTCOME_UNKNOWN: Final = "outcome_unknown"
+INTERNAL: Final = "internal"
+
+STATUS_OF: Final[dict[str, int]] = {
+    NOT_LEADER: 421,  # Misdirected Request: retry on the leader named in the body
+    NOT_FOUND: 404,
+    VERSION_MISMATCH: 409,
+    LOCK_HELD: 409,
+    LOCK_LOST: 409,
+    WRONG_TYPE: 409,
+    OVERFLOW: 409,
+    KEY_TOO_LARGE: 413,
+    VALUE_TOO_LARGE: 413,
+    REQUEST_TOO_LARGE: 413,
+    SESSION_EXPIRED: 410,
+    INVALID_REQUEST: 400,
+    UNAVAILABLE: 503,
+    TIMEOUT: 504,
+    OUTCOME_UNKNOWN: 504,
+    INTERNAL: 500,
+}
+
+#: codes after which the request was certainly not applied, so any client may retry it elsewhere
+RETRYABLE_SAFELY: Final = frozenset({NOT_LEADER, UNAVAILABLE})

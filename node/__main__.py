@@ -1,0 +1,7 @@
+"""``python -m raftstate.node ...`` is the ``raftstate`` command."""
+
+import sys
+
+from raftstate.node.cli import main
+
+sys.exit(main())

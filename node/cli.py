@@ -1,0 +1,186 @@
+"""The ``raftstate`` command.
+
+raftstate node    --config cluster.yaml --id n1     run one node in the foreground
+raftstate cluster up [--config cluster.yaml]        run every node of the file as child processes
+raftstate status  [--config cluster.yaml]           one table: every node's role, term, indexes
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from raftstate.node.config import ClusterConfig, ConfigError, load_config
+
+DEFAULT_CONFIG = "cluster.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="raftstate", description="A Raft-replicated store for job state.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_node = sub.add_parser("node", help="run one node in the foreground")
+    p_node.add_argument("--config", default=DEFAULT_CONFIG)
+    p_node.add_argument("--id", required=True, help="this node's id in the config")
+    p_node.add_argument("--log-level", default="INFO")
+
+    p_cluster = sub.add_parser("cluster", help="run a whole cluster locally")
+    csub = p_cluster.add_subparsers(dest="action", required=True)
+    p_up = csub.add_parser("up", help="start every node of the config as child processes")
+    p_up.add_argument("--config", default=DEFAULT_CONFIG)
+
+    p_status = sub.add_parser("status", help="show every node's role, term, leader and indexes")
+    p_status.add_argument("--config", default=DEFAULT_CONFIG)
+    p_status.add_argument("--json", action="store_true", help="print the raw /status documents")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "node":
+            return _cmd_node(args)
+        config = load_config(args.config)
+        if args.command == "cluster":
+            return _cmd_cluster_up(config)
+        return _cmd_status(config, as_json=args.json)
+    except ConfigError as exc:
+        print(f"raftstate: {exc}", file=sys.stderr)
+        return 2
+
+
+# --------------------------------------------------------------------------- node
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    config = load_config(args.config)
+    config.node(args.id)  # unknown id: ConfigError before anything touches a data dir
+    from raftstate.node.server import serve  # imported late: `status` needs none of it
+    from raftstate.node.storage_errors import StorageError
+
+    try:
+        return asyncio.run(serve(config, args.id))
+    except StorageError as exc:
+        print(f"raftstate node {args.id}: {exc}", file=sys.stderr)
+        return 3
+    except OSError as exc:
+        print(
+            f"raftstate node {args.id}: cannot serve on {config.node(args.id).address}: {exc}",
+            file=sys.stderr,
+        )
+        return 3
+
+
+# --------------------------------------------------------------------------- cluster up
+
+
+def _cmd_cluster_up(config: ClusterConfig) -> int:
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    for n in config.nodes:
+        cmd = [sys.executable, "-m", "raftstate.node", "node", "--config", str(config.path), "--id", n.id]
+        procs[n.id] = subprocess.Popen(cmd)
+        print(f"started {n.id} (pid {procs[n.id].pid}) on http://{n.address}  data: {n.data_dir}", flush=True)
+    stopping = False
+
+    def _stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    announced: str | None = None
+    try:
+        while not stopping:
+            time.sleep(0.5)
+            for nid, p in procs.items():
+                if p.poll() is not None and not stopping:
+                    print(f"node {nid} exited with code {p.returncode}", flush=True)
+            leader = _find_leader(config)
+            if leader and leader != announced:
+                addr = config.node(leader).address if leader in config.addresses else "?"
+                print(f"leader: {leader} at http://{addr}  (Ctrl-C stops the cluster)", flush=True)
+                announced = leader
+            if all(p.poll() is not None for p in procs.values()):
+                return 1
+    finally:
+        print("stopping the cluster...", flush=True)
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.time() + 15
+        for p in procs.values():
+            try:
+                p.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+    return 0
+
+
+def _find_leader(config: ClusterConfig) -> str | None:
+    for n in config.nodes:
+        st = _fetch_status(n.address, timeout=0.3)
+        if st and st.get("role") == "leader":
+            return str(st["id"])
+    return None
+
+
+# --------------------------------------------------------------------------- status
+
+
+def _fetch_status(address: str, timeout: float) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://{address}/status", timeout=timeout) as resp:
+            body: dict[str, Any] = json.loads(resp.read())
+            return body
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _cmd_status(config: ClusterConfig, *, as_json: bool) -> int:
+    rows: list[list[str]] = []
+    docs: dict[str, Any] = {}
+    for n in config.nodes:
+        st = _fetch_status(n.address, timeout=2.0)
+        docs[n.id] = st
+        if st is None:
+            rows.append([n.id, n.address, "DOWN", "-", "-", "-", "-", "-"])
+            continue
+        contact = st.get("last_contact_ms_ago") or {}
+        last = f"{min(contact.values())} ms" if contact else "-"
+        rows.append(
+            [
+                n.id,
+                n.address,
+                st["role"],
+                str(st["term"]),
+                str(st["leader"] or "-"),
+                str(st["commit_index"]),
+                str(st["applied_index"]),
+                last,
+            ]
+        )
+    if as_json:
+        print(json.dumps(docs, indent=2))
+    else:
+        head = ["ID", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST CONTACT"]
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        for r in [head, *rows]:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0 if any(d is not None for d in docs.values()) else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

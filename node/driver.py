@@ -1,0 +1,438 @@
+"""RaftDriver: runs the pure Raft core on asyncio — ticks, Ready batches, proposals and reads.
+
+Two tasks share the core's output, so that a slow disk never holds up a leader's heartbeats:
+
+    ready loop      takes each Ready as soon as the core has one and sends, at once, the messages
+                    that may leave before the fsync (a leader's appends and heartbeats)
+    persist worker  takes every queued Ready, persists all of them under ONE fsync (group commit,
+                    in a thread), then for each in order: installs a received snapshot, sends the
+                    remaining messages, applies committed entries, answers reads, advances the core
+
+Incoming peer messages, proposals and ticks only *step* the core and wake the ready loop.
+Blocking work (fsync, snapshot writes and reads) never runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Hashable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from raftstate.node.state_machine import CommandError, KVStateMachine
+from raftstate.node.storage import Storage
+from raftstate.raft import (
+    Entry,
+    EntryKind,
+    InstallSnapshot,
+    Membership,
+    Message,
+    NotLeader,
+    RaftNode,
+    RaftSettings,
+    Ready,
+    Role,
+)
+
+log = logging.getLogger("raftstate.node")
+
+
+class Transport(Protocol):
+    def send(self, msg: Message) -> None: ...
+    def update_peers(self, addresses: dict[str, str]) -> None: ...
+
+
+class ProposalLost(Exception):
+    """The entry we proposed was replaced by another leader's: it was certainly not applied."""
+
+
+class OutcomeUnknown(Exception):
+    """We stopped waiting before the outcome was known: the command may or may not be applied."""
+
+
+class ReadAborted(Exception):
+    """Leadership was lost before a linearizable read could be confirmed."""
+
+
+@dataclass(slots=True)
+class _Waiter:
+    term: int
+    future: asyncio.Future[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DriverSettings:
+    tick_ms: int = 50
+    snapshot_threshold: int = 10_000
+    raft: RaftSettings = RaftSettings()
+
+
+class RaftDriver:
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        bootstrap: Membership,
+        storage: Storage,
+        transport: Transport,
+        settings: DriverSettings,
+        state_machine: KVStateMachine | None = None,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        on_fsync: Callable[[float], None] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.id = node_id
+        self.storage = storage
+        self.transport = transport
+        self.settings = settings
+        self.sm = state_machine or KVStateMachine()
+        self.clock_ms = clock_ms
+        self.on_fsync = on_fsync
+        loaded = storage.load()
+        if loaded.snapshot_data is not None:
+            self.sm.restore(loaded.snapshot_data)
+        self.raft = RaftNode(
+            node_id,
+            bootstrap=bootstrap,
+            state=loaded.persisted,
+            settings=settings.raft,
+            rng=random.Random(seed),
+            now_ms=clock_ms(),
+        )
+        self.snapshot_index = loaded.persisted.snapshot.index if loaded.persisted.snapshot else 0
+        self._waiters: dict[int, _Waiter] = {}
+        self._reads: dict[Hashable, asyncio.Future[None]] = {}
+        self._read_seq = 0
+        self._wake = asyncio.Event()
+        #: Ready batches taken from the core, waiting for (or in) their fsync; handled in order
+        self._pipeline: deque[Ready] = deque()
+        self._pipeline_wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._snapshotting = False
+        self._background: set[asyncio.Task[None]] = set()
+        self._stopped = False
+        self.last_contact_ms: dict[str, int] = {}
+        #: observers called with (role, term, leader) on every change
+        self.role_listeners: list[Callable[[Role, int, str | None], None]] = []
+        self.apply_listeners: list[Callable[[Entry], None]] = []
+        self.addresses: dict[str, str] = dict(self.raft.membership.addresses)
+
+    # ================================================================= lifecycle
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._ready_loop(), name=f"raft-ready-{self.id}"),
+            asyncio.create_task(self._persist_worker(), name=f"raft-persist-{self.id}"),
+            asyncio.create_task(self._ticker(), name=f"raft-tick-{self.id}"),
+        ]
+        self._wake.set()
+
+    async def stop(self) -> None:
+        self._stopped = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._fail_all(OutcomeUnknown(f"node {self.id} is shutting down"))
+
+    # ================================================================= inputs
+
+    def step(self, msg: Message) -> None:
+        """A message from a peer (called by the transport)."""
+        if self._stopped:
+            return
+        self.last_contact_ms[msg.src] = self.clock_ms()
+        self.raft.step(msg)
+        self._wake.set()
+
+    async def propose(self, command: bytes, timeout_s: float) -> Any:
+        """Replicate ``command`` and return the state machine's result once applied here.
+
+        Raises NotLeader (nothing was appended: safe to retry elsewhere), ProposalLost (certainly
+        not applied), OutcomeUnknown (timed out: may or may not be applied)."""
+        index = self.raft.propose(command, self.clock_ms())
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        stale = self._waiters.get(index)
+        if stale is not None and not stale.future.done():
+            # We lead again and reuse this index: the entry proposed there earlier was truncated.
+            stale.future.set_exception(
+                ProposalLost(f"the command at index {index} was replaced by a newer leader's entry")
+            )
+        waiter = self._waiters[index] = _Waiter(self.raft.term, fut)
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+        except TimeoutError:
+            raise OutcomeUnknown(
+                f"no outcome for the command at index {index} within {timeout_s:.1f}s; it may still apply"
+            ) from None
+        finally:
+            if not fut.done():
+                fut.cancel()
+            if self._waiters.get(index) is waiter:
+                del self._waiters[index]
+
+    async def read_barrier(self, timeout_s: float) -> None:
+        """Return once local state reflects every write committed before this call (ReadIndex)."""
+        self._read_seq += 1
+        ctx = (self.id, self._read_seq)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reads[ctx] = fut
+        try:
+            self.raft.read_index(ctx)
+        except NotLeader:
+            self._reads.pop(ctx, None)
+            raise
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+        except TimeoutError:
+            raise TimeoutError(f"read not confirmed by a quorum within {timeout_s:.1f}s") from None
+        finally:
+            self._reads.pop(ctx, None)
+
+    async def transfer_leadership(self, target: str | None, timeout_s: float) -> str | None:
+        """Hand leadership to ``target`` (default: the most caught-up voter). Returns the new leader."""
+        if self.raft.role != Role.LEADER:
+            return self.raft.leader
+        if target is None:
+            voters = [v for v in self.raft.membership.voters if v != self.id]
+            if not voters:
+                return self.id
+            target = max(voters, key=lambda v: (self.raft.progress[v].match, v))
+        self.raft.transfer_leadership(target)
+        self._wake.set()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.is_leader():  # a call, not a comparison: mypy would narrow the role
+                return self.raft.leader
+            await asyncio.sleep(self.settings.tick_ms / 1000)
+        return self.raft.leader
+
+    def is_leader(self) -> bool:
+        return self.raft.role == Role.LEADER
+
+    # ================================================================= loops
+
+    async def _ticker(self) -> None:
+        interval = self.settings.tick_ms / 1000
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            if loop.time() - next_at > 5 * interval:
+                next_at = loop.time()  # we were paused (SIGSTOP, GC): don't fire a burst of ticks
+            self.raft.tick(self.clock_ms())
+            self._wake.set()
+
+    async def _ready_loop(self) -> None:
+        """Take Ready batches as soon as the core has them; send what may leave before the fsync
+        at once (a leader's appends and heartbeats keep flowing while the disk is slow), and queue
+        the rest for the persist worker, which keeps the batches in order."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.raft.has_ready():
+                rd = self.raft.ready()
+                for out in rd.messages:
+                    if not out.after_persist:
+                        self._send(out.msg)
+                self._pipeline.append(rd)
+                self._pipeline_wake.set()
+
+    async def _persist_worker(self) -> None:
+        """Persist queued batches — every batch queued meanwhile under ONE fsync (group commit) —
+        then, in order, send their remaining messages, apply, answer reads and advance the core."""
+        while True:
+            await self._pipeline_wake.wait()
+            self._pipeline_wake.clear()
+            while self._pipeline:
+                batch = self._take_batch()
+                await self._persist(batch)
+                for rd in batch:
+                    self._after_persist(rd)
+                self._maybe_snapshot()
+
+    def _take_batch(self) -> list[Ready]:
+        """Queued batches up to (and including) the first that installs a snapshot."""
+        batch: list[Ready] = []
+        while self._pipeline:
+            rd = self._pipeline.popleft()
+            batch.append(rd)
+            if rd.snapshot is not None:
+                break
+        return batch
+
+    async def _persist(self, batch: list[Ready]) -> None:
+        snapshot = next((rd.snapshot for rd in batch if rd.snapshot is not None), None)
+        hard_state = None
+        entries: list[Entry] = []
+        for rd in batch:
+            if rd.hard_state is not None:
+                hard_state = rd.hard_state
+            if rd.entries:
+                first = rd.entries[0].index
+                # A later batch may overwrite the tail of an earlier one (a truncation).
+                while entries and entries[-1].index >= first:
+                    entries.pop()
+                entries.extend(rd.entries)
+        if hard_state is None and not entries and snapshot is None:
+            return
+        t0 = time.perf_counter()
+        await asyncio.to_thread(self.storage.save, hard_state, entries, snapshot)
+        if self.on_fsync is not None:
+            self.on_fsync(time.perf_counter() - t0)
+
+    def _after_persist(self, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            self.sm.restore(rd.snapshot.data)
+            self.snapshot_index = rd.snapshot.meta.index
+            log.info(
+                "node %s installed a snapshot at index %d from the leader", self.id, rd.snapshot.meta.index
+            )
+            for index in [i for i in self._waiters if i <= rd.snapshot.meta.index]:
+                self._resolve(index, None, unknown=True)
+        for out in rd.messages:
+            if out.after_persist:
+                self._send(out.msg)
+        for e in rd.committed:
+            self._apply(e)
+        for rs in rd.reads:
+            fut = self._reads.get(rs.ctx)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        for ctx in rd.dropped_reads:
+            fut = self._reads.get(ctx)
+            if fut is not None and not fut.done():
+                fut.set_exception(
+                    ReadAborted(f"node {self.id} lost leadership before the read was confirmed")
+                )
+        if rd.membership is not None:
+            self.addresses.update(dict(rd.membership.addresses))
+            self.transport.update_peers(
+                {n: a for n, a in self.addresses.items() if n in rd.membership.members and n != self.id}
+            )
+        if rd.soft_state is not None:
+            s = rd.soft_state
+            log.info(
+                "node %s is %s in term %d (leader: %s)", self.id, s.role.value, s.term, s.leader or "none"
+            )
+            for cb in self.role_listeners:
+                cb(s.role, s.term, s.leader)
+        self.raft.advance(rd)
+
+    def _send(self, msg: Message) -> None:
+        if isinstance(msg, InstallSnapshot):
+            self._spawn(self._send_snapshot(msg))
+        else:
+            self.transport.send(msg)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)  # keep a reference until done (the loop holds only weak ones)
+        task.add_done_callback(self._background.discard)
+
+    async def _send_snapshot(self, msg: InstallSnapshot) -> None:
+        stored = await asyncio.to_thread(self.storage.snapshot_data)
+        if stored is None or stored[0].index != msg.meta.index:
+            return  # a newer snapshot replaced it; the leader retries with that one
+        self.transport.send(replace(msg, data=stored[1]))
+
+    def _apply(self, e: Entry) -> None:
+        if e.kind == EntryKind.NORMAL and e.data:
+            result = self.sm.apply(e.index, e.time_ms, e.data)
+        else:
+            self.sm.advance_to(e.index, e.time_ms)
+            result = None
+        w = self._waiters.get(e.index)
+        if w is not None and not w.future.done():
+            if w.term == e.term:
+                if isinstance(result, CommandError):
+                    w.future.set_exception(result)
+                else:
+                    w.future.set_result(result)
+            else:
+                w.future.set_exception(
+                    ProposalLost(f"the command at index {e.index} was replaced by a newer leader's entry")
+                )
+        for cb in self.apply_listeners:
+            cb(e)
+
+    def _resolve(self, index: int, result: Any, *, unknown: bool = False) -> None:
+        w = self._waiters.get(index)
+        if w is None or w.future.done():
+            return
+        if unknown:
+            w.future.set_exception(OutcomeUnknown(f"a snapshot replaced the log up to index {index}"))
+        else:
+            w.future.set_result(result)
+
+    def _fail_all(self, exc: Exception) -> None:
+        for w in self._waiters.values():
+            if not w.future.done():
+                w.future.set_exception(exc)
+        for f in self._reads.values():
+            if not f.done():
+                f.set_exception(ReadAborted(str(exc)))
+
+    # ================================================================= snapshots
+
+    def _maybe_snapshot(self) -> None:
+        applied = self.sm.applied_index  # the core may have handed out entries not applied yet
+        if self._snapshotting or applied - self.snapshot_index < self.settings.snapshot_threshold:
+            return
+        self._snapshotting = True
+        meta = self.raft.snapshot_meta(applied)
+        data = self.sm.snapshot()  # taken now, on the loop: consistent with ``applied``
+        self._spawn(self._write_snapshot(meta.index, meta, data))
+
+    async def _write_snapshot(self, index: int, meta: Any, data: bytes) -> None:
+        try:
+            t0 = time.perf_counter()
+            await asyncio.to_thread(self.storage.save_snapshot, meta, data)
+            self.raft.compact(index)
+            self.snapshot_index = index
+            log.info(
+                "node %s took a snapshot at index %d (%d bytes, %.0f ms)",
+                self.id,
+                index,
+                len(data),
+                (time.perf_counter() - t0) * 1000,
+            )
+        except Exception:
+            log.exception("node %s failed to write a snapshot at index %d; will retry", self.id, index)
+        finally:
+            self._snapshotting = False
+
+    # ================================================================= status
+
+    def status(self) -> dict[str, Any]:
+        r = self.raft
+        m = r.membership
+        now = self.clock_ms()
+        role = r.role.value
+        return {
+            "id": self.id,
+            "role": "candidate" if r.role in (Role.CANDIDATE, Role.PRE_CANDIDATE) else role,
+            "term": r.term,
+            "leader": r.leader,
+            "leader_address": self.addresses.get(r.leader) if r.leader else None,
+            "commit_index": r.commit_index,
+            "applied_index": r.applied_index,
+            "last_index": r.last_index,
+            "snapshot_index": self.snapshot_index,
+            "members": {"voters": sorted(m.voters), "learners": sorted(m.learners)},
+            "last_contact_ms_ago": {p: now - t for p, t in sorted(self.last_contact_ms.items())},
+            "progress": {
+                p: {"match": pr.match, "next": pr.next, "state": pr.state.value}
+                for p, pr in sorted(r.progress.items())
+            },
+        }

@@ -1,0 +1,87 @@
+"""Request and response bodies: JSON (so curl works) or msgpack (compact; what the client uses).
+
+The request's Content-Type picks the decoder; its Accept header picks the encoder (msgpack only
+when asked for). JSON cannot carry bytes: they travel as ``{"$bytes": "<base64>"}`` both ways.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import msgpack
+from aiohttp import web
+
+from raftstate.client.protocol import INVALID_REQUEST, JSON, MSGPACK, REQUEST_TOO_LARGE, STATUS_OF
+
+
+class ApiError(Exception):
+    """An error answered to the client: a code from raftstate.client.protocol and a message."""
+
+    def __init__(self, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+    @property
+    def status(self) -> int:
+        return STATUS_OF.get(self.code, 500)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, bytes | bytearray | memoryview):
+        return {"$bytes": base64.b64encode(bytes(o)).decode("ascii")}
+    raise TypeError(f"cannot encode {type(o).__name__} as JSON")
+
+
+def _json_hook(d: dict[str, Any]) -> Any:
+    if len(d) == 1 and "$bytes" in d and isinstance(d["$bytes"], str):
+        return base64.b64decode(d["$bytes"], validate=True)
+    return d
+
+
+def wants_msgpack(request: web.Request) -> bool:
+    return MSGPACK in request.headers.get("Accept", "")
+
+
+def respond(request: web.Request, body: Any, status: int = 200) -> web.Response:
+    if wants_msgpack(request):
+        return web.Response(body=msgpack.packb(body, use_bin_type=True), status=status, content_type=MSGPACK)
+    text = json.dumps(body, default=_json_default, separators=(",", ":"))
+    return web.Response(text=text, status=status, content_type=JSON)
+
+
+def error_response(request: web.Request, err: ApiError) -> web.Response:
+    return respond(request, {"error": {"code": err.code, "message": err.message, **err.details}}, err.status)
+
+
+async def read_body(request: web.Request, max_bytes: int) -> Any:
+    """Decode the request body (an empty body is ``{}``). Raises ApiError with the limit or the
+    position of the syntax error."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise ApiError(
+            REQUEST_TOO_LARGE,
+            f"request body of {request.content_length} bytes exceeds the limit of {max_bytes} bytes "
+            "(settings.max_request_bytes)",
+            limit=max_bytes,
+        )
+    raw = await request.content.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise ApiError(
+            REQUEST_TOO_LARGE,
+            f"request body exceeds the limit of {max_bytes} bytes (settings.max_request_bytes)",
+            limit=max_bytes,
+        )
+    if not raw:
+        return {}
+    if request.content_type == MSGPACK:
+        try:
+            return msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise ApiError(INVALID_REQUEST, f"request body is not valid msgpack: {exc}") from exc
+    try:
+        return json.loads(raw, object_hook=_json_hook)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(INVALID_REQUEST, f"request body is not valid JSON: {exc}") from exc

@@ -1,0 +1,143 @@
+"""One node process: storage, peer transport, Raft driver and HTTP API on one aiohttp server.
+
+``run_node(config, node_id)`` is what ``raftstate node`` runs. SIGTERM/SIGINT: a leader first hands
+leadership to the most caught-up voter, then the node stops serving, flushes and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from raftstate.node.api import Api
+from raftstate.node.config import ClusterConfig
+from raftstate.node.driver import DriverSettings, RaftDriver
+from raftstate.node.metrics import NodeMetrics
+from raftstate.node.storage import DiskStorage
+from raftstate.node.transport import PeerTransport, StreamReceiver, TransportOptions
+from raftstate.raft import Membership, Role
+
+log = logging.getLogger("raftstate.node")
+
+
+class NodeServer:
+    def __init__(self, config: ClusterConfig, node_id: str) -> None:
+        self.config = config
+        self.node = config.node(node_id)
+        self.id = node_id
+        self.metrics = NodeMetrics(node_id, config.cluster_id)
+        self.started_at = time.time()
+        self._runner: web.AppRunner | None = None
+        self.storage: DiskStorage | None = None
+        self.transport: PeerTransport | None = None
+        self.receiver: StreamReceiver | None = None
+        self.driver: RaftDriver | None = None
+
+    async def start(self) -> None:
+        cfg, s = self.config, self.config.settings
+        self.storage = DiskStorage.open(
+            Path(self.node.data_dir),
+            node_id=self.id,
+            cluster_id=cfg.cluster_id,
+            on_fsync=self.metrics.fsync_seconds.observe,
+        )
+        options = TransportOptions(max_frame_bytes=s.max_peer_frame_bytes)
+        self.transport = PeerTransport(
+            self.id, cfg.cluster_id, cfg.peers_of(self.id), metrics=self.metrics, options=options
+        )
+        bootstrap = Membership(
+            voters=frozenset(n.id for n in cfg.nodes),
+            addresses=tuple(sorted(cfg.addresses.items())),
+        )
+        self.driver = RaftDriver(
+            self.id,
+            bootstrap=bootstrap,
+            storage=self.storage,
+            transport=self.transport,
+            settings=DriverSettings(
+                tick_ms=s.tick_ms, snapshot_threshold=s.snapshot_threshold, raft=s.raft_settings
+            ),
+        )
+        self.driver.role_listeners.append(self._on_role)
+        self.receiver = StreamReceiver(
+            self.id, cfg.cluster_id, self.driver.step, metrics=self.metrics, options=options
+        )
+        app = web.Application(client_max_size=s.max_request_bytes)
+        self.receiver.install(app)
+        Api(
+            self.driver,
+            self.metrics,
+            max_key_bytes=s.max_key_bytes,
+            max_value_bytes=s.max_value_bytes,
+            max_request_bytes=s.max_request_bytes,
+            extra_status=self._extra_status,
+        ).install(app)
+        await self.transport.start()
+        await self.driver.start()
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.node.host, self.node.port, reuse_address=True)
+        await site.start()
+        log.info("node %s serving on %s (data dir %s)", self.id, self.node.address, self.node.data_dir)
+
+    async def stop(self, *, transfer: bool = True) -> None:
+        d = self.driver
+        if d is not None and transfer and d.raft.role == Role.LEADER and len(d.raft.membership.voters) > 1:
+            new = await d.transfer_leadership(
+                None, timeout_s=self.config.settings.election_timeout_ms / 1000 * 2
+            )
+            log.info("node %s handed leadership to %s before stopping", self.id, new)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if d is not None:
+            await d.stop()
+        if self.transport is not None:
+            await self.transport.close()
+        if self.receiver is not None:
+            await self.receiver.close()
+        if self.storage is not None:
+            await asyncio.to_thread(self.storage.close)
+        log.info("node %s stopped", self.id)
+
+    def _on_role(self, role: Role, term: int, leader: str | None) -> None:
+        self.metrics.set_role(role)
+        self.metrics.term.set(term)
+        if role == Role.CANDIDATE:
+            self.metrics.elections_total.inc()
+
+    def _extra_status(self) -> dict[str, Any]:
+        peers = self.transport.peer_status() if self.transport else {}
+        return {
+            "address": self.node.address,
+            "cluster_id": self.config.cluster_id,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "peers": {
+                pid: {
+                    "address": ps.address,
+                    "connected": ps.connected,
+                    "queue_len": ps.queue_len,
+                    "dropped": ps.dropped,
+                    "last_error": ps.last_error,
+                }
+                for pid, ps in sorted(peers.items())
+            },
+        }
+
+
+async def serve(config: ClusterConfig, node_id: str) -> int:
+    server = NodeServer(config, node_id)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    await stop.wait()
+    log.info("node %s received a stop signal", node_id)
+    await server.stop(transfer=True)
+    return 0
