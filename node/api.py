@@ -167,6 +167,7 @@ class Api:
             raise ApiError(p.TIMEOUT, f"node {self.driver.id}: {exc}") from None
 
     async def _propose(self, cmd: bytes) -> Any:
+        self.metrics.proposals_total.inc()
         try:
             result = await self.driver.propose(cmd, self.timeout_s)
         except NotLeader:

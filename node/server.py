@@ -38,6 +38,7 @@ class NodeServer:
         self.transport: PeerTransport | None = None
         self.receiver: StreamReceiver | None = None
         self.driver: RaftDriver | None = None
+        self._last_leader: str | None = None
 
     async def start(self) -> None:
         cfg, s = self.config, self.config.settings
@@ -106,6 +107,9 @@ class NodeServer:
         log.info("node %s stopped", self.id)
 
     def _on_role(self, role: Role, term: int, leader: str | None) -> None:
+        if leader is not None and leader != self._last_leader:
+            self.metrics.leader_changes_total.inc()
+            self._last_leader = leader
         self.metrics.set_role(role)
         self.metrics.term.set(term)
         if role == Role.CANDIDATE:
