@@ -28,10 +28,12 @@ from raftstate.node.storage import Storage
 from raftstate.raft import (
     Entry,
     EntryKind,
+    HeartbeatResp,
     InstallSnapshot,
     Membership,
     Message,
     NotLeader,
+    Outbound,
     RaftNode,
     RaftSettings,
     Ready,
@@ -111,6 +113,8 @@ class RaftDriver:
         #: Ready batches taken from the core, waiting for (or in) their fsync; handled in order
         self._pipeline: deque[Ready] = deque()
         self._pipeline_wake = asyncio.Event()
+        #: queued or persisting Ready batches that change term/vote (or install a snapshot)
+        self._term_changes_in_flight = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._snapshotting = False
         self._background: set[asyncio.Task[None]] = set()
@@ -242,11 +246,26 @@ class RaftDriver:
             self._wake.clear()
             while self.raft.has_ready():
                 rd = self.raft.ready()
+                if rd.hard_state is not None or rd.snapshot is not None:
+                    self._term_changes_in_flight += 1
+                later: list[Outbound] = []
                 for out in rd.messages:
-                    if not out.after_persist:
+                    if self._may_send_early(out):
                         self._send(out.msg)
+                    else:
+                        later.append(out)
+                rd.messages = later  # what is left waits for this batch's fsync
                 self._pipeline.append(rd)
                 self._pipeline_wake.set()
+
+    def _may_send_early(self, out: Outbound) -> bool:
+        """Messages the core allows out before the fsync, plus heartbeat replies while no term or
+        vote change is waiting for its fsync: a reply says only "I follow you in term T", and T is
+        already durable then. Without this, a follower's slow disk would hold its heartbeat replies
+        behind unrelated log writes, and its leader would step down (CheckQuorum)."""
+        if not out.after_persist:
+            return True
+        return isinstance(out.msg, HeartbeatResp) and self._term_changes_in_flight == 0
 
     async def _persist_worker(self) -> None:
         """Persist queued batches — every batch queued meanwhile under ONE fsync (group commit) —
@@ -300,9 +319,10 @@ class RaftDriver:
             )
             for index in [i for i in self._waiters if i <= rd.snapshot.meta.index]:
                 self._resolve(index, None, unknown=True)
+        if rd.hard_state is not None or rd.snapshot is not None:
+            self._term_changes_in_flight -= 1
         for out in rd.messages:
-            if out.after_persist:
-                self._send(out.msg)
+            self._send(out.msg)
         for e in rd.committed:
             self._apply(e)
         for rs in rd.reads:

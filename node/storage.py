@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -227,6 +228,7 @@ class DiskStorage:
         self._snapshot: SnapshotMeta | None = None  # the current snapshot (newest valid)
         self._hard_state: HardState | None = None  # the durable hard state, to skip rewriting it
         self._failed: OSError | None = None
+        self._slow_fsync_s = _slow_fsync_from_env()
 
     @classmethod
     def open(
@@ -320,6 +322,8 @@ class DiskStorage:
                 log_.reset(snapshot.meta.index + 1)
             if entries:
                 log_.append(entries)
+                if self._slow_fsync_s:
+                    time.sleep(self._slow_fsync_s)  # fault injection: a slow disk (see SLOW_FSYNC_ENV)
                 log_.sync()
             if hard_state is not None and hard_state != self._hard_state:
                 self._hard.save(hard_state)
@@ -456,3 +460,21 @@ def _entries_after_snapshot(
         )
         return None
     return recovered[snap_index - first + 1 :]
+
+
+#: Fault injection for tests and chaos runs: every log fsync takes this many extra milliseconds,
+#: to show that a slow disk delays commits but never a leader's heartbeats (no spurious elections).
+SLOW_FSYNC_ENV = "RAFTSTATE_FAULT_SLOW_FSYNC_MS"
+
+
+def _slow_fsync_from_env() -> float:
+    raw = os.environ.get(SLOW_FSYNC_ENV, "")
+    if not raw:
+        return 0.0
+    try:
+        ms = float(raw)
+    except ValueError:
+        log.warning("ignoring %s=%r: not a number of milliseconds", SLOW_FSYNC_ENV, raw)
+        return 0.0
+    log.warning("fault injection: every log fsync is delayed by %.0f ms (%s)", ms, SLOW_FSYNC_ENV)
+    return max(0.0, ms / 1000)

@@ -98,7 +98,8 @@ class LocalCluster:
 
     # ----------------------------------------------------------------- processes
 
-    def start(self, nid: str | None = None) -> None:
+    def start(self, nid: str | None = None, env: dict[str, str] | None = None) -> None:
+        """Start one node (or all); ``env`` adds environment variables (fault-injection hooks)."""
         for i in [nid] if nid else self.ids:
             log = self.root / f"{i}.log"
             self.logs[i] = log
@@ -107,7 +108,7 @@ class LocalCluster:
                     [sys.executable, "-m", "raftstate.node", "node", "--config", str(self.config), "--id", i],
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                 )
 
     def kill(self, nid: str, sig: int = signal.SIGKILL) -> None:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,43 @@ def test_torn_tail_is_truncated_and_corruption_refuses_start(cluster: LocalClust
     assert cluster.procs[f].returncode != 0
     text = cluster.log_text(f)
     assert seg.name in text and "corrupt" in text.lower()
+
+
+def _terms(c: LocalCluster) -> dict[str, int]:
+    return {n: c.status(n)["term"] for n in c.ids}
+
+
+def test_load_alone_never_triggers_an_election(cluster: LocalCluster) -> None:
+    leader = cluster.wait_leader()
+    before = _terms(cluster)
+    deadline = time.monotonic() + 4.0
+
+    def worker(w: int) -> int:
+        n = 0
+        while time.monotonic() < deadline:
+            http("PUT", cluster.url(leader, f"/v1/kv/load{w}-{n % 50}"), {"value": "x" * 100})
+            n += 1
+        return n
+
+    with ThreadPoolExecutor(16) as pool:
+        done = sum(pool.map(worker, range(16)))
+    assert done > 100
+    assert _terms(cluster) == before, "a term changed under load alone"
+    assert cluster.leader() == leader
+
+
+def test_slow_disk_delays_commits_but_not_heartbeats(tmp_path: Path) -> None:
+    """Every log fsync takes an extra 700 ms — longer than the 500 ms election timeout — on every
+    node: writes slow down, yet heartbeats and their replies keep flowing, so no follower starts an
+    election and the leader keeps its quorum (CheckQuorum)."""
+    with LocalCluster(tmp_path) as c:
+        c.start(env={"RAFTSTATE_FAULT_SLOW_FSYNC_MS": "700"})
+        leader = c.wait_leader()
+        c.put("warm", 0)
+        before = _terms(c)
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda i: c.put(f"slow{i}", i, nid=leader, timeout=15), range(8)))
+        assert time.monotonic() - t0 > 0.8  # the delay is real
+        assert _terms(c) == before, "a slow disk must not cause elections"
+        assert "fsync is delayed" in c.log_text(leader)
