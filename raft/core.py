@@ -169,7 +169,7 @@ class RaftNode:
         if latest > self.log.committed:
             raise ConfChangeInProgress(self.id, f"the change at index {latest} is not committed yet; retry")
         self._validate_conf_change(cc)
-        return self._append_own(EntryKind.CONFIG, cc.encode(), now_ms)
+        return self._append_own(EntryKind.CONFIG, cc.encode(self.membership.apply(cc)), now_ms)
 
     def read_index(self, ctx: Hashable) -> None:
         """Start a linearizable read; ``ReadState(ctx, index)`` appears in a later Ready (§6.4)."""
@@ -569,7 +569,10 @@ class RaftNode:
         # The leader sends min(our match, its commit), so this never names an entry we lack or
         # that differs from its log; clamp anyway — a commit beyond our log must never crash us.
         self.log.commit_to(min(msg.commit, self.log.last_index))
-        self._send(HeartbeatResp(self.term, self.id, msg.src, msg.seq), after_persist=True)
+        # The leader sent commit <= the match we acknowledged. A log now shorter than that means
+        # we lost acknowledged entries (a wiped or replaced disk): say where our log ends.
+        lost = self.log.last_index + 1 if msg.commit > self.log.last_index else 0
+        self._send(HeartbeatResp(self.term, self.id, msg.src, msg.seq, lost), after_persist=True)
 
     def _on_install_snapshot(self, msg: InstallSnapshot) -> None:
         self._follow(msg.src)
@@ -614,19 +617,7 @@ class RaftNode:
             # Only what is new: an empty append here would ping-pong forever on an idle cluster.
             self._send_append(msg.src, allow_empty=False)
             return
-        # Rejected. If it answers our current probe (sent after every ack we counted) and says the
-        # follower's log ends below its match, the follower lost acknowledged entries (a wiped or
-        # replaced disk): lower its match, or we would ignore its rejections forever. That only
-        # makes us resend; it never uncommits anything. Any other rejection at or below match is
-        # a stale (reordered or duplicated) reply and leaves match alone.
-        if (
-            pr.state == ProgressState.PROBE
-            and msg.index == pr.next - 1
-            and msg.hint_term == 0
-            and msg.hint_index - 1 < pr.match
-        ):
-            pr.match = msg.hint_index - 1
-        # Stale if it answers an append we no longer care about.
+        # Rejected. Stale if it answers an append we no longer care about.
         if msg.index <= pr.match or (pr.state == ProgressState.PROBE and msg.index != pr.next - 1):
             return
         # The entry at msg.index (the rejected prev_index) does not match: resume at or before it.
@@ -649,6 +640,11 @@ class RaftNode:
         if pr is None:
             return
         pr.recent_active = True
+        if msg.lost_data_next_index and msg.lost_data_next_index <= pr.match:
+            # Only a follower that lost acknowledged entries says this (see _on_heartbeat), so this
+            # is the one place a match goes down; it makes us resend and never uncommits anything.
+            pr.match = msg.lost_data_next_index - 1
+            pr.become_probe()
         if msg.seq > pr.acked_seq:
             pr.acked_seq = msg.seq
             self._release_reads()
@@ -886,7 +882,7 @@ class RaftNode:
         if lo <= self.log.last_index:
             for e in self.log.slice(lo, self.log.last_index):
                 if e.kind == EntryKind.CONFIG:
-                    m = m.apply(ConfChange.decode(e.data))
+                    m = ConfChange.decode_with_result(e.data)[1]
                     self._conf_history.append((e.index, m))
         self._set_membership(m)
 

@@ -43,14 +43,22 @@ class ConfChange:
     #: opaque to the core; the node layer keeps peer addresses here
     address: str = ""
 
-    def encode(self) -> bytes:
-        out: bytes = msgpack.packb([int(self.op), self.node_id, self.address])
+    def encode(self, result: Membership) -> bytes:
+        """A CONFIG entry's data: the change and the *whole* membership it results in. Carrying the
+        result makes every config entry self-contained: a node replaying the log (a new member that
+        joined knowing nobody) learns the full membership from the first config entry it applies,
+        instead of applying deltas to a starting point it never had."""
+        out: bytes = msgpack.packb([int(self.op), self.node_id, self.address, result.to_wire()])
         return out
 
     @classmethod
     def decode(cls, data: bytes) -> ConfChange:
-        op, node_id, address = msgpack.unpackb(data)
-        return cls(ConfChangeOp(op), str(node_id), str(address))
+        return cls.decode_with_result(data)[0]
+
+    @classmethod
+    def decode_with_result(cls, data: bytes) -> tuple[ConfChange, Membership]:
+        op, node_id, address, result = msgpack.unpackb(data)
+        return cls(ConfChangeOp(op), str(node_id), str(address)), Membership.from_wire(result)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +198,9 @@ class HeartbeatResp:
     src: str
     dst: str
     seq: int
+    #: non-zero only from a follower whose log ends below the commit index the leader sent it —
+    #: it lost acknowledged entries (wiped disk); this is its last index + 1
+    lost_data_next_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
