@@ -123,6 +123,9 @@ class RaftDriver:
         #: observers called with (role, term, leader) on every change
         self.role_listeners: list[Callable[[Role, int, str | None], None]] = []
         self.apply_listeners: list[Callable[[Entry], None]] = []
+        #: called once if persisting or applying fails; the process must exit and recover from disk
+        self.fatal_listeners: list[Callable[[BaseException], None]] = []
+        self.fatal_error: BaseException | None = None
         self.addresses: dict[str, str] = dict(self.raft.membership.addresses)
 
     # ================================================================= lifecycle
@@ -270,24 +273,33 @@ class RaftDriver:
     async def _persist_worker(self) -> None:
         """Persist queued batches — every batch queued meanwhile under ONE fsync (group commit) —
         then, in order, send their remaining messages, apply, answer reads and advance the core."""
-        while True:
-            await self._pipeline_wake.wait()
-            self._pipeline_wake.clear()
-            while self._pipeline:
-                batch = self._take_batch()
-                await self._persist(batch)
-                for rd in batch:
-                    self._after_persist(rd)
-                self._maybe_snapshot()
+        try:
+            while True:
+                await self._pipeline_wake.wait()
+                self._pipeline_wake.clear()
+                while self._pipeline:
+                    batch = self._take_batch()
+                    await self._persist(batch)
+                    for rd in batch:
+                        self._after_persist(rd)
+                    self._maybe_snapshot()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            # Memory and disk may now disagree: stop serving rather than answer from either.
+            log.critical("node %s cannot persist or apply (%s): stopping", self.id, exc, exc_info=True)
+            self.fatal_error = exc
+            self._stopped = True
+            for cb in self.fatal_listeners:
+                cb(exc)
+            raise
 
     def _take_batch(self) -> list[Ready]:
-        """Queued batches up to (and including) the first that installs a snapshot."""
-        batch: list[Ready] = []
-        while self._pipeline:
-            rd = self._pipeline.popleft()
-            batch.append(rd)
-            if rd.snapshot is not None:
-                break
+        """Queued batches to persist together. A batch that installs a snapshot may only come
+        first: the entries of earlier batches lie before the snapshot, and it replaces them."""
+        batch = [self._pipeline.popleft()]
+        while self._pipeline and self._pipeline[0].snapshot is None:
+            batch.append(self._pipeline.popleft())
         return batch
 
     async def _persist(self, batch: list[Ready]) -> None:
@@ -361,9 +373,20 @@ class RaftDriver:
         task.add_done_callback(self._background.discard)
 
     async def _send_snapshot(self, msg: InstallSnapshot) -> None:
-        stored = await asyncio.to_thread(self.storage.snapshot_data)
+        try:
+            stored = await asyncio.to_thread(self.storage.snapshot_data)
+        except Exception:
+            log.exception("node %s cannot read its snapshot to send it to %s", self.id, msg.dst)
+            return
         if stored is None or stored[0].index != msg.meta.index:
-            return  # a newer snapshot replaced it; the leader retries with that one
+            log.info(
+                "node %s: snapshot %d for %s was replaced before sending; the leader retries",
+                self.id,
+                msg.meta.index,
+                msg.dst,
+            )
+            return
+        log.info("node %s sends its snapshot at index %d to %s", self.id, msg.meta.index, msg.dst)
         self.transport.send(replace(msg, data=stored[1]))
 
     def _apply(self, e: Entry) -> None:
@@ -407,6 +430,8 @@ class RaftDriver:
 
     def _maybe_snapshot(self) -> None:
         applied = self.sm.applied_index  # the core may have handed out entries not applied yet
+        if applied < self.raft.log.snapshot_index:
+            return  # a snapshot from the leader is queued for install: ours would be older
         if self._snapshotting or applied - self.snapshot_index < self.settings.snapshot_threshold:
             return
         self._snapshotting = True

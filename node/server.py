@@ -141,7 +141,12 @@ async def serve(config: ClusterConfig, node_id: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    assert server.driver is not None
+    server.driver.fatal_listeners.append(lambda exc: stop.set())
     await stop.wait()
+    if server.driver.fatal_error is not None:
+        await server.stop(transfer=False)
+        return 4
     log.info("node %s received a stop signal", node_id)
     await server.stop(transfer=True)
     return 0
