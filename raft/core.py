@@ -607,6 +607,7 @@ class RaftNode:
         pr.recent_active = True
         if msg.success:
             if pr.update_match(msg.index):
+                pr.match_round = self._read_seq
                 if pr.state == ProgressState.PROBE:
                     pr.become_replicate()
                 self._maybe_commit()
@@ -640,9 +641,10 @@ class RaftNode:
         if pr is None:
             return
         pr.recent_active = True
-        if msg.lost_data_next_index and msg.lost_data_next_index <= pr.match:
-            # Only a follower that lost acknowledged entries says this (see _on_heartbeat), so this
-            # is the one place a match goes down; it makes us resend and never uncommits anything.
+        if msg.lost_data_next_index and msg.seq > pr.match_round and msg.lost_data_next_index <= pr.match:
+            # Only a follower that lost acknowledged entries says this (see _on_heartbeat), in reply
+            # to a heartbeat sent after its match last moved (older reports, duplicated, are stale).
+            # The one place a match goes down: it makes us resend and never uncommits anything.
             pr.match = msg.lost_data_next_index - 1
             pr.become_probe()
         if msg.seq > pr.acked_seq:
@@ -662,12 +664,15 @@ class RaftNode:
             return
         pr.recent_active = True
         if pr.state == ProgressState.SNAPSHOT:
+            if msg.index > pr.match:
+                pr.match = msg.index
+                pr.match_round = self._read_seq
             if msg.index > 0:
-                pr.match = max(pr.match, msg.index)
                 pr.snapshot_index = max(pr.snapshot_index, msg.index)
             pr.become_probe()
         elif msg.index > pr.match:
             pr.update_match(msg.index)
+            pr.match_round = self._read_seq
         self._maybe_commit()
         self._send_append(msg.src)
 
@@ -742,8 +747,9 @@ class RaftNode:
             return
         if self._need_broadcast_heartbeat:
             self._need_broadcast_heartbeat = False
-            if self._pending_reads and self._pending_reads[-1].seq > self._read_seq:
-                self._read_seq += 1  # open the read round that the pending reads wait for
+            # Every broadcast opens a new round: an ack of round r proves the follower heard us
+            # after everything registered before round r was sent (reads wait for their round).
+            self._read_seq += 1
             for peer in sorted(self.progress):
                 self._send_heartbeat(peer)
         if self._need_broadcast_append or self._need_broadcast_commit:

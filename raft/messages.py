@@ -104,7 +104,13 @@ class Membership:
 
     @classmethod
     def from_wire(cls, w: list[Any]) -> Membership:
-        return cls(frozenset(w[0]), frozenset(w[1]), tuple((str(a), str(b)) for a, b in w[2]))
+        voters, learners, addresses = w
+        if not (isinstance(voters, list) and isinstance(learners, list) and isinstance(addresses, list)):
+            raise ValueError("membership voters, learners and addresses must be arrays")
+        ids = [*voters, *learners, *(a for a, _ in addresses)]
+        if not all(isinstance(x, str) for x in ids) or not all(isinstance(b, str) for _, b in addresses):
+            raise ValueError("membership ids and addresses must be strings")
+        return cls(frozenset(voters), frozenset(learners), tuple((a, b) for a, b in addresses))
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +285,10 @@ def meta_to_wire(m: SnapshotMeta) -> list[Any]:
 
 
 def meta_from_wire(w: list[Any]) -> SnapshotMeta:
-    return SnapshotMeta(int(w[0]), int(w[1]), Membership.from_wire(w[2]), int(w[3]))
+    index, term, membership, time_ms = w
+    if not all(type(x) is int for x in (index, term, time_ms)):
+        raise ValueError("snapshot metadata index, term and time must be integers")
+    return SnapshotMeta(index, term, Membership.from_wire(membership), time_ms)
 
 
 def _field_to_wire(v: Any) -> Any:
@@ -294,9 +303,65 @@ def message_to_wire(msg: Message) -> list[Any]:
     return [msg.TYPE, *(_field_to_wire(getattr(msg, f.name)) for f in fields(msg))]
 
 
+# Annotation text -> the Python types a decoded field may have (messages use postponed annotations,
+# so a field's type is its source text). Every message field must be one of these or compound.
+_SCALARS: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "str": (str,),
+    "bool": (bool,),
+    "bytes": (bytes,),
+    "str | None": (str, type(None)),
+}
+_COMPOUND = {"entries", "meta"}
+
+
+def _field_table(cls: type[Any]) -> dict[str, tuple[type, ...]]:
+    table: dict[str, tuple[type, ...]] = {}
+    for f in fields(cls):
+        text = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if text in _SCALARS:
+            table[f.name] = _SCALARS[text]
+        else:
+            # A new kind of field needs a check here before it may cross the trust boundary.
+            assert f.name in _COMPOUND, f"no wire check for {cls.__name__}.{f.name}: {text}"
+    return table
+
+
+_FIELDS: dict[type[Any], dict[str, tuple[type, ...]]] = {c: _field_table(c) for c in _BY_TYPE.values()}
+
+
+def _check_fields(msg: Message) -> None:
+    """Types and ranges of a decoded message: the core must never see a message that could crash
+    it or be misread (a string "no" is truthy; a float index; a negative term)."""
+    name_of = type(msg).__name__
+    for name, types in _FIELDS[type(msg)].items():
+        value = getattr(msg, name)
+        # bool is an int subclass: a True where a term belongs is as wrong as a string
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ValueError(f"{name_of}.{name} has type {type(value).__name__}")
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            raise ValueError(f"{name_of}.{name} is negative ({value})")
+    if isinstance(msg, AppendEntries):
+        expect, term = msg.prev_index + 1, 0
+        for pos, e in enumerate(msg.entries):
+            if e.index != expect or e.term < term:
+                raise ValueError(
+                    f"AppendEntries entries must run from prev_index+1 upwards with non-decreasing "
+                    f"terms; got index {e.index} term {e.term} at position {pos}"
+                )
+            expect, term = expect + 1, e.term
+    if isinstance(msg, InstallSnapshot):
+        m = msg.meta
+        if min(m.index, m.term, m.time_ms) < 0 or not all(isinstance(x, str) for x in m.membership.members):
+            raise ValueError("InstallSnapshot.meta is malformed")
+
+
 def message_from_wire(w: list[Any]) -> Message:
-    """Inverse of :func:`message_to_wire`. Raises ValueError on anything malformed."""
+    """Inverse of :func:`message_to_wire`. Raises ValueError on anything malformed — this is the
+    trust boundary for peer input: shapes, field types and ranges are all checked here."""
     try:
+        if type(w[0]) is not int:
+            raise ValueError(f"message type must be an integer, got {type(w[0]).__name__}")
         cls = _BY_TYPE[w[0]]
         args = list(w[1:])
         names = [f.name for f in fields(cls)]
@@ -307,7 +372,10 @@ def message_from_wire(w: list[Any]) -> Message:
             kw["entries"] = tuple(entry_from_wire(e) for e in kw["entries"])
         if "meta" in kw:
             kw["meta"] = meta_from_wire(kw["meta"])
+        if "entries" in kw and not isinstance(w[1 + names.index("entries")], list):
+            raise ValueError("entries must be an array")
         msg: Message = cls(**kw)
+        _check_fields(msg)
     except (KeyError, IndexError, TypeError, ValueError, AssertionError) as exc:
         raise ValueError(f"malformed raft message: {exc}") from exc
     return msg

@@ -43,6 +43,9 @@ class Progress:
     snapshot_ticks: int = 0
     #: match seen at the previous heartbeat reply: no movement over a heartbeat means a stall
     match_at_last_heartbeat: int = -1
+    #: heartbeat round (Heartbeat.seq) current when match last moved; only replies to later
+    #: heartbeats may report lost data
+    match_round: int = 0
 
     def check(self) -> None:
         assert self.match < self.next, (self.match, self.next)

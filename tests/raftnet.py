@@ -16,10 +16,10 @@ the net offers the knobs the rule tests need, all deterministic:
 * ``expire_leases``: a white-box shortcut for "these nodes have not heard from a leader for an
   election timeout", so a test can ``elect`` someone else without ticking every node.
 
-``deliver`` drops an entry-less AppendEntries that repeats one already delivered on the same link
-during the same call (counted in ``suppressed``): a duplicate the receiver has already processed.
-Dropping it is legal (Raft tolerates loss) and keeps a chatty core from spinning until ``limit``;
-pass ``suppress_repeats=False`` to see the raw traffic.
+With ``suppress_repeats=True``, ``deliver`` drops an entry-less AppendEntries that repeats one
+already delivered on the same link during the same call (counted in ``suppressed``). Dropping is
+legal (Raft tolerates loss), and it keeps a core that ping-pongs empty appends from spinning until
+``limit``; it is off by default because it can also drop a legitimate re-probe.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import msgpack
 from raftstate.raft import (
     AppendEntries,
     Entry,
+    EntryKind,
     HardState,
     InstallSnapshot,
     Membership,
@@ -97,7 +98,7 @@ class Net:
         seed: int = 1,
         node_factory: Callable[..., RaftNode] = RaftNode,
         learners: Iterable[str] = (),
-        suppress_repeats: bool = True,
+        suppress_repeats: bool = False,
     ) -> None:
         self.ids = list(ids)
         self.settings = settings
@@ -340,6 +341,10 @@ class Net:
 
     def applied_data(self, nid: str) -> list[bytes]:
         return [e.data for e in self.peers[nid].applied if e.data]
+
+    def commands(self, nid: str) -> list[bytes]:
+        """The data of every applied NORMAL entry (no no-ops, no configuration entries)."""
+        return [e.data for e in self.peers[nid].applied if e.kind == EntryKind.NORMAL]
 
     def log(self, nid: str) -> list[tuple[int, int]]:
         """``(index, term)`` of every entry in ``nid``'s in-memory log (after its snapshot)."""
