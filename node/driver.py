@@ -282,6 +282,11 @@ class RaftDriver:
                     await self._persist(batch)
                     for rd in batch:
                         self._after_persist(rd)
+                    # advance() just told the core what is durable here, and a leader counts its
+                    # own fsync towards commit: entries may have committed without any input. Wake
+                    # the ready loop to hand them out now, not at the next tick or message (a whole
+                    # tick per write on a one-node cluster, or whenever our fsync is the last vote).
+                    self._wake.set()
                     self._maybe_snapshot()
         except asyncio.CancelledError:
             raise
