@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from raftstate.client.cli import add_client_commands
 from raftstate.node.config import ClusterConfig, ConfigError, load_config
 
 DEFAULT_CONFIG = "cluster.yaml"
@@ -43,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     p_status.add_argument("--config", default=DEFAULT_CONFIG)
     p_status.add_argument("--json", action="store_true", help="print the raw /status documents")
 
+    add_client_commands(sub)  # get | set | delete | incr | keys | lock (client/cli.py)
     args = parser.parse_args(argv)
+    if "client_command" in args:
+        return int(args.client_command(args))
     try:
         if args.command == "node":
             return _cmd_node(args)

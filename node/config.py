@@ -57,7 +57,11 @@ class Settings:
     max_key_bytes: int = 1024
     max_value_bytes: int = 1 << 20
     max_request_bytes: int = 4 << 20  #: >= max_key_bytes + max_value_bytes
-    session_idle_timeout_s: int = 3600
+    session_idle_timeout_s: int = (
+        3600  #: a client session expires after this long without a write (cluster time)
+    )
+    #: outcomes one session may hold that its client has not acknowledged (exactly-once writes)
+    max_session_results: int = 1000
     max_entries_per_msg: int = 256
     max_inflight_msgs: int = 64
     #: largest WebSocket frame between peers. An InstallSnapshot carries the whole snapshot in one
@@ -393,6 +397,12 @@ class _Validator:
                 f"({s.max_key_bytes + s.max_value_bytes}), so a largest allowed write would be refused",
                 f"raise it to at least {s.max_key_bytes + s.max_value_bytes} "
                 "plus room for the request envelope",
+            ),
+            (
+                "settings.max_session_results",
+                s.max_session_results > 1_000_000,
+                f"{s.max_session_results} is more outcomes than one session may remember",
+                "use at most 1000000 (the default 1000 suits clients that acknowledge as they go)",
             ),
             (
                 "settings.max_peer_frame_bytes",

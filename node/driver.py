@@ -404,7 +404,9 @@ class RaftDriver:
         if w is not None and not w.future.done():
             if w.term == e.term:
                 if isinstance(result, CommandError):
-                    w.future.set_exception(result)
+                    # A copy: the state machine may keep this outcome (sessions), and raising an
+                    # exception object pins its traceback's frames to it.
+                    w.future.set_exception(CommandError(result.code, result.message, **result.details))
                 else:
                     w.future.set_result(result)
             else:

@@ -67,7 +67,14 @@ async def read_body(request: web.Request, max_bytes: int) -> Any:
             "(settings.max_request_bytes)",
             limit=max_bytes,
         )
-    raw = await request.content.read(max_bytes + 1)
+    # content.read(n) returns what has arrived (one TCP read, ~64 KiB), not n bytes: read to the end.
+    buf = bytearray()
+    while len(buf) <= max_bytes:
+        chunk = await request.content.read(max_bytes + 1 - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    raw = bytes(buf)
     if len(raw) > max_bytes:
         raise ApiError(
             REQUEST_TOO_LARGE,
@@ -85,3 +92,5 @@ async def read_body(request: web.Request, max_bytes: int) -> Any:
         return json.loads(raw, object_hook=_json_hook)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(INVALID_REQUEST, f"request body is not valid JSON: {exc}") from exc
+    except RecursionError:  # json recurses per nesting level
+        raise ApiError(INVALID_REQUEST, "request body nests too deeply to parse") from None

@@ -16,10 +16,14 @@ from typing import Any
 from aiohttp import web
 
 from raftstate.node.api import Api
+from raftstate.node.api_schema import ApiLimits
+from raftstate.node.clock import NodeClock
+from raftstate.node.cluster_time import ClusterTime
 from raftstate.node.config import ClusterConfig
 from raftstate.node.driver import DriverSettings, RaftDriver
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.storage import DiskStorage
+from raftstate.node.sweeper import ExpirySweeper
 from raftstate.node.transport import PeerTransport, StreamReceiver, TransportOptions
 from raftstate.raft import Membership, Role
 
@@ -38,6 +42,7 @@ class NodeServer:
         self.transport: PeerTransport | None = None
         self.receiver: StreamReceiver | None = None
         self.driver: RaftDriver | None = None
+        self.sweeper: ExpirySweeper | None = None
         self._last_leader: str | None = None
 
     async def start(self) -> None:
@@ -52,6 +57,9 @@ class NodeServer:
         self.transport = PeerTransport(
             self.id, cfg.cluster_id, cfg.peers_of(self.id), metrics=self.metrics, options=options
         )
+        # The wall clock (with the test/chaos offset hook), and cluster time for reads and stamps.
+        clock = NodeClock.from_env(reread_s=s.tick_ms / 1000)
+        cluster_time = ClusterTime(clock.now_ms)
         bootstrap = Membership(
             voters=frozenset(n.id for n in cfg.nodes),
             addresses=tuple(sorted(cfg.addresses.items())),
@@ -64,8 +72,11 @@ class NodeServer:
             settings=DriverSettings(
                 tick_ms=s.tick_ms, snapshot_threshold=s.snapshot_threshold, raft=s.raft_settings
             ),
+            clock_ms=cluster_time.stamp_ms,
         )
         self.driver.role_listeners.append(self._on_role)
+        cluster_time.attach(self.driver)
+        self.sweeper = ExpirySweeper(self.driver, cluster_time)
         self.receiver = StreamReceiver(
             self.id, cfg.cluster_id, self.driver.step, metrics=self.metrics, options=options
         )
@@ -74,13 +85,19 @@ class NodeServer:
         Api(
             self.driver,
             self.metrics,
-            max_key_bytes=s.max_key_bytes,
-            max_value_bytes=s.max_value_bytes,
+            cluster_time=cluster_time,
+            limits=ApiLimits(
+                max_key_bytes=s.max_key_bytes,
+                max_value_bytes=s.max_value_bytes,
+                session_idle_timeout_ms=s.session_idle_timeout_s * 1000,
+                max_session_results=s.max_session_results,
+            ),
             max_request_bytes=s.max_request_bytes,
             extra_status=self._extra_status,
         ).install(app)
         await self.transport.start()
         await self.driver.start()
+        self.sweeper.start()
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.node.host, self.node.port, reuse_address=True)
@@ -96,6 +113,8 @@ class NodeServer:
             log.info("node %s handed leadership to %s before stopping", self.id, new)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.sweeper is not None:
+            await self.sweeper.stop()
         if d is not None:
             await d.stop()
         if self.transport is not None:

@@ -1,106 +1,212 @@
 """The replicated state machine: applied identically, in log order, on every node.
 
-Commands are msgpack maps ``{"op": NAME, ...}`` carried in NORMAL log entries. ``apply`` is
-deterministic: it reads nothing but the command, the entry's index and its leader-assigned
-``time_ms`` — never a local clock — so every replica that applies the same log reaches
-byte-identical state (and identical snapshots).
+``apply(index, time_ms, data)`` is deterministic: it reads nothing but the command bytes, the
+entry's index and its leader-assigned ``time_ms`` — never a local clock, never this node's
+configuration — so every replica that applies the same log reaches byte-identical state and
+byte-identical snapshots. A malformed or refused command is an *outcome* (a CommandError returned,
+never raised), the same on every replica, and changes nothing.
 
-This module holds the minimal key-value machine of the node issue (set/get/delete with a version
-per key); the job-state operations (TTL, counters, locks, sessions) extend it.
+The state is split by concept, each module holding its own rules:
+
+    commands.py      the command schema, encoding and validation (shared with the API)
+    sm_keys.py       keys: versions, expiry, counters, listing
+    sm_locks.py      leases with fencing tokens
+    sm_sessions.py   exactly-once writes (remembered outcomes)
+    sm_expiry.py     the derived index the leader's sweep asks "what has expired by T?"
+
+Apply order for a command: decode → session admission (maybe the remembered outcome) → fence →
+the operation → remember the outcome in the session.
+
+Cluster time: ``time_ms`` is the largest entry time applied so far (entry times never decrease
+along the log, and this max keeps it so across snapshot installs). Reads pass their own ``now_ms``
+(see node/cluster_time.py for how a node picks it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import logging
+from typing import Any, Final
 
 import msgpack
 
+from raftstate.client import protocol as p
+from raftstate.node.commands import (
+    AcquireLock,
+    Command,
+    CommandError,
+    DeleteKey,
+    Expire,
+    Increment,
+    KeepAlive,
+    OpenSession,
+    Operation,
+    ReleaseLock,
+    RenewLock,
+    SetKey,
+    decode,
+)
+from raftstate.node.sm_keys import KeyStore, Record
+from raftstate.node.sm_locks import Lock, LockTable
+from raftstate.node.sm_sessions import Outcome, SessionTable
 
-class CommandError(Exception):
-    """A command that is well-formed on the wire but refused by the state machine (deterministically)."""
+__all__ = ["CommandError", "KVStateMachine", "Record", "encode_command"]
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+log = logging.getLogger("raftstate.node")
 
-
-@dataclass(slots=True)
-class Record:
-    value: Any
-    #: log index of the last change
-    version: int
+#: snapshot format written by :meth:`KVStateMachine.snapshot` (1: the node issue's keys-only format)
+SNAPSHOT_FORMAT: Final = 2
 
 
 def encode_command(op: str, **args: Any) -> bytes:
+    """Raw command bytes (tests and tools; the API builds typed commands with commands.encode)."""
     out: bytes = msgpack.packb({"op": op, **args}, use_bin_type=True)
     return out
 
 
 class KVStateMachine:
+    """Keys, locks and sessions; the job-state machine of the node."""
+
     def __init__(self) -> None:
-        self.data: dict[str, Record] = {}
+        self.keys = KeyStore()
+        self.locks = LockTable()
+        self.sessions = SessionTable()
         #: index of the last entry applied (any kind); snapshots record it
         self.applied_index = 0
-        #: cluster time of the last applied entry (ms)
+        #: cluster time of the last applied entry (ms); never decreases
         self.time_ms = 0
 
-    def apply(self, index: int, time_ms: int, data: bytes) -> Any:
-        """Apply one command. Returns its result, or a CommandError instance (never raises for
-        a bad command: a refusal is an outcome every replica must agree on)."""
+    # ----------------------------------------------------------------- apply
+
+    def apply(self, index: int, time_ms: int, data: bytes) -> Outcome:
+        """Apply one command. Returns its result body, or a CommandError (never raises for a bad
+        or refused command: a refusal is an outcome every replica must agree on)."""
+        self.advance_to(index, time_ms)
+        now = self.time_ms
+        try:
+            cmd = decode(data)
+        except CommandError as exc:
+            return CommandError(exc.code, f"entry {index}: {exc.message}", **exc.details)
+        if cmd.session is not None:
+            try:
+                remembered = self.sessions.begin(cmd.session, now)
+            except CommandError as exc:
+                return exc
+            if remembered is not None:
+                return remembered
+        outcome = self._execute(index, now, cmd)
+        if cmd.session is not None:
+            self.sessions.record(cmd.session, outcome)
+        return outcome
+
+    def advance_to(self, index: int, time_ms: int) -> None:
+        """Every entry moves index and time, also one that carries no command (no-op, membership)."""
         assert index > self.applied_index, f"apply out of order: {index} after {self.applied_index}"
         self.applied_index = index
         self.time_ms = max(self.time_ms, time_ms)
+
+    def _execute(self, index: int, now: int, cmd: Command) -> Outcome:
         try:
-            cmd = msgpack.unpackb(data, raw=False)
-            if not isinstance(cmd, dict) or not isinstance(cmd.get("op"), str):
-                raise CommandError("invalid_request", "command must be a map with an 'op' string")
-            handler = getattr(self, "_op_" + cmd["op"], None)
-            if handler is None:
-                raise CommandError("invalid_request", f"unknown operation {cmd['op']!r}")
-            return handler(index, cmd)
+            if cmd.fence is not None:
+                key = getattr(cmd.op, "key", "")
+                self.locks.check_fence(cmd.fence, key, now)
+            return self._dispatch(index, now, cmd.op)
         except CommandError as exc:
             return exc
-        except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
-            return CommandError("invalid_request", f"malformed command at index {index}: {exc}")
+        except Exception as exc:
+            # A bug, not bad input (commands were validated): deterministic all the same — every
+            # replica runs the same code on the same command — so answer it instead of stopping.
+            log.critical("entry %d: applying %r failed", index, cmd, exc_info=True)
+            return CommandError(p.INTERNAL, f"entry {index}: internal error applying the command: {exc!r}")
 
-    def advance_to(self, index: int, time_ms: int) -> None:
-        """An entry that carries no command (no-op, membership) still moves index and time."""
-        assert index > self.applied_index, (index, self.applied_index)
-        self.applied_index = index
-        self.time_ms = max(self.time_ms, time_ms)
+    def _dispatch(self, index: int, now: int, op: Operation) -> dict[str, Any]:
+        match op:
+            case SetKey():
+                return self.keys.set(index, now, op)
+            case DeleteKey():
+                return self.keys.delete(now, op)
+            case Increment():
+                return self.keys.increment(index, now, op)
+            case AcquireLock():
+                return self.locks.acquire(index, now, op)
+            case RenewLock():
+                return self.locks.renew(now, op)
+            case ReleaseLock():
+                return self.locks.release(now, op)
+            case OpenSession():
+                return self.sessions.open(index, now, op)
+            case KeepAlive():
+                return self.sessions.keepalive(now, op)
+            case Expire():
+                return {
+                    "keys": self.keys.expire(op.keys, now),
+                    "locks": self.locks.expire(op.locks, now),
+                    "sessions": self.sessions.expire(op.sessions, now),
+                }
+        raise AssertionError(f"no handler for {op!r}")
 
-    # ----------------------------------------------------------------- operations
+    # ----------------------------------------------------------------- reads (pure: never change state)
 
-    def _op_set(self, index: int, cmd: dict[str, Any]) -> dict[str, Any]:
-        key = cmd["key"]
-        self.data[key] = Record(cmd["value"], index)
-        return {"version": index}
+    def get(self, key: str, now_ms: int | None = None) -> Record | None:
+        """The live record of ``key`` at ``now_ms`` (default: the last applied entry's time)."""
+        return self.keys.live(key, self.time_ms if now_ms is None else now_ms)
 
-    def _op_delete(self, index: int, cmd: dict[str, Any]) -> dict[str, Any]:
-        existed = self.data.pop(cmd["key"], None) is not None
-        return {"deleted": existed}
+    def list_keys(
+        self, prefix: str, after: str | None, limit: int, now_ms: int
+    ) -> tuple[list[str], str | None]:
+        return self.keys.scan(prefix, after, limit, now_ms)
 
-    # ----------------------------------------------------------------- reads (local state)
+    def lock(self, name: str, now_ms: int) -> Lock | None:
+        return self.locks.held(name, now_ms)
 
-    def get(self, key: str) -> Record | None:
-        return self.data.get(key)
+    def due(self, now_ms: int, limit: int) -> Expire | None:
+        """What the leader's sweep should remove at ``now_ms`` (at most ``limit`` names), or None."""
+        keys = self.keys.due(now_ms, limit)
+        locks = self.locks.due(now_ms, limit - len(keys))
+        sessions = self.sessions.due(now_ms, limit - len(keys) - len(locks))
+        if not (keys or locks or sessions):
+            return None
+        return Expire(tuple(keys), tuple(locks), tuple(sessions))
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "keys": len(self.keys),
+            "locks": len(self.locks),
+            "sessions": len(self.sessions),
+            "applied_index": self.applied_index,
+            "time_ms": self.time_ms,
+        }
 
     # ----------------------------------------------------------------- snapshots
 
     def snapshot(self) -> bytes:
-        """Canonical bytes (keys sorted) so two replicas at the same index produce equal snapshots."""
+        """Canonical bytes (every collection sorted) so two replicas at one index produce equal
+        snapshots: keys with versions and expiries, locks with tokens, sessions with their
+        remembered outcomes, cluster time. (The token counter is the log index: applied_index.)"""
         body = {
+            "format": SNAPSHOT_FORMAT,
             "applied_index": self.applied_index,
             "time_ms": self.time_ms,
-            "data": [[k, r.value, r.version] for k, r in sorted(self.data.items())],
+            "keys": self.keys.rows(),
+            "locks": self.locks.rows(),
+            "sessions": self.sessions.rows(),
         }
         out: bytes = msgpack.packb(body, use_bin_type=True)
         return out
 
     def restore(self, blob: bytes) -> None:
         body = msgpack.unpackb(blob, raw=False)
+        if not isinstance(body, dict) or "applied_index" not in body:
+            raise ValueError("not a state machine snapshot")
+        fmt = body.get("format", 1)
+        if fmt not in (1, SNAPSHOT_FORMAT):
+            raise ValueError(f"snapshot format {fmt} is newer than this node understands ({SNAPSHOT_FORMAT})")
         self.applied_index = int(body["applied_index"])
         self.time_ms = int(body["time_ms"])
-        self.data = {k: Record(v, int(ver)) for k, v, ver in body["data"]}
+        if fmt == 1:  # keys without expiry, no locks or sessions
+            self.keys.restore([[k, v, ver, None] for k, v, ver in body["data"]])
+            self.locks.restore([])
+            self.sessions.restore([])
+            return
+        self.keys.restore(body["keys"])
+        self.locks.restore(body["locks"])
+        self.sessions.restore(body["sessions"])

@@ -40,7 +40,7 @@ def test_writes_and_reads_through_any_node(cluster: LocalCluster) -> None:
     assert err.value.body["error"]["leader_address"] == cluster.addr[leader]
     # ...and put() follows that redirect.
     v = cluster.put("a", {"processed": 1}, nid=follower)["version"]
-    assert cluster.get("a") == {"key": "a", "value": {"processed": 1}, "version": v}
+    assert cluster.get("a") == {"key": "a", "value": {"processed": 1}, "version": v, "expires_at": None}
     # Stale reads from every node converge on the same value.
     for n in cluster.ids:
         wait_until(lambda n=n: cluster.get("a", nid=n, stale=True)["version"] == v, 5, f"{n} to apply")

@@ -223,6 +223,7 @@ RV = [1, 1, "a", "b", 0, 0, False, False]
 AE = [3, 1, "a", "b", 0, 0, [], 0]
 IS = [7, 1, "a", "b", [1, 1, M, 0], b""]
 
+
 @pytest.mark.parametrize(
     "data",
     [

@@ -1,0 +1,165 @@
+"""The seam between the client's logic and the network: one request to one node.
+
+:class:`Transport` is a Protocol; :class:`AiohttpTransport` is what ships (keep-alive connection
+pools, msgpack bodies) and tests/fake_cluster.py has an in-memory twin that follows docs/api.md.
+A transport knows nothing of leaders, retries or sessions: it sends one request to the endpoint
+it is given and either returns the node's answer (any HTTP status) or raises a
+:class:`~raftstate.client.errors.TransportError` saying whether the request can have reached it:
+
+    ConnectFailed   never reached the node                   (a write certainly not applied)
+    ResponseLost    sent, no complete answer within timeout  (a write may have been applied)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import quote, urlencode
+
+import aiohttp
+import msgpack
+from yarl import URL
+
+from raftstate.client import protocol as p
+from raftstate.client.errors import ConnectFailed, InvalidRequest, ResponseLost
+
+__all__ = ["AiohttpTransport", "Request", "Response", "Transport", "decode_body", "encode_body", "key_path"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    #: already percent-encoded path, e.g. "/v1/kv/imports%3A42"
+    path: str
+    #: None: no body
+    body: Any = None
+    query: Mapping[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    #: decoded msgpack/JSON document, or the text of a body that was neither
+    body: Any
+
+
+class Transport(Protocol):
+    """Sends one request to one node. Implementations must be safe to call concurrently."""
+
+    async def send(self, endpoint: str, request: Request, timeout_s: float) -> Response:
+        """Answer of ``endpoint`` (e.g. "http://127.0.0.1:7001") to ``request``, whatever its status.
+
+        Raises ConnectFailed if the request cannot have reached the node, ResponseLost if it may
+        have but no answer arrived within ``timeout_s``, InvalidRequest if the body cannot be encoded."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections. Further sends are not allowed."""
+        ...
+
+
+def key_path(prefix: str, key: str, suffix: str = "") -> str:
+    """``prefix`` + the key percent-encoded as ONE path segment (a '/' in a key is %2F) + ``suffix``.
+
+    "." and ".." are spelled %2E so that no URL normalisation anywhere can read them as dot-segments."""
+    seg = quote(key, safe="")
+    if seg in (".", ".."):
+        seg = seg.replace(".", "%2E")
+    return f"{prefix}{seg}{suffix}"
+
+
+def encode_body(body: Any, *, what: str) -> bytes:
+    try:
+        out: bytes = msgpack.packb(body, use_bin_type=True, datetime=False)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidRequest(
+            f"{what}: the value cannot be sent ({exc}); values may hold None, bool, int, float, str, bytes, "
+            "lists and dicts with string keys"
+        ) from None
+    return out
+
+
+def decode_body(raw: bytes, content_type: str) -> Any:
+    """A response body: msgpack or JSON document, else its text. Raises ValueError if a body that
+    claims to be msgpack/JSON does not decode."""
+    if not raw:
+        return None
+    if content_type == p.MSGPACK:
+        return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    if content_type == p.JSON:
+        return json.loads(raw)
+    return raw.decode("utf-8", "replace")
+
+
+class AiohttpTransport:
+    """HTTP/1.1 with keep-alive pools (one ``aiohttp.ClientSession`` per client), msgpack both ways.
+
+    The session is created on first use, inside the event loop that will use it."""
+
+    def __init__(self, *, max_connections: int = 100, connect_timeout_s: float = 1.0) -> None:
+        assert max_connections > 0 and connect_timeout_s > 0
+        self._max_connections = max_connections
+        self._connect_timeout_s = connect_timeout_s
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers={"Accept": p.MSGPACK, "User-Agent": "raftstate-client/0.1"},
+            )
+        return self._session
+
+    async def send(self, endpoint: str, request: Request, timeout_s: float) -> Response:
+        assert not self._closed, "send() after aclose()"
+        what = request.describe()
+        data = None if request.body is None else encode_body(request.body, what=what)
+        url = endpoint.rstrip("/") + request.path
+        if request.query:
+            url += "?" + urlencode(dict(request.query))
+        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, self._connect_timeout_s))
+        headers = {"Content-Type": p.MSGPACK} if data is not None else None
+        sent = False  # True once the connection exists: from then on the node may have the request
+        try:
+            async with self._get_session().request(
+                request.method,
+                URL(url, encoded=True),
+                data=data,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
+            ) as resp:
+                sent = True
+                raw = await resp.read()
+                try:
+                    body = decode_body(raw, resp.content_type)
+                except ValueError as exc:
+                    body = f"<undecodable {resp.content_type} body: {exc}>"
+                return Response(resp.status, body)
+        except aiohttp.ClientConnectorError as exc:  # refused, unreachable, DNS: nothing was sent
+            raise ConnectFailed(f"cannot connect to {endpoint}: {exc.os_error}", node=endpoint) from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise ConnectFailed(f"connect to {endpoint} timed out", node=endpoint) from exc
+        except TimeoutError as exc:
+            raise ResponseLost(
+                f"no answer from {endpoint} to {what} within {timeout_s:.2f}s"
+                + ("" if sent else " (it may not have been sent)"),
+                node=endpoint,
+            ) from exc
+        except aiohttp.ClientError as exc:  # reset, server disconnected, broken payload
+            raise ResponseLost(
+                f"connection to {endpoint} broke during {what}: {type(exc).__name__}: {exc}", node=endpoint
+            ) from exc
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
