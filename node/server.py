@@ -47,7 +47,7 @@ class NodeServer:
 
     async def start(self) -> None:
         cfg, s = self.config, self.config.settings
-        self.storage = DiskStorage.open(
+        self.storage = DiskStorage(
             Path(self.node.data_dir),
             node_id=self.id,
             cluster_id=cfg.cluster_id,

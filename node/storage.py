@@ -63,7 +63,9 @@ class LoadedState:
 
 
 class Storage(Protocol):
-    """Durable state of one node. Blocking: call from a worker thread, one call at a time."""
+    """Durable state of one node. Blocking, so the driver calls it from worker threads — and from
+    more than one at once (``save`` for the log while a snapshot is written or read): every
+    implementation serialises its own methods."""
 
     def load(self) -> LoadedState:
         """Recover and return everything stored. Must be called before any other method."""
@@ -142,6 +144,7 @@ class MemoryStorage:
         #: entries after the snapshot, contiguous
         self.entries: list[Entry] = []
         self.closed = False
+        self._mutex = threading.Lock()  # the driver calls from several worker threads
 
     @property
     def _snapshot_index(self) -> int:
@@ -152,11 +155,21 @@ class MemoryStorage:
         return self._snapshot_index + len(self.entries)
 
     def load(self) -> LoadedState:
-        snap = self.snapshot
-        persisted = PersistedState(self.hard_state, snap.meta if snap else None, tuple(self.entries))
-        return LoadedState(persisted, snap.data if snap else None)
+        with self._mutex:
+            snap = self.snapshot
+            persisted = PersistedState(self.hard_state, snap.meta if snap else None, tuple(self.entries))
+            return LoadedState(persisted, snap.data if snap else None)
 
     def save(
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: SnapshotToInstall | None,
+    ) -> None:
+        with self._mutex:
+            self._save(hard_state, entries, snapshot)
+
+    def _save(
         self,
         hard_state: HardState | None,
         entries: Sequence[Entry],
@@ -180,6 +193,10 @@ class MemoryStorage:
             self.hard_state = hard_state
 
     def save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        with self._mutex:
+            self._save_snapshot(meta, data)
+
+    def _save_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         assert not self.closed
         current = self.snapshot.meta if self.snapshot else None
         term_at = lambda i: self.entries[i - self._snapshot_index - 1].term  # noqa: E731
@@ -188,7 +205,8 @@ class MemoryStorage:
             self.snapshot = SnapshotToInstall(meta, data)
 
     def snapshot_data(self) -> tuple[SnapshotMeta, bytes] | None:
-        return (self.snapshot.meta, self.snapshot.data) if self.snapshot else None
+        with self._mutex:
+            return (self.snapshot.meta, self.snapshot.data) if self.snapshot else None
 
     def close(self) -> None:
         self.closed = True
@@ -218,6 +236,7 @@ class DiskStorage:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         on_fsync: FsyncHook = None,
     ) -> None:
+        """Lock and check the data dir (DataDirLocked, DataDirMismatch); call :meth:`load` next."""
         self._dir = DataDir.open(data_dir, node_id=node_id, cluster_id=cluster_id, on_fsync=on_fsync)
         self._segment_bytes = segment_bytes
         self._on_fsync = on_fsync
@@ -229,21 +248,6 @@ class DiskStorage:
         self._hard_state: HardState | None = None  # the durable hard state, to skip rewriting it
         self._failed: OSError | None = None
         self._slow_fsync_s = _slow_fsync_from_env()
-
-    @classmethod
-    def open(
-        cls,
-        data_dir: str | os.PathLike[str],
-        *,
-        node_id: str,
-        cluster_id: str | None = None,
-        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-        on_fsync: FsyncHook = None,
-    ) -> DiskStorage:
-        """Same as the constructor: lock and check the data dir; call :meth:`load` next."""
-        return cls(
-            data_dir, node_id=node_id, cluster_id=cluster_id, segment_bytes=segment_bytes, on_fsync=on_fsync
-        )
 
     @property
     def path(self) -> Path:
