@@ -55,6 +55,7 @@ class Api:
         max_request_bytes: int,
         request_timeout_s: float = 5.0,
         extra_status: Callable[[], dict[str, Any]] = dict,
+        stale_reads_bug: bool = False,
     ) -> None:
         self.driver = driver
         self.metrics = metrics
@@ -63,6 +64,7 @@ class Api:
         self.max_request_bytes = max_request_bytes
         self.timeout_s = request_timeout_s
         self.extra_status = extra_status
+        self.stale_reads_bug = stale_reads_bug  # TEST-ONLY (node/inject_bug.py): skip ReadIndex
 
     def install(self, app: web.Application) -> None:
         app.middlewares.append(_unknown_routes_as_errors)
@@ -228,7 +230,9 @@ class Api:
     async def _read_time(self, request: web.Request) -> int:
         """Wait until a linearizable read is safe (unless ?consistency=stale); return the read time."""
         stale = schema.stale_read(request.query)
-        if not stale:
+        if not stale and self.stale_reads_bug:
+            self._require_leader()  # the injected bug: answer from local state, no ReadIndex
+        elif not stale:
             await self._read_barrier(self._timeout(request))
         return self.cluster_time.now_ms()
 

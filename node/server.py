@@ -21,8 +21,9 @@ from raftstate.node.clock import NodeClock
 from raftstate.node.cluster_time import ClusterTime
 from raftstate.node.config import ClusterConfig
 from raftstate.node.driver import DriverSettings, RaftDriver
+from raftstate.node.inject_bug import ACK_BEFORE_FSYNC, STALE_READS, LateWriteStorage, injected_bug
 from raftstate.node.metrics import NodeMetrics
-from raftstate.node.storage import DiskStorage
+from raftstate.node.storage import DiskStorage, Storage
 from raftstate.node.sweeper import ExpirySweeper
 from raftstate.node.transport import PeerTransport, StreamReceiver, TransportOptions
 from raftstate.raft import Membership, Role
@@ -38,7 +39,7 @@ class NodeServer:
         self.metrics = NodeMetrics(node_id, config.cluster_id)
         self.started_at = time.time()
         self._runner: web.AppRunner | None = None
-        self.storage: DiskStorage | None = None
+        self.storage: Storage | None = None
         self.transport: PeerTransport | None = None
         self.receiver: StreamReceiver | None = None
         self.driver: RaftDriver | None = None
@@ -53,6 +54,9 @@ class NodeServer:
             cluster_id=cfg.cluster_id,
             on_fsync=self.metrics.fsync_seconds.observe,
         )
+        bug = injected_bug()  # TEST-ONLY deliberate bugs for chaos runs (node/inject_bug.py); None normally
+        if bug == ACK_BEFORE_FSYNC:
+            self.storage = LateWriteStorage(self.storage)
         options = TransportOptions(max_frame_bytes=s.max_peer_frame_bytes)
         self.transport = PeerTransport(
             self.id, cfg.cluster_id, cfg.peers_of(self.id), metrics=self.metrics, options=options
@@ -94,6 +98,7 @@ class NodeServer:
             ),
             max_request_bytes=s.max_request_bytes,
             extra_status=self._extra_status,
+            stale_reads_bug=bug == STALE_READS,
         ).install(app)
         await self.transport.start()
         await self.driver.start()

@@ -32,6 +32,7 @@ import aiohttp
 from aiohttp import web
 
 from raftstate.node.config import parse_address
+from raftstate.node.fault_dial import DialMap
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.wire import FrameError, decode_frame, encode_one, frame_header
 from raftstate.raft.messages import Message
@@ -158,6 +159,7 @@ class PeerTransport:
         self._retired: set[asyncio.Task[None]] = set()  # tasks of removed peers, still closing
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        self._dial_map = DialMap.from_env()
         self.update_peers(peers)
 
     async def start(self) -> None:
@@ -284,7 +286,8 @@ class PeerTransport:
     async def _dial(self, peer: _Peer) -> aiohttp.ClientWebSocketResponse | None:
         assert self._session is not None
         o = self.options
-        url = f"http://{peer.address}{STREAM_PATH}"
+        # test/chaos hook (node/fault_dial.py): a chaos run routes this link through its proxy
+        url = f"http://{self._dial_map.address(peer.id, peer.address)}{STREAM_PATH}"
         headers = {NODE_HEADER: self.node_id, CLUSTER_HEADER: self.cluster_id, TARGET_HEADER: peer.id}
         try:
             async with asyncio.timeout(o.connect_timeout_s):
