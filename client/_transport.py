@@ -96,6 +96,21 @@ def decode_body(raw: bytes, content_type: str) -> Any:
     return raw.decode("utf-8", "replace")
 
 
+@dataclass(slots=True)
+class _SendTrace:
+    headers_sent: bool = False  #: some try of this request was written to a connection
+
+
+def _sent_tracer() -> aiohttp.TraceConfig:
+    async def on_headers_sent(session: Any, ctx: Any, params: Any) -> None:
+        if isinstance(ctx.trace_request_ctx, _SendTrace):
+            ctx.trace_request_ctx.headers_sent = True
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(on_headers_sent)
+    return trace
+
+
 class AiohttpTransport:
     """HTTP/1.1 with keep-alive pools (one ``aiohttp.ClientSession`` per client), msgpack both ways.
 
@@ -114,6 +129,7 @@ class AiohttpTransport:
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 headers={"Accept": p.MSGPACK, "User-Agent": "raftstate-client/0.1"},
+                trace_configs=[_sent_tracer()],
             )
         return self._session
 
@@ -127,6 +143,10 @@ class AiohttpTransport:
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, self._connect_timeout_s))
         headers = {"Content-Type": p.MSGPACK} if data is not None else None
         sent = False  # True once the connection exists: from then on the node may have the request
+        # aiohttp silently re-sends a PUT/DELETE on a new connection when a reused one breaks; if
+        # that retry's connect then fails, the FIRST try may still have reached the node (found by
+        # the chaos suite: a write reported Unavailable was applied). The tracer records a send.
+        trace = _SendTrace()
         try:
             async with self._get_session().request(
                 request.method,
@@ -135,6 +155,7 @@ class AiohttpTransport:
                 headers=headers,
                 timeout=timeout,
                 allow_redirects=False,
+                trace_request_ctx=trace,
             ) as resp:
                 sent = True
                 raw = await resp.read()
@@ -143,9 +164,14 @@ class AiohttpTransport:
                 except ValueError as exc:
                     body = f"<undecodable {resp.content_type} body: {exc}>"
                 return Response(resp.status, body)
-        except aiohttp.ClientConnectorError as exc:  # refused, unreachable, DNS: nothing was sent
-            raise ConnectFailed(f"cannot connect to {endpoint}: {exc.os_error}", node=endpoint) from exc
-        except aiohttp.ConnectionTimeoutError as exc:
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            if trace.headers_sent:  # an earlier try of this request went out on a reused connection
+                raise ResponseLost(
+                    f"connection to {endpoint} broke during {what}, and reconnecting failed: {exc}",
+                    node=endpoint,
+                ) from exc
+            if isinstance(exc, aiohttp.ClientConnectorError):  # refused, unreachable, DNS: nothing sent
+                raise ConnectFailed(f"cannot connect to {endpoint}: {exc.os_error}", node=endpoint) from exc
             raise ConnectFailed(f"connect to {endpoint} timed out", node=endpoint) from exc
         except TimeoutError as exc:
             raise ResponseLost(

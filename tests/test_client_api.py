@@ -234,3 +234,42 @@ def test_cli_commands(capfd: pytest.CaptureFixture[str]) -> None:
         assert rc == 3 and int(out.strip()) > 0 and "holding 'job'" in err
         rc, _, err = run_cli(["incr", "name"], state, capfd)
         assert rc == 3 and "WrongType" in err and "'name'" in err
+
+
+async def test_transport_reports_a_write_that_may_have_reached_a_node_that_then_died() -> None:
+    """aiohttp re-sends a PUT on a new connection when a kept-alive one breaks mid-request; when
+    that reconnect is refused (the node died after reading the request), the write may still have
+    been applied: ResponseLost, never ConnectFailed (which the client reports as "not applied")."""
+    requests = 0
+    server: asyncio.Server | None = None
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            length = next((int(x.split(b":")[1]) for x in lines if x.lower().startswith(b"content-len")), 0)
+            await reader.readexactly(length)
+            requests += 1
+            if requests == 1:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+                writer.write(b"Content-Length: 2\r\n\r\n{}")
+                await writer.drain()
+                continue
+            assert server is not None
+            server.close()  # the node "dies" having read the write: the reconnect is refused
+            writer.transport.abort()
+            return
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    t = AiohttpTransport()
+    try:
+        ep = f"http://127.0.0.1:{port}"
+        r = await t.send(ep, Request("PUT", "/v1/kv/a", {"value": 1}), 2.0)
+        assert r.status == 200
+        with pytest.raises(ResponseLost, match="reconnecting failed"):
+            await t.send(ep, Request("PUT", "/v1/kv/a", {"value": 2}), 2.0)
+        assert requests == 2
+    finally:
+        await t.aclose()
