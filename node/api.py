@@ -230,9 +230,7 @@ class Api:
     async def _read_time(self, request: web.Request) -> int:
         """Wait until a linearizable read is safe (unless ?consistency=stale); return the read time."""
         stale = schema.stale_read(request.query)
-        if not stale and self.stale_reads_bug:
-            self._require_leader()  # the injected bug: answer from local state, no ReadIndex
-        elif not stale:
+        if not stale and not self.stale_reads_bug:  # the injected bug: any node answers, no ReadIndex
             await self._read_barrier(self._timeout(request))
         return self.cluster_time.now_ms()
 

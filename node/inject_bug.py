@@ -6,8 +6,10 @@ at ERROR level at start-up); ``scripts/chaos.py --inject-bug NAME`` sets it on e
 ================  ===========================================================================
 name              what the node then does wrong
 ================  ===========================================================================
-stale-reads       a linearizable read is answered from the leader's local state at once,
-                  without ReadIndex: a deposed leader that has not noticed yet serves old values
+stale-reads       a linearizable read is answered at once from the local state of whichever
+                  node gets it, without ReadIndex (as if it were ``consistency=stale``): a deposed
+                  or cut-off leader, or a lagging follower a client still takes for the leader,
+                  serves old values
 ack-before-fsync  every Ready batch counts as durable at once (the driver acknowledges, votes and
                   commits on it); a background thread writes it ~1 s later. A crash of every node
                   within that second (restart-all) loses acknowledged writes

@@ -36,6 +36,7 @@ REFUSALS = (Unavailable, LockHeld, LockLost, InvalidRequest, VersionMismatch, No
 class WorkloadConfig:
     registers: int = 3  #: hot register keys, shared by the register workers
     register_workers: int = 3
+    reader_workers: int = 2  #: only read the registers (like a dashboard polling progress)
     counters: int = 2
     counter_workers: int = 2
     locks: int = 1
@@ -91,6 +92,7 @@ class Workers:
         jobs: list[Awaitable[None]] = []
         specs: list[tuple[str, int, Callable[[AsyncClient, str, random.Random], Awaitable[None]]]] = [
             ("reg", c.register_workers, self._register_worker),
+            ("reader", c.reader_workers, self._reader_worker),
             ("ctr", c.counter_workers, self._counter_worker),
             ("lock", c.lock_workers, self._lock_worker),
             ("claim", c.claim_workers, self._claim_worker),
@@ -167,6 +169,11 @@ class Workers:
             return
         op = self.history.invoke(name, "cas", key, [entry.value, value])
         await self._write(op, client.compare_and_set(key, value, version=entry.version))
+
+    async def _reader_worker(self, client: AsyncClient, name: str, rng: random.Random) -> None:
+        key = register_key(rng.randrange(self.cfg.registers))
+        op = self.history.invoke(name, "read", key)
+        await self._read(op, client.get_entry(key), lambda e: None if e is None else e.value)
 
     async def _counter_worker(self, client: AsyncClient, name: str, rng: random.Random) -> None:
         key = counter_key(rng.randrange(self.cfg.counters))
