@@ -12,6 +12,7 @@ import random
 from pathlib import Path
 
 import pytest
+
 from chaos.report import verdict_table
 from chaos.run import RunConfig, RunResult, replay_command, run
 
