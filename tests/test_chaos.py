@@ -27,7 +27,8 @@ def _seed() -> int:
 
 
 def _explain(res: RunResult) -> str:
-    return f"seed {res.cfg.seed}\n{verdict_table(res)}\nreplay: {replay_command(res.cfg)}\nreport: {res.report_dir}"
+    return (f"seed {res.cfg.seed}\n{verdict_table(res)}\nreplay: {replay_command(res.cfg)}\n"
+            f"report: {res.report_dir}")
 
 
 def test_mixed_fault_run_passes_every_check(tmp_path: Path) -> None:

@@ -1,0 +1,115 @@
+"""The chaos suite's moving parts on their own: the partition proxy, the dial-map hook, the bug
+switch, the fault schedule and the script's refusal of faults that are not available yet."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from chaos.faults import DURATION_S, plan
+from chaos.proxy import ProxyLayer
+from raftstate.node.fault_dial import DialMap
+from raftstate.node.inject_bug import BUG_ENV, injected_bug
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _roundtrip(port: int, data: bytes, timeout: float = 1.0) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(100), timeout)
+    finally:
+        writer.close()
+
+
+async def test_proxy_forwards_then_blackholes_then_heals() -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(100):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = ProxyLayer({"a": "127.0.0.1:1", "b": f"127.0.0.1:{port}"})
+    proxy.start()
+    try:
+        maps = proxy.write_dial_maps(Path(tempfile.mkdtemp()))
+        via = int(json.loads(maps["a"].read_text())["b"].rsplit(":", 1)[1])  # a's route to b
+        assert await _roundtrip(via, b"hello") == b"hello"
+        # a live connection is dropped by the cut: nothing buffered leaks through
+        reader, writer = await asyncio.open_connection("127.0.0.1", via)
+        writer.write(b"one")
+        assert await asyncio.wait_for(reader.read(100), 1) == b"one"
+        proxy.cut([("a", "b")])
+        assert proxy.cut_links() == [("a", "b")]
+        assert await asyncio.wait_for(reader.read(100), 2) == b""  # closed
+        writer.close()
+        # new connections are accepted but nothing comes back (a black hole, not a refusal)
+        with pytest.raises(TimeoutError):
+            await _roundtrip(via, b"lost", timeout=0.5)
+        proxy.heal()
+        assert await _roundtrip(via, b"again") == b"again"
+    finally:
+        proxy.close()
+        server.close()
+
+
+def test_dial_map_overrides_only_named_peers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps({"n2": "127.0.0.1:9999"}))
+    m = DialMap(path)
+    assert m.address("n2", "127.0.0.1:7002") == "127.0.0.1:9999"
+    assert m.address("n3", "127.0.0.1:7003") == "127.0.0.1:7003"
+    assert DialMap(None).address("n2", "127.0.0.1:7002") == "127.0.0.1:7002"
+    with caplog.at_level(logging.WARNING):
+        path.write_text('{"n2": "http://x:1"}')
+        assert m.address("n2", "127.0.0.1:7002") == "127.0.0.1:7002"  # bad override: ignored, loudly
+        path.unlink()
+        assert m.address("n2", "127.0.0.1:7002") == "127.0.0.1:7002"
+    assert "unusable" in caplog.text
+
+
+def test_bug_switch(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.delenv(BUG_ENV, raising=False)
+    assert injected_bug() is None
+    monkeypatch.setenv(BUG_ENV, "stale-reads")
+    with caplog.at_level(logging.ERROR):
+        assert injected_bug() == "stale-reads"
+    assert "TEST-ONLY BUG INJECTED" in caplog.text
+    monkeypatch.setenv(BUG_ENV, "typo")
+    with pytest.raises(ValueError, match="not a known injected bug; choose one of"):
+        injected_bug()
+
+
+def test_schedule_is_seeded_and_fits_the_run() -> None:
+    a = plan(["kill", "pause", "partition", "clock", "restart-all"], 60, seed=7)
+    assert a == plan(["kill", "pause", "partition", "clock", "restart-all"], 60, seed=7)
+    assert a != plan(["kill", "pause", "partition", "clock", "restart-all"], 60, seed=8)
+    assert len(a) >= 6 and all(f.at_s + f.duration_s <= 58 for f in a)
+    assert all(DURATION_S[f.kind][0] <= f.duration_s <= DURATION_S[f.kind][1] for f in a)
+    assert all(x.at_s + x.duration_s < y.at_s for x, y in itertools.pairwise(a))
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--faults", "kill,membership"], 2, "not available yet"),
+        (["--faults", "kill,typo"], 2, "unknown fault 'typo'"),
+        (["--inject-bug", "nope"], 2, "invalid choice"),
+    ],
+)
+def test_script_refuses_what_it_cannot_do(args: list[str], code: int, message: str) -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "chaos.py"), *args],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == code and message in out.stderr, out.stderr
