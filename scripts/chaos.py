@@ -63,7 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== run seed {seed}: {a.nodes} nodes, {a.duration:g}s, faults {','.join(kinds)}"
               + (f", injected bug {a.inject_bug}" if a.inject_bug else ""), flush=True)
         started = time.monotonic()
-        res = run(cfg)
+        try:
+            res = run(cfg)
+        except Exception as exc:  # the harness itself broke: still name the seed and the replay
+            why = f"{type(exc).__name__}: {exc}"
+            print(f"   FAIL seed {seed}: the run could not complete: {why}")
+            print(f"   replay: {replay_command(cfg)}", flush=True)
+            res = RunResult(cfg, [], Counter(), 0, cfg.report_dir or Path("."), why)
+            results.append(res)
+            continue
         results.append(res)
         print(verdict_table(res))
         faults = ", ".join(f"{k} {n}" for k, n in sorted(res.fault_counts.items())) or "none"
