@@ -20,8 +20,9 @@ import asyncio
 import contextlib
 import json
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 Link = tuple[str, str]  # (from node, to node)
 
@@ -142,6 +143,5 @@ class ProxyLayer:
             p.cut = cut
             p.drop_connections()  # a cut drops live traffic; a heal ends the black-holed dials
 
-    def _call(self, coro: object) -> None:
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
-        fut.result(timeout=10)
+    def _call(self, coro: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)

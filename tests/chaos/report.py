@@ -54,13 +54,24 @@ def write_report(
     t0: float,
     replay: str,
 ) -> None:
-    from chaos.run import summary_json
-
     timeline = [{"kind": w.kind, "start_s": round(w.start_t - t0, 3), "end_s": round(w.end_t - t0, 3),
                  "detail": w.detail} for w in windows]
     (report_dir / "faults.json").write_text(json.dumps(timeline, indent=1))
-    (report_dir / "result.json").write_text(json.dumps(summary_json(result), indent=1, default=repr))
+    (report_dir / "result.json").write_text(json.dumps(summary_json(result, replay), indent=1, default=repr))
     (report_dir / "report.html").write_text(_html(result, ops, timeline, t0, replay), encoding="utf-8")
+
+
+def summary_json(result: RunResult, replay: str) -> dict[str, Any]:
+    return {
+        "seed": result.cfg.seed,
+        "passed": result.passed,
+        "error": result.error,
+        "ops": result.ops,
+        "faults": dict(result.fault_counts),
+        "checks": [{"name": r.name, "verdict": r.verdict, "ops_checked": r.ops_checked,
+                    "anomalies": r.anomalies, "note": r.note} for r in result.results],
+        "replay": replay,
+    }
 
 
 def latency_svg(ops: Sequence[Op], timeline: list[dict[str, Any]], t0: float,
@@ -69,7 +80,7 @@ def latency_svg(ops: Sequence[Op], timeline: list[dict[str, Any]], t0: float,
     up on; fault windows shaded and labelled."""
     pad_l, pad_b, pad_t = 55, 30, 20
     pts = [(o.invoke_t - t0, _shown_latency(o), o.status) for o in ops if o.process != "final"]
-    t_max = max([p[0] for p in pts] + [w["end_s"] for w in timeline] + [1.0])
+    t_max = float(max([p[0] for p in pts] + [w["end_s"] for w in timeline] + [1.0]))
     lo, hi = 1e-3, max([p[1] for p in pts] + [1.0]) * 1.2
 
     def x(t: float) -> float:

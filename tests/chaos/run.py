@@ -180,18 +180,3 @@ def check(ops: list[Op], final: dict[str, Any], injector: Injector) -> list[Chec
         ttl.check(ops, ahead_s=injector.ahead_s, back_s=injector.back_s),
         durability.check(ops, final),
     ]
-
-
-def summary_json(result: RunResult) -> dict[str, Any]:
-    return {
-        "seed": result.cfg.seed,
-        "passed": result.passed,
-        "error": result.error,
-        "ops": result.ops,
-        "faults": dict(result.fault_counts),
-        "checks": [{"name": r.name, "verdict": r.verdict, "ops_checked": r.ops_checked,
-                    "anomalies": r.anomalies, "note": r.note} for r in result.results],
-        "replay": replay_command(result.cfg),
-    }
-
-
