@@ -97,6 +97,7 @@ def test_schedule_is_seeded_and_fits_the_run() -> None:
     assert a == plan(["kill", "pause", "partition", "clock", "restart-all"], 60, seed=7)
     assert a != plan(["kill", "pause", "partition", "clock", "restart-all"], 60, seed=8)
     assert len(a) >= 6 and all(f.at_s + f.duration_s <= 58 for f in a)
+    assert {f.kind for f in a[:5]} == {"kill", "pause", "partition", "clock", "restart-all"}
     assert all(DURATION_S[f.kind][0] <= f.duration_s <= DURATION_S[f.kind][1] for f in a)
     assert all(x.at_s + x.duration_s < y.at_s for x, y in itertools.pairwise(a))
 

@@ -245,12 +245,14 @@ DURATION_S: dict[str, tuple[float, float]] = {
 
 def plan(kinds: list[str], duration_s: float, seed: int) -> list[PlannedFault]:
     """The seeded schedule: faults one after another with 1-3 s of quiet between them, ending at
-    least 2 s before the workload stops."""
+    least 2 s before the workload stops. Every kind comes once (in a seeded order) before any
+    comes twice, so a short run still mixes all of them."""
     rng = random.Random(seed)
     out: list[PlannedFault] = []
+    first = rng.sample(kinds, len(kinds))
     t = rng.uniform(1.0, 3.0)
     while True:
-        kind = rng.choice(kinds)
+        kind = first[len(out)] if len(out) < len(first) else rng.choice(kinds)
         lo, hi = DURATION_S[kind]
         d = rng.uniform(lo, hi)
         if t + d > duration_s - 2:
