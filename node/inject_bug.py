@@ -63,6 +63,9 @@ class LateWriteStorage:
         self._inner = inner
         self._delay_s = delay_s
         self._queue: queue.Queue[tuple[float, Callable[[], None]]] = queue.Queue()
+        self._progress = threading.Condition()
+        self._queued = 0  # writes handed to the thread so far
+        self._written = 0  # of those, performed (invariant: _written <= _queued)
         self._thread = threading.Thread(target=self._write_late, name="late-writer", daemon=True)
         self._thread.start()
 
@@ -82,15 +85,23 @@ class LateWriteStorage:
         self._later(lambda: self._inner.save_snapshot(meta, data))
 
     def snapshot_data(self) -> tuple[SnapshotMeta, bytes] | None:
-        self._queue.join()
+        self._drain()
         return self._inner.snapshot_data()
 
     def close(self) -> None:
-        self._queue.join()
+        self._drain()
         self._inner.close()
 
+    def _drain(self) -> None:
+        """Wait for every write queued so far (not for later ones: a busy node never idles)."""
+        with self._progress:
+            target = self._queued
+            self._progress.wait_for(lambda: self._written >= target)
+
     def _later(self, write: Callable[[], None]) -> None:
-        self._queue.put((time.monotonic() + self._delay_s, write))
+        with self._progress:
+            self._queued += 1
+            self._queue.put((time.monotonic() + self._delay_s, write))
 
     def _write_late(self) -> None:
         while True:
@@ -101,5 +112,6 @@ class LateWriteStorage:
             except Exception:
                 log.exception("late writer: a delayed write failed; stopping the process")
                 os._exit(4)
-            finally:
-                self._queue.task_done()
+            with self._progress:
+                self._written += 1
+                self._progress.notify_all()

@@ -17,7 +17,9 @@ import pytest
 from chaos.faults import DURATION_S, plan
 from chaos.proxy import ProxyLayer
 from raftstate.node.fault_dial import DialMap
-from raftstate.node.inject_bug import BUG_ENV, injected_bug
+from raftstate.node.inject_bug import BUG_ENV, LateWriteStorage, injected_bug
+from raftstate.node.storage import MemoryStorage
+from raftstate.raft.messages import Entry, HardState
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,3 +116,18 @@ def test_script_refuses_what_it_cannot_do(args: list[str], code: int, message: s
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "chaos.py"), *args],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == code and message in out.stderr, out.stderr
+
+
+def test_ack_before_fsync_storage_returns_before_writing() -> None:
+    """The injected durability bug: save() returns at once, the write happens ~delay later, in
+    order; reading the snapshot (or closing) first waits for what was queued before it."""
+    inner = MemoryStorage()
+    late = LateWriteStorage(inner, delay_s=0.3)
+    late.save(HardState(term=1), [Entry(1, 1, 0), Entry(2, 1, 0)], None)
+    late.save(None, [Entry(3, 1, 0)], None)
+    assert inner.last_index == 0  # "durable" for the driver, nowhere for a crash
+    assert late.snapshot_data() is None  # drains first
+    assert inner.last_index == 3 and inner.hard_state.term == 1
+    late.save(None, [Entry(4, 1, 0)], None)
+    late.close()
+    assert inner.last_index == 4
