@@ -102,7 +102,8 @@ def test_increment_lock_and_session_bodies() -> None:
     assert schema.increment("c", {"by": -(2**63)}, LIM).op == Increment("c", -(2**63))
     assert "signed 64-bit" in refused(schema.increment, "c", {"by": 2**63}, LIM).message
     assert "signed 64-bit" in refused(schema.increment, "c", {"by": 1.0}, LIM).message
-    assert schema.acquire("L", {"owner": "w", "ttl": 2.5}, LIM).op == AcquireLock("L", "w", 2500, LIM.max_locks)
+    lock = AcquireLock("L", "w", 2500, LIM.max_locks)
+    assert schema.acquire("L", {"owner": "w", "ttl": 2.5}, LIM).op == lock
     assert '"ttl"' in refused(schema.acquire, "L", {"owner": "w"}, LIM).message
     assert '"owner"' in refused(schema.acquire, "L", {"owner": "", "ttl": 1}, LIM).message
     assert "max_key_bytes" in refused(schema.acquire, "L", {"owner": "w" * 17, "ttl": 1}, LIM).message
