@@ -121,9 +121,7 @@ class AiohttpTransport:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections, keepalive_timeout=30, ssl=self._ssl
-            )
+            connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30, ssl=self._ssl)
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 headers={"Accept": p.MSGPACK, "User-Agent": "raftstate-client/0.1", **self._auth},

@@ -32,6 +32,7 @@ log = logging.getLogger("raftstate.node.http_guard")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+
 class _Refuse(asyncio.Protocol):
     """Answers 503 and closes: the connection costs one accept and one write."""
 

@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("nodes", nargs="+", help="node ids, e.g. n1 n2 n3")
     ap.add_argument("--out", default="certs", help="output directory (default ./certs)")
     ap.add_argument(
-        "--host", action="append", help="host name or IP each certificate is valid for (repeat; default 127.0.0.1)"
+        "--host",
+        action="append",
+        help="host name or IP each certificate is valid for (repeat; default 127.0.0.1)",
     )
     ap.add_argument("--days", type=int, default=30, help="validity in days (default 30)")
     ap.add_argument("--ca-name", default="raftstate local CA")

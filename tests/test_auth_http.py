@@ -120,10 +120,15 @@ async def test_the_401_says_what_to_send_and_the_log_never_holds_the_token(
             assert r.status == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
             assert body["error"]["code"] == "unauthorized"
             assert "Authorization: Bearer <token>" in body["error"]["message"]
-        async with s.put(srv.make_url("/v1/kv/a"), headers={"Authorization": f"Bearer {TOKENS[Role.READ]}"}) as r:
+        async with s.put(
+            srv.make_url("/v1/kv/a"), headers={"Authorization": f"Bearer {TOKENS[Role.READ]}"}
+        ) as r:
             body = await r.json()
             assert r.status == 403 and body["error"]["code"] == "forbidden"
-            assert "needs role write" in body["error"]["message"] and "'READ' has role read" in body["error"]["message"]
+            assert (
+                "needs role write" in body["error"]["message"]
+                and "'READ' has role read" in body["error"]["message"]
+            )
     assert "127.0.0.1" in caplog.text, "refusals are logged with the remote address"
     assert "wrong-secret-xyz" not in caplog.text and TOKENS[Role.READ] not in caplog.text
 
@@ -145,6 +150,8 @@ def test_the_table_covers_every_route_of_the_api() -> None:
 
     app = web.Application()
     Api.install(object.__new__(Api), app)  # only registers routes
-    routes = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource and r.method != "HEAD"}
+    routes = {
+        (r.method, r.resource.canonical) for r in app.router.routes() if r.resource and r.method != "HEAD"
+    }
     missing = {r for r in routes if r not in ROUTE_ROLES}
     assert not missing, f"routes with no explicit role (they would need admin): {missing}"

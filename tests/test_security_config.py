@@ -72,7 +72,9 @@ def test_tokens_by_reference_resolve_from_env_and_files(tmp_path: Path) -> None:
 
 def test_a_missing_variable_or_file_is_named(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, NODES + AUTH_ON))
-    with pytest.raises(ConfigError, match="auth.cluster_secret: environment variable T_CLUSTER_SECRET is not set"):
+    with pytest.raises(
+        ConfigError, match=r"auth\.cluster_secret: environment variable T_CLUSTER_SECRET is not set"
+    ):
         resolve_auth(cfg.auth, cfg.path, env={})
     env = {"T_CLUSTER_SECRET": SECRET, "T_ADMIN": "a" * 16, "T_READ": "r" * 16}
     with pytest.raises(ConfigError, match=r"auth.tokens\[1\]: cannot read file .*w.token"):
@@ -89,7 +91,10 @@ def test_a_short_secret_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("section", "expected"),
     [
-        ("auth: {enabled: true, cluster_secret: hunter2, tokens: []}\n", "never store secrets in cluster.yaml"),
+        (
+            "auth: {enabled: true, cluster_secret: hunter2, tokens: []}\n",
+            "never store secrets in cluster.yaml",
+        ),
         ("auth: {enabled: yes-please}\n", "auth.enabled: expected true or false"),
         ("auth: {enabled: true, tokens: [{name: a, role: read, env: X}]}\n", "auth.cluster_secret: required"),
         ("auth: {enabled: true, cluster_secret: {env: S}}\n", "auth.tokens: expected a non-empty list"),
@@ -98,7 +103,8 @@ def test_a_short_secret_is_refused(tmp_path: Path) -> None:
             "auth.tokens[0].role: 'root' is not a role; use one of read, write, admin",
         ),
         (
-            "auth: {enabled: true, cluster_secret: {env: S, file: f}, tokens: [{name: a, role: read, env: X}]}\n",
+            "auth: {enabled: true, cluster_secret: {env: S, file: f},"
+            " tokens: [{name: a, role: read, env: X}]}\n",
             "give exactly one of env or file",
         ),
         (
@@ -109,7 +115,10 @@ def test_a_short_secret_is_refused(tmp_path: Path) -> None:
         ("auth: {enabled: false, open: [everything]}\n", "auth.open"),
         ("auth: {enabled: false, tokenz: []}\n", "auth.tokenz: unknown key"),
         ("auth: {enabled: false}\ntls: {cert: a.pem, key: a.key}\n", "tls.ca: required key is missing"),
-        ("auth: {enabled: false}\ntls: {cert: {n1: a.pem}, key: k, ca: c}\n", "tls.cert: no entry for node n2"),
+        (
+            "auth: {enabled: false}\ntls: {cert: {n1: a.pem}, key: k, ca: c}\n",
+            "tls.cert: no entry for node n2",
+        ),
     ],
 )
 def test_bad_sections(tmp_path: Path, section: str, expected: str) -> None:
