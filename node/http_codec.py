@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Callable
 from typing import Any, Final
 
 import msgpack
@@ -25,6 +26,8 @@ from raftstate.client.protocol import (
 
 #: seconds a request body may take to arrive (settings.client_body_timeout_s; absent: no limit)
 BODY_TIMEOUT_S: Final = web.AppKey("raftstate_body_timeout_s", float)
+#: called once a request's body has fully arrived (node/http_guard.py stops treating it as slow)
+BODY_DONE: Final[web.AppKey[Callable[[web.Request], None]]] = web.AppKey("raftstate_body_done")
 
 
 class ApiError(Exception):
@@ -91,6 +94,8 @@ async def read_body(request: web.Request, max_bytes: int) -> Any:
                 if not chunk:
                     break
                 buf += chunk
+    except ConnectionError:  # the guard evicted a slow body to make room (node/http_guard.py)
+        raise ApiError(REQUEST_TIMEOUT, "the connection closed while the body was arriving") from None
     except TimeoutError:
         raise ApiError(
             REQUEST_TIMEOUT,
@@ -99,6 +104,9 @@ async def read_body(request: web.Request, max_bytes: int) -> Any:
             limit=timeout_s,
         ) from None
     raw = bytes(buf)
+    done = request.app.get(BODY_DONE)
+    if done is not None:
+        done(request)
     if len(raw) > max_bytes:
         raise ApiError(
             REQUEST_TOO_LARGE,

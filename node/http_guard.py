@@ -3,14 +3,18 @@
 Raft heartbeats share the node's event loop and its one listener with client requests, so the
 listener must not let clients pile up without bound:
 
-    max_client_connections   a connection beyond this many open ones gets a 503 and is closed at
-                             once (established peer streams are already counted, and stay)
+    max_client_connections   at this many open connections, a new one evicts the oldest connection
+                             that has not yet delivered a whole request (no headers yet, or a body
+                             still arriving); if there is none, the new one gets 503 and is closed
+                             (established peer streams count, and are never evicted: they have
+                             long delivered their request)
     client_body_timeout_s    a connection must deliver its first request's headers within this,
                              and a request body must arrive within it (else 408 request_timeout)
 
 A slowloris client (many connections, a byte at a time) therefore holds at most
-``max_client_connections`` sockets for at most ``client_body_timeout_s`` each, and costs the loop
-one small read per byte; it can neither exhaust file descriptors nor starve the heartbeats.
+``max_client_connections`` sockets, each for at most ``client_body_timeout_s``, and loses them to
+any client that sends whole requests; it costs the loop one small read per byte, and can neither
+exhaust file descriptors nor starve the heartbeats.
 """
 
 from __future__ import annotations
@@ -54,22 +58,36 @@ class HttpGuard:
         assert max_connections > 0 and body_timeout_s > 0
         self.max_connections = max_connections
         self.body_timeout_s = body_timeout_s
-        # Connections still waiting for their first request's headers. Each enters once (accept) and
-        # leaves once (first request, or the deadline), so the set never outgrows the open connections.
-        self._waiting: set[object] = set()
+        # Connections still waiting for their first request's headers (the deadline closes them),
+        # and, oldest first, those that may be evicted: no headers yet, or their first request's
+        # body still arriving (read_body reports its end through body_done). Each enters once
+        # (accept) and leaves once (its first request is whole, eviction, or the deadline), so
+        # neither outgrows the open connections.
+        self._idle: set[object] = set()
+        self._evictable: dict[object, None] = {}
         self.refused = Counter(
             "raftstate_http_connections_refused",
             "Client connections closed by a guard: over max_client_connections, or too slow",
             ["reason"],
             registry=metrics.registry,
         )
-        for reason in ("too_many", "slow_headers"):
+        for reason in ("too_many", "slow_headers", "evicted"):
             self.refused.labels(reason=reason)
+
+    def body_done(self, request: web.Request) -> None:
+        """The request's body has arrived: the connection is no longer a slow one."""
+        self._evictable.pop(request.protocol, None)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        self._waiting.discard(request.protocol)
-        return await handler(request)
+        proto = request.protocol
+        self._idle.discard(proto)
+        if not request.body_exists:
+            self._evictable.pop(proto, None)
+        try:
+            return await handler(request)
+        finally:
+            self._evictable.pop(proto, None)
 
     def wrap(self, server: Callable[[], RequestHandler]) -> Callable[[], asyncio.Protocol]:
         """A protocol factory for ``loop.create_server`` that applies the guards around aiohttp's."""
@@ -77,24 +95,39 @@ class HttpGuard:
 
         def factory() -> asyncio.Protocol:
             if connections() >= self.max_connections:
-                self.refused.labels(reason="too_many").inc()
-                return _Refuse()
+                if not self._evictable:
+                    self.refused.labels(reason="too_many").inc()
+                    return _Refuse()
+                victim = next(iter(self._evictable))  # the oldest slow one makes room
+                self._evictable.pop(victim)
+                self._idle.discard(victim)
+                self.refused.labels(reason="evicted").inc()
+                self._close(victim)
             proto = server()
-            self._waiting.add(proto)
+            self._idle.add(proto)
+            self._evictable[proto] = None
             asyncio.get_running_loop().call_later(self.body_timeout_s, self._check_started, proto)
             return proto
 
         return factory
 
     def _check_started(self, proto: RequestHandler) -> None:
-        if proto not in self._waiting:
+        if proto not in self._idle:
             return
-        self._waiting.discard(proto)
+        self._idle.discard(proto)
+        self._evictable.pop(proto, None)
         if proto.transport is None:
             return  # closed meanwhile
         self.refused.labels(reason="slow_headers").inc()
+        self._close(proto)
+
+    @staticmethod
+    def _close(proto: object) -> None:
+        assert isinstance(proto, RequestHandler)
+        transport = proto.transport
         proto.force_close()
-        proto.transport.close()
+        if transport is not None:
+            transport.close()
 
 
 class GuardedTCPSite(web.TCPSite):

@@ -20,7 +20,7 @@ from aiohttp import web
 from raftstate.node.auth import AUTHENTICATOR, Authenticator, auth_middleware
 from raftstate.node.config import ClusterConfig
 from raftstate.node.driver import RaftDriver
-from raftstate.node.http_codec import BODY_TIMEOUT_S
+from raftstate.node.http_codec import BODY_DONE, BODY_TIMEOUT_S
 from raftstate.node.http_guard import GuardedTCPSite, HttpGuard
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.peer_auth import PeerAuth
@@ -70,8 +70,15 @@ class NodeSecurity:
         """Call before any route is added: these middlewares run first, in this order."""
         app[AUTHENTICATOR] = self.authenticator
         app[BODY_TIMEOUT_S] = self.guard.body_timeout_s
+        app[BODY_DONE] = self.guard.body_done
         app.middlewares.append(self.guard.middleware)
         app.middlewares.append(auth_middleware)
+
+    @property
+    def runner_options(self) -> dict[str, Any]:
+        """Keyword arguments for web.AppRunner: no "lingering" (aiohttp would otherwise keep reading
+        an unread body for up to 10 s after answering, e.g. after a 408 to a slow client)."""
+        return {"lingering_time": 0.0}
 
     def site(self, runner: web.AppRunner, host: str, port: int, **kw: Any) -> web.TCPSite:
         return GuardedTCPSite(runner, host, port, self.guard, ssl_context=self.server_ssl, **kw)

@@ -118,7 +118,7 @@ class NodeServer:
         await self.transport.start()
         await self.driver.start()
         self.sweeper.start()
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, **sec.runner_options)
         await self._runner.setup()
         site = sec.site(self._runner, self.node.host, self.node.port, reuse_address=True)
         await site.start()

@@ -88,11 +88,26 @@ json_values = st.recursive(
         st.floats(),
         st.text(max_size=30),
     ),
-    lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=8), inner, max_size=5)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=8), inner, max_size=5)
+    ),
     max_leaves=20,
 )
 fields = st.sampled_from(
-    ["value", "ttl", "expires_at", "if_absent", "if_version", "by", "owner", "token", "session", "seq", "ack", "fence"]
+    [
+        "value",
+        "ttl",
+        "expires_at",
+        "if_absent",
+        "if_version",
+        "by",
+        "owner",
+        "token",
+        "session",
+        "seq",
+        "ack",
+        "fence",
+    ]
 )
 bodies_as_objects = st.dictionaries(fields, json_values, max_size=4)
 
@@ -112,7 +127,9 @@ body_bytes = st.one_of(
     bodies_as_objects.map(_json),
     json_values.map(_json),
     bodies_as_objects.map(_msgpack),
-    bodies_as_objects.map(_msgpack).flatmap(lambda b: st.integers(0, max(0, len(b) - 1)).map(lambda n: b[:n])),
+    bodies_as_objects.map(_msgpack).flatmap(
+        lambda b: st.integers(0, max(0, len(b) - 1)).map(lambda n: b[:n])
+    ),
     st.binary(max_size=200),
     st.integers(1, 200_000).map(lambda n: b"[" * n + b"]" * (n // 2)),  # deep nesting, maybe unbalanced
     st.integers(1, 200_000).map(lambda n: b"\x91" * n + b"\xc0"),  # deep msgpack
@@ -146,7 +163,9 @@ paths = st.one_of(
     key_segments.map(lambda k: b"/v1/sessions/" + _quote_path(k) + b"/keepalive"),
     key_segments.map(lambda k: b"/v1/keys?limit=" + _quote_path(k) + b"&prefix=f:"),
     key_segments.map(lambda k: b"/v1/kv/f:a?timeout=" + _quote_path(k)),
-    st.sampled_from([b"/v1/sessions", b"/v1/leader/transfer", b"/nope", b"/v1/kv/", b"/raft/v1/stream", b"*"]),
+    st.sampled_from(
+        [b"/v1/sessions", b"/v1/leader/transfer", b"/nope", b"/v1/kv/", b"/raft/v1/stream", b"*"]
+    ),
     st.sampled_from([b"/v1/kv/f:a", b"/v1/kv/f:a/increment", b"/v1/locks/f/acquire", b"/v1/sessions"]),
 )
 methods = st.sampled_from([b"GET", b"PUT", b"POST", b"DELETE"] * 4 + [b"PATCH", b"HEAD", b"OPTIONS", b"BREW"])
@@ -179,8 +198,16 @@ def _ok(v: Any) -> bool:
 MODEL: dict[str, Any] = {}
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(st.lists(st.one_of(garbage.map(lambda g: ("garbage", g)), valid.map(lambda v: ("valid", v))), min_size=3, max_size=15))
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+@given(
+    st.lists(
+        st.one_of(garbage.map(lambda g: ("garbage", g)), valid.map(lambda v: ("valid", v))),
+        min_size=3,
+        max_size=15,
+    )
+)
 def test_fuzzed_requests_never_crash_or_change_the_valid_data(node: LocalCluster, ops: list[Any]) -> None:
     for kind, op in ops:
         if kind == "valid":
@@ -192,7 +219,9 @@ def test_fuzzed_requests_never_crash_or_change_the_valid_data(node: LocalCluster
         STATS[str(status)] = STATS.get(str(status), 0) + 1
         assert status < 500, f"{method!r} {path!r} {body[:80]!r} {ctype!r}: HTTP {status}"
         if status in VALIDATION_REFUSALS:
-            assert commit_index(node) == before, f"refused {status} but proposed: {method!r} {path!r} {body[:80]!r}"
+            assert commit_index(node) == before, (
+                f"refused {status} but proposed: {method!r} {path!r} {body[:80]!r}"
+            )
 
 
 def apply_valid(c: LocalCluster, op: str, key: str, arg: Any) -> None:
