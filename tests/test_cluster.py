@@ -31,6 +31,8 @@ def _followers(c: LocalCluster, leader: str) -> list[str]:
 def test_writes_and_reads_through_any_node(cluster: LocalCluster) -> None:
     leader = cluster.wait_leader()
     follower = _followers(cluster, leader)[0]
+    # (a follower may hear of the new leader a heartbeat after the leader knows it won)
+    wait_until(lambda: cluster.status(follower)["leader"] == leader, 10, f"{follower} to know the leader")
     # A follower refuses the write and names the leader (id and address) so the client can follow.
     with pytest.raises(HttpError) as err:
         http("PUT", cluster.url(follower, "/v1/kv/a"), {"value": 1})
