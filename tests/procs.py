@@ -7,6 +7,7 @@ small blocking HTTP helpers. Nothing here is mocked: these are the processes use
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,16 @@ class LocalCluster:
                     stderr=subprocess.STDOUT,
                     env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env, **(env or {})},
                 )
+
+    @contextlib.contextmanager
+    def running(self, leader_timeout: float = 30.0) -> Iterator[LocalCluster]:
+        """Start every node and wait for a leader; stop them all on exit."""
+        self.start()
+        try:
+            self.wait_leader(timeout=leader_timeout)
+            yield self
+        finally:
+            self.stop_all()
 
     def kill(self, nid: str, sig: int = signal.SIGKILL) -> None:
         p = self.procs[nid]

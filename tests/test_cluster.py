@@ -113,7 +113,8 @@ def test_kill_every_node_at_once_loses_nothing_acknowledged(cluster: LocalCluste
 def test_terms_never_go_down_across_full_restart(cluster: LocalCluster) -> None:
     cluster.wait_leader()
     cluster.put("x", 1)
-    before = {n: cluster.status(n)["term"] for n in cluster.ids}
+    # every node up (under load the third may still be starting when the first two elect)
+    before = {n: wait_until(lambda n=n: cluster.status(n), 20, f"{n} up")["term"] for n in cluster.ids}
     for n in cluster.ids:
         cluster.kill(n)
     cluster.start()

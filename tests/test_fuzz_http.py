@@ -41,13 +41,10 @@ STATS: dict[str, int] = {}
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path_factory.mktemp("fuzz"), n=1, settings=LIMITS, auth=AUTH, env=ENV, token=TOKEN)
-    c.start()
-    try:
-        c.wait_leader(timeout=30)
+    with LocalCluster(
+        tmp_path_factory.mktemp("fuzz"), n=1, settings=LIMITS, auth=AUTH, env=ENV, token=TOKEN
+    ).running(leader_timeout=30) as c:
         yield c
-    finally:
-        c.stop_all()
         print("\nfuzz outcomes by status:", dict(sorted(STATS.items())))
 
 

@@ -48,15 +48,10 @@ ATTACKS: dict[str, collections.Counter[str]] = collections.defaultdict(collectio
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(
+    with LocalCluster(
         tmp_path_factory.mktemp("secure"), settings=LIMITS, auth=AUTH, env=ENV, token=TOKENS["admin"]
-    )
-    c.start()
-    try:
-        c.wait_leader(timeout=30)
+    ).running(leader_timeout=30) as c:
         yield c
-    finally:
-        c.stop_all()
         print("\nattacks:", {k: dict(v) for k, v in ATTACKS.items()})
 
 

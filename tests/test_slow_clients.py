@@ -24,13 +24,8 @@ BYTE_EVERY_S = 0.25
 
 @pytest.fixture
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path_factory.mktemp("slow"), settings=GUARDS)
-    c.start()
-    try:
-        c.wait_leader(timeout=30)
+    with LocalCluster(tmp_path_factory.mktemp("slow"), settings=GUARDS).running(leader_timeout=30) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 async def attacker(

@@ -66,13 +66,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, certs: Path) -> Iterator[L
         "key": {n: str(good / f"{n}.key") for n in ("n1", "n2", "n3")},
     }
     ctx = ssl.create_default_context(cafile=str(good / "ca.pem"))
-    c = LocalCluster(tmp_path_factory.mktemp("tls"), auth=AUTH, tls=tls, env=ENV, token=TOKEN, context=ctx)
-    c.start()
-    try:
-        c.wait_leader(timeout=40)  # an election needs the peers' TLS streams
+    with LocalCluster(
+        tmp_path_factory.mktemp("tls"), auth=AUTH, tls=tls, env=ENV, token=TOKEN, context=ctx
+    ).running(leader_timeout=40) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 def endpoints(c: LocalCluster) -> list[str]:
