@@ -20,6 +20,7 @@ pytestmark = pytest.mark.cluster
 GUARDS = {"max_client_connections": 48, "client_body_timeout_s": 2}
 ATTACK_S = 6.0
 BYTE_EVERY_S = 0.25
+RECONNECT_S = 0.2
 
 
 @pytest.fixture
@@ -63,6 +64,7 @@ async def attacker(
         finally:
             writer.close()
         seen[outcome] += 1
+        await asyncio.sleep(RECONNECT_S)  # a real slowloris holds sockets; it does not spin
 
 
 async def writer_client(c: LocalCluster, stop: asyncio.Event, latencies: list[float]) -> None:
