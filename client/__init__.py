@@ -13,9 +13,11 @@ from raftstate.client._transport import AiohttpTransport, Request, Response, Tra
 from raftstate.client._types import Consistency, Entry, Fence, LockInfo, LockLease
 from raftstate.client.async_client import AsyncClient
 from raftstate.client.errors import (
+    AuthError,
     ClientClosed,
     ConnectFailed,
     InvalidRequest,
+    LimitExceeded,
     LockHeld,
     LockLost,
     NotFound,
@@ -36,6 +38,7 @@ from raftstate.client.sync_client import Client, SyncLock
 __all__ = [
     "AiohttpTransport",
     "AsyncClient",
+    "AuthError",
     "Client",
     "ClientClosed",
     "ConnectFailed",
@@ -43,6 +46,7 @@ __all__ = [
     "Entry",
     "Fence",
     "InvalidRequest",
+    "LimitExceeded",
     "Lock",
     "LockHeld",
     "LockInfo",

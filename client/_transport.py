@@ -13,6 +13,7 @@ it is given and either returns the node's answer (any HTTP status) or raises a
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -116,8 +117,18 @@ class AiohttpTransport:
 
     The session is created on first use, inside the event loop that will use it."""
 
-    def __init__(self, *, max_connections: int = 100, connect_timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        max_connections: int = 100,
+        connect_timeout_s: float = 1.0,
+        token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         assert max_connections > 0 and connect_timeout_s > 0
+        # Sent on every request (also the leader probes); never logged or put in an error message.
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._max_connections = max_connections
         self._connect_timeout_s = connect_timeout_s
         self._session: aiohttp.ClientSession | None = None
@@ -125,10 +136,10 @@ class AiohttpTransport:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30)
+            connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30, ssl=self._ssl)
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                headers={"Accept": p.MSGPACK, "User-Agent": "raftstate-client/0.1"},
+                headers={"Accept": p.MSGPACK, "User-Agent": "raftstate-client/0.1", **self._auth},
                 trace_configs=[_sent_tracer()],
             )
         return self._session
@@ -164,6 +175,12 @@ class AiohttpTransport:
                 except ValueError as exc:
                     body = f"<undecodable {resp.content_type} body: {exc}>"
                 return Response(resp.status, body)
+        except aiohttp.ClientConnectorCertificateError as exc:  # TLS: the node's cert is not trusted
+            raise ConnectFailed(
+                f"cannot connect to {endpoint}: its TLS certificate is not trusted "
+                f"({exc.certificate_error}); pass ca= the cluster's CA file",
+                node=endpoint,
+            ) from exc
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             if trace.headers_sent:  # an earlier try of this request went out on a reused connection
                 raise ResponseLost(

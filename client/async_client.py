@@ -28,6 +28,7 @@ import enum
 import os
 import random
 import socket
+import ssl
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
 from raftstate.client import protocol as p
-from raftstate.client._config import endpoints_from_config
+from raftstate.client._config import client_args
 from raftstate.client._leader import LeaderTracker
 from raftstate.client._lock import Lock, LockContext
 from raftstate.client._once import OnceContext
@@ -113,6 +114,8 @@ class AsyncClient:
     ``owner``: how this client names itself as a lock holder (default host:pid:random).
     ``transport``: the network seam (default: aiohttp with keep-alive pools and msgpack).
     ``rng``/``clock``: injected randomness (backoff jitter) and monotonic clock, for tests.
+    ``token``: sent as ``Authorization: Bearer`` (clusters with auth on); ``ca``: the CA file (or an
+    SSLContext) to verify https nodes against. Both configure the default transport.
     """
 
     def __init__(
@@ -126,6 +129,8 @@ class AsyncClient:
         transport: Transport | None = None,
         rng: random.Random | None = None,
         clock: Clock = time.monotonic,
+        token: str | None = None,
+        ca: str | os.PathLike[str] | ssl.SSLContext | None = None,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e.strip()]
@@ -138,7 +143,9 @@ class AsyncClient:
         self.attempt_timeout = float(attempt_timeout)
         self.probe_after = float(probe_after)
         self.owner = owner or _default_owner()
-        self._transport: Transport = transport if transport is not None else AiohttpTransport()
+        if transport is None:
+            transport = AiohttpTransport(token=token, ssl_context=_tls_context(ca))
+        self._transport: Transport = transport
         self._rng = rng or random.Random()
         self._clock = clock
         self._leader = LeaderTracker(endpoints, clock=clock)
@@ -147,8 +154,10 @@ class AsyncClient:
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] = "cluster.yaml", **kwargs: Any) -> Self:
-        """A client for the nodes listed in a cluster file (``nodes[*].address``)."""
-        return cls(endpoints_from_config(Path(path)), **kwargs)
+        """A client for the nodes listed in a cluster file (``nodes[*].address``; https and its CA
+        when it has ``tls:``), with the token from $RAFTSTATE_TOKEN unless ``token=`` is given."""
+        endpoints, kw = client_args(Path(path), kwargs)
+        return cls(endpoints, **kw)
 
     # ================================================================= lifecycle
 
@@ -733,6 +742,16 @@ def _session_full(err: RaftStateError, ticket: Ticket) -> bool:
     (settings.max_session_results). Nothing was applied; a new session takes it."""
     d = err.details
     return err.code == p.INVALID_REQUEST and d.get("session") == ticket.session and "limit" in d
+
+
+def _tls_context(ca: str | os.PathLike[str] | ssl.SSLContext | None) -> ssl.SSLContext | None:
+    """``ca``: a CA file to trust (a private cluster CA), or a ready context; None: the system CAs."""
+    if ca is None or isinstance(ca, ssl.SSLContext):
+        return ca
+    try:
+        return ssl.create_default_context(cafile=os.fspath(ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidRequest(f"ca={os.fspath(ca)!r}: cannot load it as a CA certificate ({exc})") from None
 
 
 def _retryable(err: RaftStateError) -> bool:

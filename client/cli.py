@@ -34,6 +34,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from raftstate.client._config import TOKEN_ENV
 from raftstate.client._types import Entry, LockInfo
 from raftstate.client.errors import InvalidRequest, RaftStateError, VersionMismatch
 from raftstate.client.sync_client import Client
@@ -55,6 +56,8 @@ def add_client_commands(subparsers: argparse._SubParsersAction[argparse.Argument
         where.add_argument("--config", help=f"cluster file listing the nodes (default {DEFAULT_CONFIG})")
         where.add_argument("--endpoints", help="comma-separated node URLs, e.g. http://127.0.0.1:7001,...")
         sp.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default 10)")
+        sp.add_argument("--token", help="auth token (default $RAFTSTATE_TOKEN)")
+        sp.add_argument("--ca", help="CA file to trust for https nodes (default: tls.ca of --config)")
         sp.add_argument("--json", action="store_true", help="machine-readable JSON output")
         sp.set_defaults(client_command=run_client_command, client_handler=handler)
         return sp
@@ -128,9 +131,15 @@ def main(argv: list[str] | None = None) -> int:
 def _client_for(args: argparse.Namespace) -> Client:
     timeout = args.timeout if args.timeout and args.timeout > 0 else 10.0
     endpoints = args.endpoints or (None if args.config else os.environ.get("RAFTSTATE_ENDPOINTS"))
+    kw: dict[str, Any] = {"timeout": timeout}
+    if args.token:
+        kw["token"] = args.token
+    if args.ca:
+        kw["ca"] = args.ca
     if endpoints:
-        return Client(endpoints, timeout=timeout)
-    return Client.from_config(args.config or DEFAULT_CONFIG, timeout=timeout)
+        kw.setdefault("token", os.environ.get(TOKEN_ENV))
+        return Client(endpoints, **kw)
+    return Client.from_config(args.config or DEFAULT_CONFIG, **kw)
 
 
 def _get(args: argparse.Namespace, c: Client) -> int:

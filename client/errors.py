@@ -12,6 +12,8 @@
     ├── NotFound            a lock or session that does not exist (a missing key is None, not an error)
     ├── InvalidRequest      also a ValueError: a malformed request, refused locally or by the node
     │   └── TooLarge        a key, value or request over the cluster's limit; ``limit`` in bytes
+    ├── AuthError           401 unauthorized (no/unknown token) or 403 forbidden (role too weak)
+    ├── LimitExceeded       too_many_sessions / too_many_locks: a cluster-wide count limit (``limit``)
     ├── ServerError         the node failed in a way the API does not describe (``internal``, garbage)
     ├── ClientClosed        the client was closed (a *local* fault: the caller's mistake)
     └── TransportError      one attempt could not complete against one node — the ``cause`` of
@@ -42,9 +44,11 @@ from typing import Any, Final
 from raftstate.client import protocol as p
 
 __all__ = [
+    "AuthError",
     "ClientClosed",
     "ConnectFailed",
     "InvalidRequest",
+    "LimitExceeded",
     "LockHeld",
     "LockLost",
     "NotFound",
@@ -224,6 +228,19 @@ class TooLarge(InvalidRequest):
         return v if isinstance(v, int) else None
 
 
+class AuthError(RaftStateError):
+    """The node refused the token (``code`` unauthorized: none or unknown) or its role (forbidden).
+    Nothing was applied. Pass ``token=`` (CLI: --token or RAFTSTATE_TOKEN) with a strong enough role."""
+
+    default_code = p.UNAUTHORIZED
+
+
+class LimitExceeded(RaftStateError):
+    """A cluster-wide count limit (sessions, held locks) is reached; ``details["limit"]``. Not applied."""
+
+    default_code = p.TOO_MANY_LOCKS
+
+
 class ServerError(RaftStateError):
     """The node answered something the API does not describe: ``internal``, an unknown code, a body
     that does not decode. For a write this is wrapped in :class:`OutcomeUnknown`."""
@@ -271,6 +288,12 @@ ERROR_OF_CODE: Final[dict[str, type[RaftStateError]]] = {
     p.KEY_TOO_LARGE: TooLarge,
     p.VALUE_TOO_LARGE: TooLarge,
     p.REQUEST_TOO_LARGE: TooLarge,
+    p.PAGE_TOO_LARGE: InvalidRequest,
+    p.UNAUTHORIZED: AuthError,
+    p.FORBIDDEN: AuthError,
+    p.TOO_MANY_SESSIONS: LimitExceeded,
+    p.TOO_MANY_LOCKS: LimitExceeded,
+    p.REQUEST_TIMEOUT: Unavailable,  # the body arrived too slowly: not applied, safe to retry
     p.INTERNAL: ServerError,
 }
 

@@ -23,9 +23,15 @@ KEY_TOO_LARGE: Final = "key_too_large"
 VALUE_TOO_LARGE: Final = "value_too_large"
 REQUEST_TOO_LARGE: Final = "request_too_large"
 SESSION_EXPIRED: Final = "session_expired"
+PAGE_TOO_LARGE: Final = "page_too_large"  #: GET /v1/keys limit above settings.max_keys_per_page
+TOO_MANY_SESSIONS: Final = "too_many_sessions"  #: settings.max_sessions open sessions exist
+TOO_MANY_LOCKS: Final = "too_many_locks"  #: settings.max_locks locks are held
+UNAUTHORIZED: Final = "unauthorized"  #: no token, or not a token of this cluster
+FORBIDDEN: Final = "forbidden"  #: the token's role is too weak for the endpoint
 INVALID_REQUEST: Final = "invalid_request"
 UNAVAILABLE: Final = "unavailable"
 TIMEOUT: Final = "timeout"
+REQUEST_TIMEOUT: Final = "request_timeout"  #: the request body arrived too slowly (a slow client)
 #: the write may or may not have been applied (e.g. leadership lost after proposing)
 OUTCOME_UNKNOWN: Final = "outcome_unknown"
 INTERNAL: Final = "internal"
@@ -42,9 +48,15 @@ STATUS_OF: Final[dict[str, int]] = {
     VALUE_TOO_LARGE: 413,
     REQUEST_TOO_LARGE: 413,
     SESSION_EXPIRED: 410,
+    PAGE_TOO_LARGE: 400,
+    TOO_MANY_SESSIONS: 429,
+    TOO_MANY_LOCKS: 429,
+    UNAUTHORIZED: 401,
+    FORBIDDEN: 403,
     INVALID_REQUEST: 400,
     UNAVAILABLE: 503,
     TIMEOUT: 504,
+    REQUEST_TIMEOUT: 408,
     OUTCOME_UNKNOWN: 504,
     INTERNAL: 500,
 }

@@ -18,7 +18,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from raftstate.client._config import endpoints_from_config
+from raftstate.client._config import client_args
 from raftstate.client._lock import Lock
 from raftstate.client._time import Ttl, When
 from raftstate.client._types import Consistency, Entry, Fence, LockInfo, LockLease
@@ -131,8 +131,9 @@ class Client:
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] = "cluster.yaml", **kwargs: Any) -> Self:
-        """A client for the nodes listed in a cluster file (``nodes[*].address``)."""
-        return cls(endpoints_from_config(path), **kwargs)
+        """A client for the nodes of a cluster file; see :meth:`AsyncClient.from_config`."""
+        endpoints, kw = client_args(path, kwargs)
+        return cls(endpoints, **kw)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._closed:

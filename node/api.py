@@ -31,6 +31,7 @@ from aiohttp import web
 
 from raftstate.client import protocol as p
 from raftstate.node import api_schema as schema
+from raftstate.node.admission import check_room
 from raftstate.node.api_schema import ApiLimits
 from raftstate.node.cluster_time import ClusterTime
 from raftstate.node.commands import Command, CommandError, encode, to_seconds
@@ -221,6 +222,7 @@ class Api:
         timeout = self._timeout(request)
         body = await read_body(request, self.max_request_bytes)
         cmd = build(body)
+        check_room(cmd, self.driver.sm, self.cluster_time.now_ms())  # before proposing, not only at apply
         try:
             data = encode(cmd)
         except CommandError as exc:  # api_schema missed something: still never propose it

@@ -71,6 +71,9 @@ class ApiLimits:
     max_value_bytes: int = 1 << 20
     session_idle_timeout_ms: int = 3_600_000
     max_session_results: int = 1000
+    max_keys_per_page: int = MAX_LIST_LIMIT
+    max_sessions: int = 100_000
+    max_locks: int = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +134,7 @@ def acquire(name: str, body: Any, lim: ApiLimits) -> Command:
     ttl_ms = b.ttl("ttl")
     if ttl_ms is None:
         raise b.error('needs "ttl": the lease in seconds (renew it within that time)', field="ttl")
-    return b.command(AcquireLock(name, owner, ttl_ms), lim)
+    return b.command(AcquireLock(name, owner, ttl_ms, lim.max_locks), lim)
 
 
 def renew(name: str, body: Any, lim: ApiLimits) -> Command:
@@ -146,12 +149,12 @@ def release(name: str, body: Any, lim: ApiLimits) -> Command:
 
 def open_session(body: Any, lim: ApiLimits) -> Command:
     _Body("POST /v1/sessions", body, set())
-    return Command(OpenSession(lim.session_idle_timeout_ms, lim.max_session_results))
+    return Command(OpenSession(lim.session_idle_timeout_ms, lim.max_session_results, lim.max_sessions))
 
 
 def keepalive(sid_text: str, body: Any, lim: ApiLimits) -> Command:
     b = _Body(f"POST /v1/sessions/{sid_text}/keepalive", body, set())
-    if not sid_text.isdigit() or not 1 <= int(sid_text) <= INT64_MAX:
+    if not _is_decimal(sid_text, 19) or not 1 <= int(sid_text) <= INT64_MAX:
         raise b.error(f"{sid_text!r} is not a session id (a positive integer from POST /v1/sessions)")
     return Command(KeepAlive(int(sid_text)))
 
@@ -207,12 +210,25 @@ def list_query(query: Mapping[str, str], lim: ApiLimits) -> ListQuery:
             )
     prefix = name_from_path(query["prefix"], lim, "prefix") if query.get("prefix") else ""
     after = name_from_path(query["after"], lim, "after") if query.get("after") else None
-    text = query.get("limit", str(DEFAULT_LIST_LIMIT))
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIST_LIMIT:
+    most = lim.max_keys_per_page
+    text = query.get("limit", str(min(DEFAULT_LIST_LIMIT, most)))
+    if not _is_decimal(text, 19) or int(text) < 1:
         raise ApiError(
-            p.INVALID_REQUEST, f"GET /v1/keys: limit={text!r}: give a whole number in 1..{MAX_LIST_LIMIT}"
+            p.INVALID_REQUEST, f"GET /v1/keys: limit={text[:40]!r}: give a whole number in 1..{most}"
+        )
+    if int(text) > most:
+        raise ApiError(
+            p.PAGE_TOO_LARGE,
+            f"GET /v1/keys: limit={text} is above the limit of {most} keys per page "
+            "(settings.max_keys_per_page); ask for fewer and follow 'next'",
+            limit=most,
         )
     return ListQuery(prefix, after, int(text))
+
+
+def _is_decimal(text: str, max_digits: int) -> bool:
+    """ASCII digits only (str.isdigit also takes '²' and other digits int() refuses), not too long."""
+    return 0 < len(text) <= max_digits and text.isascii() and text.isdigit()
 
 
 # =========================================================================== body fields

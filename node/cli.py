@@ -16,12 +16,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 from raftstate.client.cli import add_client_commands
 from raftstate.node.config import ClusterConfig, ConfigError, load_config
+from raftstate.node.ops_http import StatusFetcher
 
 DEFAULT_CONFIG = "cluster.yaml"
 
@@ -39,10 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     csub = p_cluster.add_subparsers(dest="action", required=True)
     p_up = csub.add_parser("up", help="start every node of the config as child processes")
     p_up.add_argument("--config", default=DEFAULT_CONFIG)
+    p_up.add_argument("--token", help="token for /status when auth is on (default $RAFTSTATE_TOKEN)")
 
     p_status = sub.add_parser("status", help="show every node's role, term, leader and indexes")
     p_status.add_argument("--config", default=DEFAULT_CONFIG)
     p_status.add_argument("--json", action="store_true", help="print the raw /status documents")
+    p_status.add_argument("--token", help="token of role read or higher (default $RAFTSTATE_TOKEN)")
 
     add_client_commands(sub)  # get | set | delete | incr | keys | lock (client/cli.py)
     args = parser.parse_args(argv)
@@ -52,9 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "node":
             return _cmd_node(args)
         config = load_config(args.config)
+        fetcher = StatusFetcher(config, args.token)
         if args.command == "cluster":
-            return _cmd_cluster_up(config)
-        return _cmd_status(config, as_json=args.json)
+            return _cmd_cluster_up(config, fetcher)
+        return _cmd_status(config, fetcher, as_json=args.json)
     except ConfigError as exc:
         print(f"raftstate: {exc}", file=sys.stderr)
         return 2
@@ -90,12 +92,13 @@ def _cmd_node(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- cluster up
 
 
-def _cmd_cluster_up(config: ClusterConfig) -> int:
+def _cmd_cluster_up(config: ClusterConfig, fetcher: StatusFetcher) -> int:
     procs: dict[str, subprocess.Popen[bytes]] = {}
     for n in config.nodes:
         cmd = [sys.executable, "-m", "raftstate.node", "node", "--config", str(config.path), "--id", n.id]
         procs[n.id] = subprocess.Popen(cmd)
-        print(f"started {n.id} (pid {procs[n.id].pid}) on http://{n.address}  data: {n.data_dir}", flush=True)
+        url = fetcher.url(n.address)
+        print(f"started {n.id} (pid {procs[n.id].pid}) on {url}  data: {n.data_dir}", flush=True)
     stopping = False
 
     def _stop(*_: Any) -> None:
@@ -111,10 +114,10 @@ def _cmd_cluster_up(config: ClusterConfig) -> int:
             for nid, p in procs.items():
                 if p.poll() is not None and not stopping:
                     print(f"node {nid} exited with code {p.returncode}", flush=True)
-            leader = _find_leader(config)
+            leader = _find_leader(config, fetcher)
             if leader and leader != announced:
                 addr = config.node(leader).address if leader in config.addresses else "?"
-                print(f"leader: {leader} at http://{addr}  (Ctrl-C stops the cluster)", flush=True)
+                print(f"leader: {leader} at {fetcher.url(addr)}  (Ctrl-C stops the cluster)", flush=True)
                 announced = leader
             if all(p.poll() is not None for p in procs.values()):
                 return 1
@@ -132,9 +135,9 @@ def _cmd_cluster_up(config: ClusterConfig) -> int:
     return 0
 
 
-def _find_leader(config: ClusterConfig) -> str | None:
+def _find_leader(config: ClusterConfig, fetcher: StatusFetcher) -> str | None:
     for n in config.nodes:
-        st = _fetch_status(n.address, timeout=0.3)
+        st = fetcher.fetch(n.address, timeout=0.3)
         if st and st.get("role") == "leader":
             return str(st["id"])
     return None
@@ -143,23 +146,15 @@ def _find_leader(config: ClusterConfig) -> str | None:
 # --------------------------------------------------------------------------- status
 
 
-def _fetch_status(address: str, timeout: float) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(f"http://{address}/status", timeout=timeout) as resp:
-            body: dict[str, Any] = json.loads(resp.read())
-            return body
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-
-
-def _cmd_status(config: ClusterConfig, *, as_json: bool) -> int:
+def _cmd_status(config: ClusterConfig, fetcher: StatusFetcher, *, as_json: bool) -> int:
     rows: list[list[str]] = []
     docs: dict[str, Any] = {}
     for n in config.nodes:
-        st = _fetch_status(n.address, timeout=2.0)
+        st = fetcher.fetch(n.address, timeout=2.0)
         docs[n.id] = st
         if st is None:
-            rows.append([n.id, n.address, "DOWN", "-", "-", "-", "-", "-"])
+            state = fetcher.refusals.get(n.address, "DOWN")
+            rows.append([n.id, n.address, state, "-", "-", "-", "-", "-"])
             continue
         contact = st.get("last_contact_ms_ago") or {}
         last = f"{min(contact.values())} ms" if contact else "-"

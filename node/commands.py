@@ -129,6 +129,9 @@ class AcquireLock:
     name: str
     owner: str
     ttl_ms: int
+    #: at most this many held locks (from the leader's settings.max_locks; absent: no limit). In the
+    #: command, not the replica's config, so every replica refuses the same acquire.
+    max_locks: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +152,7 @@ class OpenSession:
     #: carried in the command (from the leader's settings) so that replicas never consult their own
     idle_timeout_ms: int
     max_results: int
+    max_sessions: int | None = None  #: settings.max_sessions of the leader (absent: no limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,10 +275,16 @@ SCHEMA: Final[dict[str, tuple[type[Any], dict[str, Check]]]] = {
     ),
     "delete": (DeleteKey, {"key": _name, "if_version": _index}),
     "incr": (Increment, {"key": _name, "by": _int64, "ttl_ms": _duration, "expires_at_ms": _time}),
-    "lock_acquire": (AcquireLock, {"name": _name, "owner": _name, "ttl_ms": _duration}),
+    "lock_acquire": (
+        AcquireLock,
+        {"name": _name, "owner": _name, "ttl_ms": _duration, "max_locks": _index},
+    ),
     "lock_renew": (RenewLock, {"name": _name, "token": _index, "ttl_ms": _duration}),
     "lock_release": (ReleaseLock, {"name": _name, "token": _index}),
-    "session_open": (OpenSession, {"idle_timeout_ms": _duration, "max_results": _results}),
+    "session_open": (
+        OpenSession,
+        {"idle_timeout_ms": _duration, "max_results": _results, "max_sessions": _index},
+    ),
     "session_keepalive": (KeepAlive, {"id": _index}),
     "expire": (Expire, {"keys": _names, "locks": _names, "sessions": _indexes}),
 }

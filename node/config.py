@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from raftstate.node.security_config import AuthConfig, TlsConfig, parse_auth, parse_tls
 from raftstate.raft.settings import RaftSettings
 
 __all__ = [
@@ -67,6 +68,12 @@ class Settings:
     #: largest WebSocket frame between peers. An InstallSnapshot carries the whole snapshot in one
     #: message, so this also caps the snapshot size that can be shipped to a lagging follower.
     max_peer_frame_bytes: int = 256 << 20
+    # Abuse limits (docs/security.md): refused before anything is proposed, each with its own code.
+    max_keys_per_page: int = 1000  #: largest ``limit`` of GET /v1/keys
+    max_sessions: int = 100_000  #: open client sessions, cluster-wide (also enforced at apply)
+    max_locks: int = 100_000  #: held locks, cluster-wide (also enforced at apply)
+    max_client_connections: int = 1000  #: open HTTP connections per node; beyond it new ones are closed
+    client_body_timeout_s: int = 10  #: a request body must arrive within this (slow clients)
 
     @property
     def heartbeat_ticks(self) -> int:
@@ -104,12 +111,17 @@ class NodeConfig:
         return parse_address(self.address)[1]
 
 
+_AUTH_OFF = AuthConfig(enabled=False)
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
     path: Path  #: the file this was loaded from, as given (error messages name it)
     cluster_id: str
     nodes: tuple[NodeConfig, ...]  #: non-empty; ids, addresses and data dirs pairwise distinct
     settings: Settings
+    auth: AuthConfig = _AUTH_OFF  #: load_config always sets it (explicitly)
+    tls: dict[str, TlsConfig] | None = None  #: node id -> TLS files; None: plain HTTP
 
     def node(self, node_id: str) -> NodeConfig:
         for n in self.nodes:
@@ -206,7 +218,7 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 # --------------------------------------------------------------------------- validation
 
-_TOP_KEYS = ("cluster_id", "nodes", "settings")
+_TOP_KEYS = ("cluster_id", "nodes", "settings", "auth", "tls")
 _NODE_KEYS = ("id", "address", "data_dir")
 _SETTING_KEYS = tuple(f.name for f in fields(Settings))
 _EXAMPLES = {
@@ -240,7 +252,9 @@ class _Validator:
         self.ident(cluster_id, "cluster_id")
         nodes = self.nodes(doc["nodes"])
         settings = self.settings(doc.get("settings", {}))
-        return ClusterConfig(self.path, cluster_id, nodes, settings)
+        tls = parse_tls(doc.get("tls"), self.base_dir, tuple(n.id for n in nodes), self.fail)
+        auth = parse_auth(doc.get("auth"), self.base_dir, self.fail)
+        return ClusterConfig(self.path, cluster_id, nodes, settings, auth, tls or None)
 
     def keys(self, m: dict[Any, Any], at: str, known: tuple[str, ...], required: tuple[str, ...]) -> None:
         # Unknown keys first: a misspelt "adress" should say so, not report "address" as missing.

@@ -6,14 +6,28 @@ when asked for). JSON cannot carry bytes: they travel as ``{"$bytes": "<base64>"
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final
 
 import msgpack
 from aiohttp import web
 
-from raftstate.client.protocol import INVALID_REQUEST, JSON, MSGPACK, REQUEST_TOO_LARGE, STATUS_OF
+from raftstate.client.protocol import (
+    INVALID_REQUEST,
+    JSON,
+    MSGPACK,
+    REQUEST_TIMEOUT,
+    REQUEST_TOO_LARGE,
+    STATUS_OF,
+)
+
+#: seconds a request body may take to arrive (settings.client_body_timeout_s; absent: no limit)
+BODY_TIMEOUT_S: Final = web.AppKey("raftstate_body_timeout_s", float)
+#: called once a request's body has fully arrived (node/http_guard.py stops treating it as slow)
+BODY_DONE: Final[web.AppKey[Callable[[web.Request], None]]] = web.AppKey("raftstate_body_done")
 
 
 class ApiError(Exception):
@@ -54,7 +68,10 @@ def respond(request: web.Request, body: Any, status: int = 200) -> web.Response:
 
 
 def error_response(request: web.Request, err: ApiError) -> web.Response:
-    return respond(request, {"error": {"code": err.code, "message": err.message, **err.details}}, err.status)
+    resp = respond(request, {"error": {"code": err.code, "message": err.message, **err.details}}, err.status)
+    if err.code == REQUEST_TIMEOUT:
+        resp.force_close()  # the rest of a slow body is not worth waiting for
+    return resp
 
 
 async def read_body(request: web.Request, max_bytes: int) -> Any:
@@ -69,12 +86,27 @@ async def read_body(request: web.Request, max_bytes: int) -> Any:
         )
     # content.read(n) returns what has arrived (one TCP read, ~64 KiB), not n bytes: read to the end.
     buf = bytearray()
-    while len(buf) <= max_bytes:
-        chunk = await request.content.read(max_bytes + 1 - len(buf))
-        if not chunk:
-            break
-        buf += chunk
+    timeout_s = request.app.get(BODY_TIMEOUT_S)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while len(buf) <= max_bytes:
+                chunk = await request.content.read(max_bytes + 1 - len(buf))
+                if not chunk:
+                    break
+                buf += chunk
+    except ConnectionError:  # the guard evicted a slow body to make room (node/http_guard.py)
+        raise ApiError(REQUEST_TIMEOUT, "the connection closed while the body was arriving") from None
+    except TimeoutError:
+        raise ApiError(
+            REQUEST_TIMEOUT,
+            f"the request body did not arrive within {timeout_s:g} s "
+            f"(settings.client_body_timeout_s; {len(buf)} bytes came); send the body at once",
+            limit=timeout_s,
+        ) from None
     raw = bytes(buf)
+    done = request.app.get(BODY_DONE)
+    if done is not None:
+        done(request)
     if len(raw) > max_bytes:
         raise ApiError(
             REQUEST_TOO_LARGE,

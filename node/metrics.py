@@ -108,6 +108,12 @@ class NodeMetrics:
             "Inbound peer frames dropped as malformed or misaddressed",
             registry=r,
         )
+        self.peer_handshakes_refused_total = Counter(
+            "raftstate_peer_handshakes_refused",
+            "Inbound peer streams refused before upgrading (bad proof, replay, not a member, other cluster)",
+            ["reason"],
+            registry=r,
+        )
 
     # Helpers for the updates where getting it right takes more than one call.
 

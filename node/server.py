@@ -23,6 +23,7 @@ from raftstate.node.config import ClusterConfig
 from raftstate.node.driver import DriverSettings, RaftDriver
 from raftstate.node.inject_bug import ACK_BEFORE_FSYNC, STALE_READS, LateWriteStorage, injected_bug
 from raftstate.node.metrics import NodeMetrics
+from raftstate.node.security import NodeSecurity
 from raftstate.node.storage import DiskStorage, Storage
 from raftstate.node.sweeper import ExpirySweeper
 from raftstate.node.transport import PeerTransport, StreamReceiver, TransportOptions
@@ -37,6 +38,7 @@ class NodeServer:
         self.node = config.node(node_id)
         self.id = node_id
         self.metrics = NodeMetrics(node_id, config.cluster_id)
+        self.security = NodeSecurity(config, node_id, self.metrics)  # reads secrets: fails fast
         self.started_at = time.time()
         self._runner: web.AppRunner | None = None
         self.storage: Storage | None = None
@@ -58,8 +60,15 @@ class NodeServer:
         if bug == ACK_BEFORE_FSYNC:
             self.storage = LateWriteStorage(self.storage)
         options = TransportOptions(max_frame_bytes=s.max_peer_frame_bytes)
+        sec = self.security
         self.transport = PeerTransport(
-            self.id, cfg.cluster_id, cfg.peers_of(self.id), metrics=self.metrics, options=options
+            self.id,
+            cfg.cluster_id,
+            cfg.peers_of(self.id),
+            metrics=self.metrics,
+            options=options,
+            peer_auth=sec.peer_auth,
+            ssl_context=sec.client_ssl,
         )
         # The wall clock (with the test/chaos offset hook), and cluster time for reads and stamps.
         clock = NodeClock.from_env(reread_s=s.tick_ms / 1000)
@@ -79,12 +88,20 @@ class NodeServer:
             clock_ms=cluster_time.stamp_ms,
         )
         self.driver.role_listeners.append(self._on_role)
+        sec.attach(self.driver)
         cluster_time.attach(self.driver)
         self.sweeper = ExpirySweeper(self.driver, cluster_time)
         self.receiver = StreamReceiver(
-            self.id, cfg.cluster_id, self.driver.step, metrics=self.metrics, options=options
+            self.id,
+            cfg.cluster_id,
+            self.driver.step,
+            metrics=self.metrics,
+            options=options,
+            peer_auth=sec.peer_auth,
+            require_peer_cert=sec.tls,
         )
         app = web.Application(client_max_size=s.max_request_bytes)
+        sec.install(app)  # first: its middlewares guard every route below
         self.receiver.install(app)
         Api(
             self.driver,
@@ -95,6 +112,9 @@ class NodeServer:
                 max_value_bytes=s.max_value_bytes,
                 session_idle_timeout_ms=s.session_idle_timeout_s * 1000,
                 max_session_results=s.max_session_results,
+                max_keys_per_page=s.max_keys_per_page,
+                max_sessions=s.max_sessions,
+                max_locks=s.max_locks,
             ),
             max_request_bytes=s.max_request_bytes,
             extra_status=self._extra_status,
@@ -103,9 +123,9 @@ class NodeServer:
         await self.transport.start()
         await self.driver.start()
         self.sweeper.start()
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, **sec.runner_options)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.node.host, self.node.port, reuse_address=True)
+        site = sec.site(self._runner, self.node.host, self.node.port, reuse_address=True)
         await site.start()
         log.info("node %s serving on %s (data dir %s)", self.id, self.node.address, self.node.data_dir)
 

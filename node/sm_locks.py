@@ -73,6 +73,21 @@ class LockTable:
         lk = self.locks.get(name)
         return lk if lk is not None and lk.held_at(now_ms) else None
 
+    def check_room(self, name: str, now_ms: int, max_locks: int | None) -> None:
+        """Raise CommandError (too_many_locks) if acquiring ``name`` would hold more than
+        ``max_locks`` locks. Expired but unswept locks do not count (deterministic at apply)."""
+        if max_locks is None or len(self.locks) < max_locks or name in self.locks:
+            return
+        held = sum(1 for lk in self.locks.values() if lk.held_at(now_ms))
+        if held >= max_locks:
+            raise CommandError(
+                p.TOO_MANY_LOCKS,
+                f"lock {name!r}: {held} locks are held, the limit is {max_locks} (settings.max_locks); "
+                "release locks you no longer need, or retry later",
+                name=name,
+                limit=max_locks,
+            )
+
     def due(self, now_ms: int, limit: int) -> list[str]:
         return self._expiry.due(now_ms, limit)
 
@@ -89,6 +104,8 @@ class LockTable:
                 owner=lk.owner,
                 expires_at=to_seconds(lk.expires_at_ms),
             )
+        # As for sessions: the API checks first, this deterministic check holds under concurrency.
+        self.check_room(op.name, now_ms, op.max_locks)
         self._put(op.name, Lock(op.owner, index, now_ms + op.ttl_ms, op.ttl_ms))
         return {"token": index, "expires_at": to_seconds(now_ms + op.ttl_ms)}
 

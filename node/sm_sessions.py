@@ -69,9 +69,26 @@ class SessionTable:
     # ----------------------------------------------------------------- apply
 
     def open(self, index: int, now_ms: int, op: OpenSession) -> dict[str, Any]:
+        # The API checks the count before proposing; this is the check that holds under concurrent
+        # opens (many pass the API's check before any is applied).
+        self.check_room(now_ms, op.max_sessions)
         self.sessions[index] = Session(now_ms, op.idle_timeout_ms, op.max_results)
         self._touched(index)
         return {"session": index, "idle_timeout_s": to_seconds(op.idle_timeout_ms)}
+
+    def check_room(self, now_ms: int, max_sessions: int | None) -> None:
+        """Raise CommandError (too_many_sessions) if ``max_sessions`` live sessions exist. Expired but
+        unswept sessions do not count, so the answer never depends on when the sweep ran."""
+        if max_sessions is None or len(self.sessions) < max_sessions:
+            return
+        live = sum(1 for s in self.sessions.values() if s.live_at(now_ms))
+        if live >= max_sessions:
+            raise CommandError(
+                p.TOO_MANY_SESSIONS,
+                f"{live} client sessions are open, the limit is {max_sessions} (settings.max_sessions); "
+                "reuse a client (one session each) or wait for idle sessions to expire",
+                limit=max_sessions,
+            )
 
     def keepalive(self, now_ms: int, op: KeepAlive) -> dict[str, Any]:
         s = self._require(op.id, now_ms)

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -34,6 +35,7 @@ from aiohttp import web
 from raftstate.node.config import parse_address
 from raftstate.node.fault_dial import DialMap
 from raftstate.node.metrics import NodeMetrics
+from raftstate.node.peer_auth import PeerAuth
 from raftstate.node.wire import FrameError, decode_frame, encode_one, frame_header
 from raftstate.raft.messages import Message
 
@@ -148,10 +150,14 @@ class PeerTransport:
         options: TransportOptions | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
+        peer_auth: PeerAuth | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.node_id = node_id
         self.cluster_id = cluster_id
         self.options = options or TransportOptions()
+        self._peer_auth = peer_auth  # signs each handshake (node/peer_auth.py); None: auth off
+        self._ssl = ssl_context  # verifies the peer's certificate and presents ours; None: plain
         self._metrics = metrics or NodeMetrics(node_id, cluster_id)
         self._rng = rng or random.Random()  # only spreads redials; seed it for reproducible tests
         self._clock = clock
@@ -287,8 +293,11 @@ class PeerTransport:
         assert self._session is not None
         o = self.options
         # test/chaos hook (node/fault_dial.py): a chaos run routes this link through its proxy
-        url = f"http://{self._dial_map.address(peer.id, peer.address)}{STREAM_PATH}"
+        scheme = "https" if self._ssl else "http"
+        url = f"{scheme}://{self._dial_map.address(peer.id, peer.address)}{STREAM_PATH}"
         headers = {NODE_HEADER: self.node_id, CLUSTER_HEADER: self.cluster_id, TARGET_HEADER: peer.id}
+        if self._peer_auth is not None:
+            headers.update(self._peer_auth.sign(peer.id))
         try:
             async with asyncio.timeout(o.connect_timeout_s):
                 ws = await self._session.ws_connect(
@@ -298,6 +307,7 @@ class PeerTransport:
                     heartbeat=o.heartbeat_s,
                     compress=0,  # deflating MBs of snapshot would stall the event loop
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=o.close_timeout_s),
+                    ssl=self._ssl if self._ssl is not None else True,
                 )
         except aiohttp.WSServerHandshakeError as exc:
             why = (exc.headers.get(REJECT_HEADER) if exc.headers else None) or f"HTTP {exc.status}"
@@ -393,10 +403,14 @@ class StreamReceiver:
         *,
         metrics: NodeMetrics | None = None,
         options: TransportOptions | None = None,
+        peer_auth: PeerAuth | None = None,
+        require_peer_cert: bool = False,
     ) -> None:
         self.node_id = node_id
         self.cluster_id = cluster_id
         self.on_message = on_message
+        self._peer_auth = peer_auth  # None: auth off (the config said so explicitly)
+        self._require_peer_cert = require_peer_cert  # TLS on: a peer must show a cert of our CA
         self.options = options or TransportOptions()
         self._metrics = metrics or NodeMetrics(node_id, cluster_id)
         self._streams: dict[web.WebSocketResponse, str] = {}  # open inbound stream -> peer id
@@ -419,7 +433,16 @@ class StreamReceiver:
         peer_id = request.headers.get(NODE_HEADER, "")
         cluster = request.headers.get(CLUSTER_HEADER, "")
         target = request.headers.get(TARGET_HEADER, self.node_id)
+        cert = request.transport.get_extra_info("peercert") if request.transport else None
+        if self._require_peer_cert and not cert:
+            return self._refuse(403, remote, peer_id, "no client certificate signed by this cluster's CA")
+        if self._peer_auth is not None:
+            refusal = self._peer_auth.check(request.headers, peer_id, cluster)
+            if refusal is not None:
+                self._metrics.peer_handshakes_refused_total.labels(reason=refusal.reason).inc()
+                return self._refuse(refusal.status, remote, peer_id, refusal.message)
         if cluster != self.cluster_id:
+            self._metrics.peer_handshakes_refused_total.labels(reason="wrong_cluster").inc()
             return self._refuse(
                 403,
                 remote,

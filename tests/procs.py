@@ -7,16 +7,18 @@ small blocking HTTP helpers. Nothing here is mocked: these are the processes use
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +49,22 @@ class HttpError(Exception):
         return err.get("code") if isinstance(err, dict) else None
 
 
-def http(method: str, url: str, body: Any = None, timeout: float = 5.0) -> Any:
+def http(
+    method: str,
+    url: str,
+    body: Any = None,
+    timeout: float = 5.0,
+    *,
+    token: str | None = None,
+    context: ssl.SSLContext | None = None,
+) -> Any:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             raw = resp.read()
             return json.loads(raw) if raw else None
     except urllib.error.HTTPError as exc:
@@ -78,17 +91,40 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: flo
 
 
 class LocalCluster:
-    def __init__(self, root: Path, n: int = 3, settings: dict[str, Any] | None = None) -> None:
+    """``auth``/``tls``: those sections of the cluster file (default: auth explicitly off);
+    ``env``: variables every node gets (the secrets auth refers to); ``token``/``context``: what
+    the HTTP helpers send and trust."""
+
+    def __init__(
+        self,
+        root: Path,
+        n: int = 3,
+        settings: dict[str, Any] | None = None,
+        *,
+        auth: dict[str, Any] | None = None,
+        tls: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        token: str | None = None,
+        context: ssl.SSLContext | None = None,
+        cluster_id: str = "test",
+    ) -> None:
         self.root = root
+        self.env = dict(env or {})
+        self.token = token
+        self.context = context
+        self.scheme = "https" if tls else "http"
         ports = free_ports(n)
         self.ids = [f"n{i + 1}" for i in range(n)]
         self.addr = {nid: f"127.0.0.1:{port}" for nid, port in zip(self.ids, ports, strict=True)}
         doc: dict[str, Any] = {
-            "cluster_id": "test",
+            "cluster_id": cluster_id,
             "nodes": [
                 {"id": nid, "address": self.addr[nid], "data_dir": f"./data/{nid}"} for nid in self.ids
             ],
+            "auth": auth if auth is not None else {"enabled": False},
         }
+        if tls:
+            doc["tls"] = tls
         if settings:
             doc["settings"] = settings
         self.config = root / "cluster.yaml"
@@ -108,8 +144,18 @@ class LocalCluster:
                     [sys.executable, "-m", "raftstate.node", "node", "--config", str(self.config), "--id", i],
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                    env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env, **(env or {})},
                 )
+
+    @contextlib.contextmanager
+    def running(self, leader_timeout: float = 30.0) -> Iterator[LocalCluster]:
+        """Start every node and wait for a leader; stop them all on exit."""
+        self.start()
+        try:
+            self.wait_leader(timeout=leader_timeout)
+            yield self
+        finally:
+            self.stop_all()
 
     def kill(self, nid: str, sig: int = signal.SIGKILL) -> None:
         p = self.procs[nid]
@@ -134,10 +180,14 @@ class LocalCluster:
     # ----------------------------------------------------------------- HTTP
 
     def url(self, nid: str, path: str) -> str:
-        return f"http://{self.addr[nid]}{path}"
+        return f"{self.scheme}://{self.addr[nid]}{path}"
+
+    def request(self, method: str, nid: str, path: str, body: Any = None, timeout: float = 5.0) -> Any:
+        """One request to ``nid`` with this cluster's token and TLS trust."""
+        return http(method, self.url(nid, path), body, timeout, token=self.token, context=self.context)
 
     def status(self, nid: str, timeout: float = 1.0) -> dict[str, Any]:
-        st: dict[str, Any] = http("GET", self.url(nid, "/status"), timeout=timeout)
+        st: dict[str, Any] = self.request("GET", nid, "/status", timeout=timeout)
         return st
 
     def leader(self, among: list[str] | None = None) -> str | None:
@@ -161,19 +211,26 @@ class LocalCluster:
         """PUT through ``nid`` (default: the leader), following one not_leader redirect."""
         target = nid or self.wait_leader()
         try:
-            out: dict[str, Any] = http("PUT", self.url(target, f"/v1/kv/{key}"), {"value": value}, timeout)
+            out: dict[str, Any] = self.request("PUT", target, f"/v1/kv/{key}", {"value": value}, timeout)
             return out
         except HttpError as exc:
             if exc.code == "not_leader" and exc.body["error"].get("leader_address"):
                 addr = exc.body["error"]["leader_address"]
-                out = http("PUT", f"http://{addr}/v1/kv/{key}", {"value": value}, timeout)
+                out = http(
+                    "PUT",
+                    f"{self.scheme}://{addr}/v1/kv/{key}",
+                    {"value": value},
+                    timeout,
+                    token=self.token,
+                    context=self.context,
+                )
                 return out
             raise
 
     def get(self, key: str, nid: str | None = None, stale: bool = False, timeout: float = 5.0) -> Any:
         target = nid or self.wait_leader()
         q = "?consistency=stale" if stale else ""
-        return http("GET", self.url(target, f"/v1/kv/{key}{q}"), timeout=timeout)
+        return self.request("GET", target, f"/v1/kv/{key}{q}", timeout=timeout)
 
     def put_retry(self, key: str, value: Any, timeout: float = 30.0) -> dict[str, Any]:
         """Retry until acknowledged (idempotent for plain sets)."""

@@ -102,14 +102,15 @@ def test_increment_lock_and_session_bodies() -> None:
     assert schema.increment("c", {"by": -(2**63)}, LIM).op == Increment("c", -(2**63))
     assert "signed 64-bit" in refused(schema.increment, "c", {"by": 2**63}, LIM).message
     assert "signed 64-bit" in refused(schema.increment, "c", {"by": 1.0}, LIM).message
-    assert schema.acquire("L", {"owner": "w", "ttl": 2.5}, LIM).op == AcquireLock("L", "w", 2500)
+    lock = AcquireLock("L", "w", 2500, LIM.max_locks)
+    assert schema.acquire("L", {"owner": "w", "ttl": 2.5}, LIM).op == lock
     assert '"ttl"' in refused(schema.acquire, "L", {"owner": "w"}, LIM).message
     assert '"owner"' in refused(schema.acquire, "L", {"owner": "", "ttl": 1}, LIM).message
     assert "max_key_bytes" in refused(schema.acquire, "L", {"owner": "w" * 17, "ttl": 1}, LIM).message
     assert "fence" in refused(schema.acquire, "L", {"owner": "w", "ttl": 1, "fence": {}}, LIM).message
     assert '"token"' in refused(schema.renew, "L", {}, LIM).message
     assert '"token"' in refused(schema.release, "L", {"token": 0}, LIM).message
-    assert schema.open_session({}, LIM) == Command(OpenSession(60_000, 7))
+    assert schema.open_session({}, LIM) == Command(OpenSession(60_000, 7, LIM.max_sessions))
     assert "unknown field" in refused(schema.open_session, {"idle": 5}, LIM).message
     assert schema.keepalive("12", {}, LIM) == Command(KeepAlive(12))
     assert "session id" in refused(schema.keepalive, "abc", {}, LIM).message
@@ -120,8 +121,12 @@ def test_query_parameters() -> None:
     assert schema.list_query({"prefix": "a", "after": "ab", "limit": "5"}, LIM) == schema.ListQuery(
         "a", "ab", 5
     )
-    for bad in ({"limit": "0"}, {"limit": "x"}, {"limit": "10001"}, {"colour": "red"}):
+    for bad in ({"limit": "0"}, {"limit": "x"}, {"limit": "²"}, {"limit": "9" * 30}, {"colour": "red"}):
         assert refused(schema.list_query, bad, LIM).code == p.INVALID_REQUEST
+    too_many = refused(schema.list_query, {"limit": "10001"}, LIM)
+    assert (too_many.code, too_many.details) == (p.PAGE_TOO_LARGE, {"limit": 10_000})
+    assert "settings.max_keys_per_page" in too_many.message
+    assert refused(schema.keepalive, "²", {}, LIM).code == p.INVALID_REQUEST
     assert refused(schema.list_query, {"prefix": "p" * 17}, LIM).code == p.KEY_TOO_LARGE
     assert schema.stale_read({"consistency": "stale"}) is True
     assert schema.stale_read({}) is False

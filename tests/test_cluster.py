@@ -31,6 +31,8 @@ def _followers(c: LocalCluster, leader: str) -> list[str]:
 def test_writes_and_reads_through_any_node(cluster: LocalCluster) -> None:
     leader = cluster.wait_leader()
     follower = _followers(cluster, leader)[0]
+    # (a follower may hear of the new leader a heartbeat after the leader knows it won)
+    wait_until(lambda: cluster.status(follower)["leader"] == leader, 10, f"{follower} to know the leader")
     # A follower refuses the write and names the leader (id and address) so the client can follow.
     with pytest.raises(HttpError) as err:
         http("PUT", cluster.url(follower, "/v1/kv/a"), {"value": 1})
@@ -111,7 +113,8 @@ def test_kill_every_node_at_once_loses_nothing_acknowledged(cluster: LocalCluste
 def test_terms_never_go_down_across_full_restart(cluster: LocalCluster) -> None:
     cluster.wait_leader()
     cluster.put("x", 1)
-    before = {n: cluster.status(n)["term"] for n in cluster.ids}
+    # every node up (under load the third may still be starting when the first two elect)
+    before = {n: wait_until(lambda n=n: cluster.status(n), 20, f"{n} up")["term"] for n in cluster.ids}
     for n in cluster.ids:
         cluster.kill(n)
     cluster.start()

@@ -17,6 +17,7 @@ nodes:
   - {id: n1, address: "127.0.0.1:7001", data_dir: ./data/n1}
   - {id: n2, address: "127.0.0.1:7002", data_dir: ./data/n2}
   - {id: n3, address: "127.0.0.1:7003", data_dir: ./data/n3}
+auth: {enabled: false}
 """
 
 
@@ -53,7 +54,9 @@ def test_repo_cluster_yaml_is_a_working_three_node_cluster() -> None:
 
 
 def test_defaults_apply_when_optional_parts_are_missing(tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, "nodes:\n  - {id: a, address: 'localhost:9000', data_dir: d}\n"))
+    cfg = load_config(
+        write(tmp_path, "nodes:\n  - {id: a, address: 'h:9000', data_dir: d}\nauth: {enabled: false}\n")
+    )
     assert cfg.cluster_id == "raftstate"
     assert cfg.settings == Settings()
     assert (cfg.settings.heartbeat_ticks, cfg.settings.election_ticks) == (2, 10)
@@ -68,6 +71,7 @@ def test_relative_data_dir_resolves_against_the_files_directory(
         "nodes:\n"
         "  - {id: a, address: 'h:1', data_dir: ../state/a}\n"
         "  - {id: b, address: 'h:2', data_dir: /abs/b}\n"
+        "auth: {enabled: false}\n"
     )
     monkeypatch.chdir(tmp_path)  # a relative config path, read from elsewhere
     cfg = load_config("conf/c.yaml")

@@ -1,0 +1,46 @@
+"""How the operator commands (``raftstate status``, ``raftstate cluster up``) reach a node's /status:
+over https when the cluster file has ``tls:`` (trusting its CA), with the token of --token or
+$RAFTSTATE_TOKEN when auth is on."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import urllib.error
+import urllib.request
+from typing import Any
+
+from raftstate.client._config import TOKEN_ENV
+from raftstate.node.config import ClusterConfig
+
+__all__ = ["StatusFetcher"]
+
+
+class StatusFetcher:
+    def __init__(self, config: ClusterConfig, token: str | None = None) -> None:
+        self.token = token if token is not None else os.environ.get(TOKEN_ENV)
+        tls = next(iter(config.tls.values())) if config.tls else None
+        self.scheme = "https" if tls else "http"
+        self._ctx = ssl.create_default_context(cafile=str(tls.ca)) if tls else None
+        #: why the last fetch was refused (e.g. "401 unauthorized"), for the status table
+        self.refusals: dict[str, str] = {}
+
+    def url(self, address: str, path: str = "") -> str:
+        return f"{self.scheme}://{address}{path}"
+
+    def fetch(self, address: str, timeout: float) -> dict[str, Any] | None:
+        """The node's /status document, or None (down, or refused: see :attr:`refusals`)."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        req = urllib.request.Request(self.url(address, "/status"), headers=headers)
+        self.refusals.pop(address, None)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout, context=self._ctx) as resp:
+                body: dict[str, Any] = json.loads(resp.read())
+                return body
+        except urllib.error.HTTPError as exc:
+            hint = " (pass --token or set RAFTSTATE_TOKEN)" if exc.code in (401, 403) else ""
+            self.refusals[address] = f"HTTP {exc.code}{hint}"
+            return None
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
