@@ -18,10 +18,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from raftstate.client.cli import add_client_commands
 from raftstate.node.config import ClusterConfig, ConfigError, load_config
+from raftstate.node.ops_cli import add_ops_commands, run_ops_command
 
 DEFAULT_CONFIG = "cluster.yaml"
 
@@ -33,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     p_node = sub.add_parser("node", help="run one node in the foreground")
     p_node.add_argument("--config", default=DEFAULT_CONFIG)
     p_node.add_argument("--id", required=True, help="this node's id in the config")
+    p_node.add_argument(
+        "--join", metavar="MEMBER", help="join a running cluster through this member's host:port"
+    )
+    p_node.add_argument("--address", help="with --join: host:port this node serves on")
+    p_node.add_argument("--data-dir", type=Path, help="with --join: this node's data dir (restart: alone)")
     p_node.add_argument("--log-level", default="INFO")
 
     p_cluster = sub.add_parser("cluster", help="run a whole cluster locally")
@@ -45,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     p_status.add_argument("--json", action="store_true", help="print the raw /status documents")
 
     add_client_commands(sub)  # get | set | delete | incr | keys | lock (client/cli.py)
+    add_ops_commands(sub)  # member | leader | snapshot (node/ops_cli.py)
     args = parser.parse_args(argv)
+    if "ops_command" in args:
+        return run_ops_command(args)
     if "client_command" in args:
         return int(args.client_command(args))
     try:
@@ -69,13 +79,17 @@ def _cmd_node(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    config = load_config(args.config)
-    config.node(args.id)  # unknown id: ConfigError before anything touches a data dir
-    from raftstate.node.server import serve  # imported late: `status` needs none of it
+    from raftstate.node.join import JoinRefused, prepare_start  # imported late: `status` needs none
+    from raftstate.node.server import serve
     from raftstate.node.storage_errors import StorageError
 
     try:
-        return asyncio.run(serve(config, args.id))
+        config, joining = prepare_start(args)
+    except JoinRefused as exc:
+        print(f"raftstate node {args.id}: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(serve(config, args.id, joining=joining))
     except StorageError as exc:
         print(f"raftstate node {args.id}: {exc}", file=sys.stderr)
         return 3
