@@ -23,7 +23,7 @@ from typing import Any
 
 from raftstate.client.cli import add_client_commands
 from raftstate.node.config import ClusterConfig, ConfigError, load_config
-from raftstate.node.ops_cli import add_ops_commands, run_ops_command
+from raftstate.node.ops_cli import add_ops_commands, membership_note, run_ops_command
 
 DEFAULT_CONFIG = "cluster.yaml"
 
@@ -196,6 +196,9 @@ def _cmd_status(config: ClusterConfig, *, as_json: bool) -> int:
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         for r in [head, *rows]:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        note = membership_note([n.id for n in config.nodes], docs)
+        if note:
+            print(note)
     return 0 if any(d is not None for d in docs.values()) else 1
 
 

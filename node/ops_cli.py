@@ -27,7 +27,7 @@ from raftstate.node.backup_file import BackupError, read_backup
 from raftstate.node.config import ConfigError, load_config
 from raftstate.node.data_dir import atomic_write, fsync_dir
 
-__all__ = ["add_ops_commands"]
+__all__ = ["add_ops_commands", "membership_note", "run_ops_command"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -295,3 +295,30 @@ def _snapshot_restore(args: argparse.Namespace) -> int:
         print(line)
     print(f"start the nodes of {args.config} as usual (`raftstate node --config {args.config} --id ID`)")
     return 0
+
+
+def membership_note(config_ids: list[str], docs: dict[str, dict[str, Any] | None]) -> str | None:
+    """For ``raftstate status``: say so when cluster.yaml and the cluster's membership differ.
+    cluster.yaml is read only at a node's first start; after that the log decides."""
+    live = [d for d in docs.values() if d]
+    leader = next((d for d in live if d.get("role") == "leader"), live[0] if live else None)
+    if leader is None or "members" not in leader:
+        return None
+    voters, learners = leader["members"]["voters"], leader["members"]["learners"]
+    if sorted(config_ids) == sorted(voters) and not learners:
+        return None
+    peers = leader.get("peers", {})
+    extra = [f"{n} at {peers[n]['address']}" for n in voters + learners if n not in config_ids and n in peers]
+    gone = [n for n in config_ids if n not in voters and n not in learners]
+    lines = [
+        f"note: the cluster's members (from {leader['id']}'s log) are voters {voters}, learners {learners}; "
+        "cluster.yaml differs (it is only read at a node's first start)."
+    ]
+    if extra:
+        lines.append(
+            f"      not in cluster.yaml: {', '.join(extra)} (add them to the file for clients and status)"
+        )
+    if gone:
+        lines.append(f"      in cluster.yaml but removed from the cluster: {', '.join(gone)}")
+    lines.append("      `raftstate member list` shows every member with its address and lag.")
+    return "\n".join(lines)

@@ -102,10 +102,11 @@ def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
     c.stop_all()
 
 
-def test_grow_3_to_5_and_back_under_load_removing_the_leader(cluster: LocalCluster) -> None:
+def test_grow_3_to_5_and_back_under_load_removing_the_leader(cluster: LocalCluster, capsys: Any) -> None:
     c = cluster
     with Workload(c) as work:
-        wait_until(lambda: work.acked > 50, 30, "the workload to run")
+        # past two snapshots (threshold 200): the leader has compacted its log, joiners need a snapshot
+        wait_until(lambda: work.acked > 450, 60, "the workload to run")
         # Order 1: start the node with --join, then add it (it waits as a non-member meanwhile).
         start_joiner(c, "n4", member="n1")
         wait_until(lambda: "waits to be added" in c.log_text("n4"), 30, "n4 to ask to be added")
@@ -122,6 +123,11 @@ def test_grow_3_to_5_and_back_under_load_removing_the_leader(cluster: LocalClust
         adding.join(timeout=90)
         leader = c.wait_leader()
         wait_until(lambda: roles(c, leader) == dict.fromkeys(c.ids, "voter"), 30, "5 voters")
+        # The leader had compacted its log (snapshot_threshold 200): n4 caught up by snapshot.
+        assert "installed a snapshot" in c.log_text("n4")
+        capsys.readouterr()
+        assert raftstate(["status", "--config", str(c.config)]) == 0
+        assert f"not in cluster.yaml: n4 at {c.addr['n4']}, n5 at {c.addr['n5']}" in capsys.readouterr().out
         # A yaml node restarted now must dial n4/n5, known only from the log/snapshot.
         follower = next(n for n in ["n1", "n2", "n3"] if n != leader)
         c.kill(follower, signal.SIGTERM)
