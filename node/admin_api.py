@@ -30,15 +30,13 @@ from raftstate.node import membership as rules
 from raftstate.node.api import Api
 from raftstate.node.backup_file import BackupHeader, stream_backup
 from raftstate.node.config import _ID_RE, _ID_RULE, Settings, parse_address
-from raftstate.node.driver import OutcomeUnknown, ProposalLost, RaftDriver
+from raftstate.node.driver import RaftDriver
 from raftstate.node.http_codec import ApiError, read_body, respond
 from raftstate.raft import (
     ConfChange,
     ConfChangeInProgress,
     ConfChangeOp,
     EntryKind,
-    LeadershipTransferInProgress,
-    NotLeader,
     Role,
 )
 
@@ -159,21 +157,12 @@ class AdminApi:
 
     async def _change(self, cc: ConfChange, request: web.Request) -> None:
         try:
-            await self.driver.propose_conf_change(cc, self.api._timeout(request))
-        except NotLeader:
-            raise self.api._not_leader() from None
+            proposal = self.driver.propose_conf_change(cc, self.api._timeout(request))
+            await self.api._outcome(proposal, "check `raftstate member list` before retrying")
         except ConfChangeInProgress as exc:
             raise ApiError(
                 p.CHANGE_IN_PROGRESS,
                 f"{exc}; one membership change at a time: wait for it (`raftstate member list`) and retry",
-            ) from None
-        except LeadershipTransferInProgress as exc:
-            raise ApiError(p.UNAVAILABLE, f"{exc}; nothing was changed: retry shortly") from None
-        except ProposalLost as exc:
-            raise ApiError(p.UNAVAILABLE, f"{exc}; nothing was changed: retry") from None
-        except OutcomeUnknown as exc:
-            raise ApiError(
-                p.OUTCOME_UNKNOWN, f"{exc}; check `raftstate member list` before retrying"
             ) from None
 
     # ----------------------------------------------------------------- backup
