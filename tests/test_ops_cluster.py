@@ -128,6 +128,18 @@ def test_grow_3_to_5_and_back_under_load_removing_the_leader(cluster: LocalClust
         capsys.readouterr()
         assert raftstate(["status", "--config", str(c.config)]) == 0
         assert f"not in cluster.yaml: n4 at {c.addr['n4']}, n5 at {c.addr['n5']}" in capsys.readouterr().out
+        capsys.readouterr()
+        assert ops(c, "member", "list") == 0
+        listing = capsys.readouterr().out
+        assert all(f"{n}  " in listing or f"{n} *" in listing for n in c.ids) and "LAG" in listing
+        # A joined node restarts with the same command (its data dir's record, nobody asked).
+        c.kill("n4", signal.SIGTERM)
+        start_joiner(c, "n4", member="n1")
+        wait_until(
+            lambda: c.status("n4")["applied_index"] >= c.status(leader)["commit_index"] - 5,
+            30,
+            "n4 to catch up after a restart",
+        )
         # A yaml node restarted now must dial n4/n5, known only from the log/snapshot.
         follower = next(n for n in ["n1", "n2", "n3"] if n != leader)
         c.kill(follower, signal.SIGTERM)
@@ -201,6 +213,11 @@ def test_replace_a_wiped_node_and_refusals(tmp_path: Path) -> None:
         start_joiner(c, victim, member=leader, data=f"{victim}-new")
         assert ops(c, "member", "add", "--id", victim, "--address", c.addr[victim], "--wait", "60") == 0
         wait_until(lambda: c.get("k19", nid=victim, stale=True)["value"] == 19, 30, "the new incarnation")
+
+        # Leadership moves on request, to the voter asked for.
+        target = next(n for n in c.ids if n != leader)
+        assert ops(c, "leader", "transfer", "--to", target) == 0
+        assert c.wait_leader() == target
 
         # Refused: a second change while one is not committed. Pause both followers so the first
         # cannot commit, and ask for two changes at once.
