@@ -29,13 +29,16 @@ from raftstate.client import protocol as p
 from raftstate.node import membership as rules
 from raftstate.node.api import Api
 from raftstate.node.backup_file import BackupHeader, stream_backup
+from raftstate.node.backup_state import SnapshotMovedOn, rebuild_state
 from raftstate.node.config import _ID_RE, _ID_RULE, Settings, parse_address
 from raftstate.node.driver import RaftDriver
 from raftstate.node.http_codec import ApiError, read_body, respond
+from raftstate.node.storage import Storage
 from raftstate.raft import (
     ConfChange,
     ConfChangeInProgress,
     ConfChangeOp,
+    Entry,
     EntryKind,
     Role,
 )
@@ -170,27 +173,16 @@ class AdminApi:
     async def snapshot_save(self, request: web.Request) -> web.StreamResponse:
         self.api._require_leader()
         await self.api._read_barrier(self.api._timeout(request))
-        d = self.driver
-        sm = d.sm
-        # Consistent point: everything below runs on the loop without awaiting, so no entry is
-        # applied between reading the index and copying the rows (copies: O(n), no encoding).
-        index = sm.applied_index
-        term = d.raft.log.term_at(index)
-        if term is None:  # compacted under us cannot happen at applied >= snapshot index
-            raise ApiError(p.UNAVAILABLE, f"node {d.id}: no term for applied index {index}; retry")
-        body = sm.snapshot_body()
-        counts = {"keys": len(body["keys"]), "locks": len(body["locks"]), "sessions": len(body["sessions"])}
-        # Encoding and hashing a large state take long: off the loop (heartbeats keep flowing).
-        data, sha = await asyncio.to_thread(_encode, body)
+        data, sha, point = await self._state_at_a_point()
         header = BackupHeader(
             cluster_id=self.cluster_id,
-            index=index,
-            term=term,
-            time_ms=int(body["time_ms"]),
+            index=point.index,
+            term=point.term,
+            time_ms=point.time_ms,
             data_bytes=len(data),
             data_sha256=sha,
-            counts=counts,
-            node=d.id,
+            counts=point.counts,
+            node=self.driver.id,
             created_at=time.time(),
         )
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
@@ -200,10 +192,37 @@ class AdminApi:
         await resp.write_eof()
         return resp
 
+    async def _state_at_a_point(self) -> tuple[bytes, str, _Point]:
+        """The state at the applied index right after the read barrier, encoded — rebuilt in a
+        thread from the stored snapshot and the log (node/backup_state.py), never copied on the loop."""
+        d = self.driver
+        for _ in range(3):
+            # One step with no await: the index, its term and the entries up to it belong together.
+            index, log = d.sm.applied_index, d.raft.log
+            term = log.term_at(index)
+            entries = log.slice(log.snapshot_index + 1, index) if index > log.snapshot_index else []
+            try:
+                return await asyncio.to_thread(_encode_state_at, d.storage, entries, index, term or 0)
+            except SnapshotMovedOn:
+                continue  # a local snapshot was taken meanwhile: take a new point
+        raise ApiError(p.UNAVAILABLE, f"node {d.id}: snapshots kept moving past the backup point; retry")
 
-def _encode(body: dict[str, Any]) -> tuple[bytes, str]:
-    data: bytes = msgpack.packb(body, use_bin_type=True)
-    return data, hashlib.sha256(data).hexdigest()
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Point:
+    index: int
+    term: int
+    time_ms: int
+    counts: dict[str, int]
+
+
+def _encode_state_at(
+    storage: Storage, entries: list[Entry], index: int, term: int
+) -> tuple[bytes, str, _Point]:
+    sm = rebuild_state(storage, entries, index)
+    data: bytes = msgpack.packb(sm.snapshot_body(), use_bin_type=True)
+    counts = {"keys": len(sm.keys), "locks": len(sm.locks), "sessions": len(sm.sessions)}
+    return data, hashlib.sha256(data).hexdigest(), _Point(index, term, sm.time_ms, counts)
 
 
 def _field(body: Any, name: str) -> str:

@@ -13,6 +13,7 @@ import pytest
 from raftstate.client import protocol as p
 from raftstate.node.backup_file import MAGIC, BackupError, BackupHeader, read_backup, stream_backup
 from raftstate.node.backup_restore import describe, restore
+from raftstate.node.backup_state import SnapshotMovedOn, rebuild_state
 from raftstate.node.bootstrap import read_record, resolve_bootstrap
 from raftstate.node.commands import AcquireLock, Command, SetKey, encode
 from raftstate.node.config import ClusterConfig, ConfigError, NodeConfig, Settings
@@ -20,8 +21,9 @@ from raftstate.node.http_codec import ApiError
 from raftstate.node.join import JoinRefused, plan_join, wiped_voter_problem
 from raftstate.node.membership import check_add, check_promote, check_remove, reachable
 from raftstate.node.state_machine import KVStateMachine
-from raftstate.node.storage import DiskStorage
-from raftstate.raft import Membership
+from raftstate.node.storage import DiskStorage, MemoryStorage
+from raftstate.raft import Entry, EntryKind, Membership, SnapshotMeta
+from raftstate.raft.ready import SnapshotToInstall
 
 # ----------------------------------------------------------------------------- backup file
 
@@ -243,3 +245,34 @@ def test_cluster_yaml_is_read_once_then_the_record_rules(tmp_path: Path, caplog:
     (d / "bootstrap.json").write_text("{")
     with pytest.raises(ConfigError, match="unreadable bootstrap record"):
         read_record(d)
+
+
+# ----------------------------------------------------------------------------- backup state
+
+
+def _entries(n: int) -> list[Entry]:
+    out = [Entry(1, 1, 500, EntryKind.NORMAL, b"")]  # a leader's no-op
+    for i in range(2, n + 1):
+        cmd = Command(SetKey(f"k{i % 7}", i)) if i % 5 else Command(AcquireLock(f"L{i}", "w", 60_000))
+        out.append(Entry(i, 1, 1_000 + i, EntryKind.NORMAL, encode(cmd)))
+    return out
+
+
+def test_backup_state_is_rebuilt_from_the_stored_snapshot_plus_the_log() -> None:
+    log = _entries(40)
+    live = KVStateMachine()
+    for e in log:
+        live.apply(e.index, e.time_ms, e.data) if e.data else live.advance_to(e.index, e.time_ms)
+        if e.index == 25:
+            at_25 = live.snapshot()
+    storage = MemoryStorage()
+    assert rebuild_state(storage, log[:30], 30).applied_index == 30  # no snapshot: from the start
+    meta = SnapshotMeta(25, 1, Membership(voters=frozenset({"n1"})), 1_025)
+    storage.save(None, [], SnapshotToInstall(meta, at_25))
+    # The in-memory log may still start before the stored snapshot (compacted after it is stored).
+    assert rebuild_state(storage, log[20:40], 40).snapshot() == live.snapshot()
+    assert rebuild_state(storage, log[25:40], 40).snapshot() == live.snapshot()
+    with pytest.raises(SnapshotMovedOn):
+        rebuild_state(storage, log[10:20], 20)  # the snapshot is past the point: take a new one
+    with pytest.raises(SnapshotMovedOn, match="neither in the log nor the snapshot"):
+        rebuild_state(storage, log[30:40], 40)  # a gap 26..30: never guess
