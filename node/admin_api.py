@@ -22,14 +22,13 @@ import hashlib
 import time
 from typing import Any
 
-import msgpack
 from aiohttp import web
 
 from raftstate.client import protocol as p
 from raftstate.node import membership as rules
 from raftstate.node.api import Api
 from raftstate.node.backup_file import BackupHeader, stream_backup
-from raftstate.node.backup_state import SnapshotMovedOn, rebuild_state
+from raftstate.node.backup_state import SnapshotMovedOn, backup_payload
 from raftstate.node.config import _ID_RE, _ID_RULE, Settings, parse_address
 from raftstate.node.driver import RaftDriver
 from raftstate.node.http_codec import ApiError, read_body, respond
@@ -179,9 +178,9 @@ class AdminApi:
             index=point.index,
             term=point.term,
             time_ms=point.time_ms,
+            base_index=point.base_index,
             data_bytes=len(data),
             data_sha256=sha,
-            counts=point.counts,
             node=self.driver.id,
             created_at=time.time(),
         )
@@ -193,18 +192,18 @@ class AdminApi:
         return resp
 
     async def _state_at_a_point(self) -> tuple[bytes, str, _Point]:
-        """The state at the applied index right after the read barrier, encoded — rebuilt in a
-        thread from the stored snapshot and the log (node/backup_state.py), never copied on the loop."""
+        """What the backup holds for the applied index right after the read barrier: the stored
+        snapshot and the log entries after it (node/backup_state.py), prepared in a thread."""
         d = self.driver
         for _ in range(3):
             # One step with no await: the index, its term and the entries up to it belong together.
             index, log = d.sm.applied_index, d.raft.log
-            term = log.term_at(index)
+            term = log.term_at(index) or 0
             entries = log.slice(log.snapshot_index + 1, index) if index > log.snapshot_index else []
             try:
-                return await asyncio.to_thread(_encode_state_at, d.storage, entries, index, term or 0)
+                return await asyncio.to_thread(_payload, d.storage, entries, index, term)
             except SnapshotMovedOn:
-                continue  # a local snapshot was taken meanwhile: take a new point
+                continue  # a local snapshot was stored meanwhile: take a new point
         raise ApiError(p.UNAVAILABLE, f"node {d.id}: snapshots kept moving past the backup point; retry")
 
 
@@ -213,16 +212,12 @@ class _Point:
     index: int
     term: int
     time_ms: int
-    counts: dict[str, int]
+    base_index: int
 
 
-def _encode_state_at(
-    storage: Storage, entries: list[Entry], index: int, term: int
-) -> tuple[bytes, str, _Point]:
-    sm = rebuild_state(storage, entries, index)
-    data: bytes = msgpack.packb(sm.snapshot_body(), use_bin_type=True)
-    counts = {"keys": len(sm.keys), "locks": len(sm.locks), "sessions": len(sm.sessions)}
-    return data, hashlib.sha256(data).hexdigest(), _Point(index, term, sm.time_ms, counts)
+def _payload(storage: Storage, entries: list[Entry], index: int, term: int) -> tuple[bytes, str, _Point]:
+    data, time_ms, base_index = backup_payload(storage, entries, index)
+    return data, hashlib.sha256(data).hexdigest(), _Point(index, term, time_ms, base_index)
 
 
 def _field(body: Any, name: str) -> str:

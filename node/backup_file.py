@@ -4,9 +4,10 @@ Layout (every integer big-endian)::
 
     MAGIC            17 bytes  b"RAFTSTATE-BACKUP\\x00"
     header length     4 bytes
-    header           JSON: format, cluster_id, index, term, time_ms, data_bytes, data_sha256,
-                     counts {keys, locks, sessions}, node, created_at
-    data             data_bytes bytes: the state machine's canonical snapshot (msgpack)
+    header           JSON: format, cluster_id, index, term, time_ms, base_index, data_bytes,
+                     data_sha256, node, created_at
+    data             data_bytes bytes: the leader's stored snapshot at base_index and the log
+                     entries up to index (node/backup_state.py says why and how to read it)
     trailer          32 bytes: SHA-256 of everything before it
 
 The trailer makes a truncated or bit-flipped file detectable without trusting any field of it;
@@ -43,9 +44,9 @@ class BackupHeader:
     index: int  #: the applied index the state is at (after a ReadIndex barrier on the leader)
     term: int  #: the term of the entry at ``index``
     time_ms: int  #: cluster time at ``index`` (restored clusters continue from it, never below)
+    base_index: int  #: the index of the snapshot inside; entries base_index+1..index follow it
     data_bytes: int
     data_sha256: str
-    counts: dict[str, int]
     node: str  #: the leader that served it
     created_at: float
 
@@ -64,9 +65,9 @@ class BackupHeader:
             index=int(doc["index"]),
             term=int(doc["term"]),
             time_ms=int(doc["time_ms"]),
+            base_index=int(doc["base_index"]),
             data_bytes=int(doc["data_bytes"]),
             data_sha256=str(doc["data_sha256"]),
-            counts={str(k): int(v) for k, v in doc["counts"].items()},
             node=str(doc["node"]),
             created_at=float(doc["created_at"]),
         )

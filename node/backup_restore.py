@@ -1,7 +1,8 @@
 """Seed the data dirs of a NEW cluster from a backup file, and describe a backup file.
 
-``restore(backup, config)`` writes, for every node of ``config``: the data dir's meta (new cluster
-id), the backup's state as an installed snapshot at the backup's index and term (the membership in
+``restore(backup, config)`` replays the backup (its snapshot plus entries: node/backup_state.py)
+into the state at the backup's index, then writes, for every node of ``config``: the data dir's
+meta (new cluster id), that state as an installed snapshot at the backup's index and term (the membership in
 its metadata is the new config's nodes, all voters), a hard state at that term, and the bootstrap
 record. Started, the nodes elect a leader and carry on from the backup's index:
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from raftstate.node.backup_file import BackupError, BackupHeader, read_backup
+from raftstate.node.backup_state import SnapshotMovedOn, decode_payload, rebuild_state
 from raftstate.node.bootstrap import BootstrapRecord, config_membership, write_record
 from raftstate.node.config import ClusterConfig
 from raftstate.node.state_machine import KVStateMachine
@@ -32,7 +34,7 @@ __all__ = ["describe", "restore"]
 def restore(backup: Path, config: ClusterConfig) -> list[str]:
     """Seed every node's data dir of ``config``; returns one line per node. Raises BackupError."""
     header, data = read_backup(backup)
-    check_state(backup, data)
+    state = check_state(backup, header, data).snapshot()
     if header.cluster_id == config.cluster_id:
         raise BackupError(
             f"{config.path}: cluster_id {config.cluster_id!r} is the backed-up cluster's; give the "
@@ -51,7 +53,7 @@ def restore(backup: Path, config: ClusterConfig) -> list[str]:
         n.data_dir.mkdir(parents=True, exist_ok=True)
         with DiskStorage(n.data_dir, node_id=n.id, cluster_id=config.cluster_id) as storage:
             storage.load()
-            storage.save(HardState(header.term, None, header.index), [], SnapshotToInstall(meta, data))
+            storage.save(HardState(header.term, None, header.index), [], SnapshotToInstall(meta, state))
         write_record(
             n.data_dir, BootstrapRecord(n.id, config.cluster_id, n.address, membership, settings=None)
         )
@@ -59,12 +61,15 @@ def restore(backup: Path, config: ClusterConfig) -> list[str]:
     return lines
 
 
-def check_state(path: Path, data: bytes) -> KVStateMachine:
-    """Decode the state section (a checksum proves integrity, not that this node can read it)."""
-    sm = KVStateMachine()
+def check_state(path: Path, header: BackupHeader, data: bytes) -> KVStateMachine:
+    """The state the backup stands for: its snapshot plus its entries, replayed (a checksum proves
+    integrity, not that this version can read it)."""
     try:
-        sm.restore(data)
-    except (ValueError, KeyError, TypeError) as exc:
+        base_index, snapshot, entries = decode_payload(data)
+        if base_index != header.base_index:
+            raise ValueError(f"the data starts at {base_index}, the header says {header.base_index}")
+        sm = rebuild_state(base_index, snapshot, entries, header.index)
+    except (ValueError, KeyError, TypeError, AssertionError, SnapshotMovedOn) as exc:
         raise BackupError(f"{path}: the state section does not decode ({exc})") from exc
     return sm
 
@@ -72,6 +77,6 @@ def check_state(path: Path, data: bytes) -> KVStateMachine:
 def describe(path: Path) -> tuple[BackupHeader, dict[str, int]]:
     """Verify ``path`` and count what it holds (decoded, not taken from the header)."""
     header, data = read_backup(path)
-    sm = check_state(path, data)
+    sm = check_state(path, header, data)
     counts = {"keys": len(sm.keys), "locks": len(sm.locks), "sessions": len(sm.sessions)}
     return header, counts

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from raftstate.node.admin_http import AdminError, call, call_leader, open_leader
-from raftstate.node.backup_file import BackupError, read_backup
+from raftstate.node.backup_file import BackupError
 from raftstate.node.config import ConfigError, load_config
 from raftstate.node.data_dir import atomic_write, fsync_dir
 
@@ -234,8 +234,10 @@ def _snapshot_save(args: argparse.Namespace) -> int:
                 yield chunk
 
         atomic_write(part, chunks(), None)
+    from raftstate.node.backup_restore import describe  # replays it: proves it is usable
+
     try:
-        header, _ = read_backup(part)
+        header, counts = describe(part)
     except BackupError:
         part.unlink(missing_ok=True)
         raise
@@ -247,14 +249,14 @@ def _snapshot_save(args: argparse.Namespace) -> int:
         "bytes": size,
         "index": header.index,
         "term": header.term,
-        "counts": header.counts,
+        "counts": counts,
         "from": header.node,
         "seconds": round(time.monotonic() - t0, 3),
     }
     if args.json:
         print(json.dumps(doc))
     else:
-        c = header.counts
+        c = counts
         print(
             f"saved {path}: {size} bytes, index {header.index}, term {header.term}, from {header.node}; "
             f"{c['keys']} keys, {c['locks']} locks, {c['sessions']} sessions; checksum OK"

@@ -13,7 +13,7 @@ import pytest
 from raftstate.client import protocol as p
 from raftstate.node.backup_file import MAGIC, BackupError, BackupHeader, read_backup, stream_backup
 from raftstate.node.backup_restore import describe, restore
-from raftstate.node.backup_state import SnapshotMovedOn, rebuild_state
+from raftstate.node.backup_state import SnapshotMovedOn, backup_payload, decode_payload, rebuild_state
 from raftstate.node.bootstrap import read_record, resolve_bootstrap
 from raftstate.node.commands import AcquireLock, Command, SetKey, encode
 from raftstate.node.config import ClusterConfig, ConfigError, NodeConfig, Settings
@@ -28,12 +28,18 @@ from raftstate.raft.ready import SnapshotToInstall
 # ----------------------------------------------------------------------------- backup file
 
 
-def _state() -> bytes:
+def _payload() -> bytes:
+    """A leader's backup data: its snapshot at index 2 and the entry at 3 after it."""
     sm = KVStateMachine()
     sm.apply(1, 1_000, encode(Command(SetKey("a", 1))))
     sm.apply(2, 1_000, encode(Command(SetKey("b", {"x": 2}))))
-    sm.apply(3, 1_000, encode(Command(AcquireLock("L", "w", 60_000))))
-    return sm.snapshot()
+    storage = MemoryStorage()
+    meta = SnapshotMeta(2, 2, Membership(voters=frozenset({"n1"})), 1_000)
+    storage.save(None, [], SnapshotToInstall(meta, sm.snapshot()))
+    lock = Entry(3, 2, 1_000, EntryKind.NORMAL, encode(Command(AcquireLock("L", "w", 60_000))))
+    data, time_ms, base = backup_payload(storage, [lock], 3)
+    assert (time_ms, base) == (1_000, 2)
+    return data
 
 
 def _write_backup(path: Path, data: bytes, cluster_id: str = "old") -> BackupHeader:
@@ -42,9 +48,9 @@ def _write_backup(path: Path, data: bytes, cluster_id: str = "old") -> BackupHea
         index=3,
         term=2,
         time_ms=1_000,
+        base_index=2,
         data_bytes=len(data),
         data_sha256=hashlib.sha256(data).hexdigest(),
-        counts={"keys": 2, "locks": 1, "sessions": 0},
         node="n1",
         created_at=0.0,
     )
@@ -54,7 +60,7 @@ def _write_backup(path: Path, data: bytes, cluster_id: str = "old") -> BackupHea
 
 def test_backup_round_trip_and_inspect(tmp_path: Path) -> None:
     f = tmp_path / "b.rsb"
-    data = _state()
+    data = _payload()
     header = _write_backup(f, data)
     got, body = read_backup(f)
     assert got == header and body == data
@@ -77,7 +83,7 @@ def test_backup_round_trip_and_inspect(tmp_path: Path) -> None:
 )
 def test_a_damaged_backup_is_refused_precisely(tmp_path: Path, damage: Any, message: str) -> None:
     f = tmp_path / "b.rsb"
-    _write_backup(f, _state())
+    _write_backup(f, _payload())
     f.write_bytes(damage(f.read_bytes()))
     with pytest.raises(BackupError, match=message) as err:
         read_backup(f)
@@ -96,8 +102,7 @@ def _config(tmp_path: Path, cluster_id: str = "new", n: int = 3) -> ClusterConfi
 
 def test_restore_seeds_every_data_dir_with_the_backup_as_a_snapshot(tmp_path: Path) -> None:
     f = tmp_path / "b.rsb"
-    data = _state()
-    _write_backup(f, data)
+    _write_backup(f, _payload())
     cfg = _config(tmp_path)
     assert len(restore(f, cfg)) == 3
     for n in cfg.nodes:
@@ -106,7 +111,10 @@ def test_restore_seeds_every_data_dir_with_the_backup_as_a_snapshot(tmp_path: Pa
         snap = loaded.persisted.snapshot
         assert snap is not None and (snap.index, snap.term, snap.time_ms) == (3, 2, 1_000)
         assert snap.membership.voters == {"n1", "n2", "n3"}
-        assert loaded.snapshot_data == data
+        assert loaded.snapshot_data is not None
+        sm = KVStateMachine()
+        sm.restore(loaded.snapshot_data)
+        assert sm.applied_index == 3 and sm.get("b") is not None and sm.lock("L", 1_000) is not None
         assert loaded.persisted.hard_state.term == 2 and loaded.persisted.hard_state.vote is None
         rec = read_record(n.data_dir)
         assert rec is not None and rec.cluster_id == "new" and rec.membership.voters == {"n1", "n2", "n3"}
@@ -114,7 +122,7 @@ def test_restore_seeds_every_data_dir_with_the_backup_as_a_snapshot(tmp_path: Pa
 
 def test_restore_refuses_the_old_cluster_id_a_used_data_dir_and_a_bad_file(tmp_path: Path) -> None:
     f = tmp_path / "b.rsb"
-    _write_backup(f, _state(), cluster_id="old")
+    _write_backup(f, _payload(), cluster_id="old")
     with pytest.raises(BackupError, match="new cluster_id"):
         restore(f, _config(tmp_path, cluster_id="old"))
     cfg = _config(tmp_path)
@@ -258,21 +266,35 @@ def _entries(n: int) -> list[Entry]:
     return out
 
 
-def test_backup_state_is_rebuilt_from_the_stored_snapshot_plus_the_log() -> None:
+def test_backup_state_is_the_stored_snapshot_plus_the_log_replayed() -> None:
     log = _entries(40)
     live = KVStateMachine()
+    at_25 = b""
     for e in log:
         live.apply(e.index, e.time_ms, e.data) if e.data else live.advance_to(e.index, e.time_ms)
         if e.index == 25:
             at_25 = live.snapshot()
     storage = MemoryStorage()
-    assert rebuild_state(storage, log[:30], 30).applied_index == 30  # no snapshot: from the start
+    data, time_ms, base = backup_payload(storage, log[:30], 30)  # no snapshot yet: from the start
+    assert base == 0 and time_ms == 1_030
+    assert rebuild_state(*decode_payload(data), 30).snapshot() == _replayed(log[:30]).snapshot()
     meta = SnapshotMeta(25, 1, Membership(voters=frozenset({"n1"})), 1_025)
     storage.save(None, [], SnapshotToInstall(meta, at_25))
     # The in-memory log may still start before the stored snapshot (compacted after it is stored).
-    assert rebuild_state(storage, log[20:40], 40).snapshot() == live.snapshot()
-    assert rebuild_state(storage, log[25:40], 40).snapshot() == live.snapshot()
+    for tail in (log[20:40], log[25:40]):
+        data, _, base = backup_payload(storage, tail, 40)
+        assert base == 25 and len(decode_payload(data)[2]) == 15  # only what the snapshot lacks
+        assert rebuild_state(*decode_payload(data), 40).snapshot() == live.snapshot()
     with pytest.raises(SnapshotMovedOn):
-        rebuild_state(storage, log[10:20], 20)  # the snapshot is past the point: take a new one
+        backup_payload(storage, log[10:20], 20)  # the snapshot is past the point: take a new one
     with pytest.raises(SnapshotMovedOn, match="neither in the log nor the snapshot"):
-        rebuild_state(storage, log[30:40], 40)  # a gap 26..30: never guess
+        backup_payload(storage, log[30:40], 40)  # a gap 26..30: never guess
+    with pytest.raises(ValueError, match="not 24"):
+        rebuild_state(24, at_25, log[24:40], 40)  # a snapshot that is not where it claims
+
+
+def _replayed(entries: list[Entry]) -> KVStateMachine:
+    sm = KVStateMachine()
+    for e in entries:
+        sm.apply(e.index, e.time_ms, e.data) if e.data else sm.advance_to(e.index, e.time_ms)
+    return sm
