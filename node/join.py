@@ -193,7 +193,12 @@ def prepare_start(args: argparse.Namespace) -> tuple[ClusterConfig, Membership |
             log.warning("%s", hint)
         return config, membership
     config = load_config(args.config)
-    me = config.node(args.id)  # unknown id: ConfigError before anything touches a data dir
+    try:
+        me = config.node(args.id)  # unknown id: ConfigError before anything touches a data dir
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{exc} (a node that joined with --join restarts with --data-dir DIR --id ID)"
+        ) from None
     if not (me.data_dir / "meta").exists():
         check_not_wiped_voter(config, args.id)
     return config, None

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from workload import Workload
 
 from procs import HttpError, LocalCluster, free_ports, http, wait_until
 from raftstate.client import Client
@@ -60,39 +61,6 @@ def roles(c: LocalCluster, nid: str) -> dict[str, str]:
     return {r["id"]: r["role"] for r in members(c, nid)["members"]}
 
 
-class Workload:
-    """Increments through the real client library until stopped; counts acks and failures."""
-
-    def __init__(self, c: LocalCluster) -> None:
-        self.client = Client([f"http://{c.addr[n]}" for n in c.ids], timeout=30)
-        self.acked = 0
-        self.failures: list[str] = []
-        self.longest_gap_s = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        last = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                self.client.increment("ops:counter")
-                self.acked += 1
-                now = time.monotonic()
-                self.longest_gap_s = max(self.longest_gap_s, now - last)
-                last = now
-            except Exception as exc:
-                self.failures.append(repr(exc))
-            time.sleep(0.005)
-
-    def __enter__(self) -> Workload:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-
-
 @pytest.fixture
 def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
     c = LocalCluster(tmp_path, settings={"snapshot_threshold": 200})
@@ -104,7 +72,8 @@ def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def test_grow_3_to_5_and_back_under_load_removing_the_leader(cluster: LocalCluster, capsys: Any) -> None:
     c = cluster
-    with Workload(c) as work:
+    work = Workload(list(c.addr.values()), "ops:counter")
+    with work.running():
         # past two snapshots (threshold 200): the leader has compacted its log, joiners need a snapshot
         wait_until(lambda: work.acked > 450, 60, "the workload to run")
         # Order 1: start the node with --join, then add it (it waits as a non-member meanwhile).
@@ -160,7 +129,7 @@ def test_grow_3_to_5_and_back_under_load_removing_the_leader(cluster: LocalClust
         time.sleep(1.0)  # writes keep going on the 3 that are left
     c.kill(leader)
     c.kill(other)
-    assert work.failures == [], work.failures[:3]
+    assert work.failed == [], work.failed[:3]
     final = work.client.get("ops:counter")
     assert final == work.acked and work.acked > 100
     work.client.close()
