@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import hashlib
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -32,6 +33,7 @@ from raftstate.node.backup_state import SnapshotMovedOn, backup_payload
 from raftstate.node.config import _ID_RE, _ID_RULE, Settings, parse_address
 from raftstate.node.driver import RaftDriver
 from raftstate.node.http_codec import ApiError, read_body, respond
+from raftstate.node.peer_memory import HeardFrom
 from raftstate.node.storage import Storage
 from raftstate.raft import (
     ConfChange,
@@ -46,9 +48,10 @@ __all__ = ["AdminApi"]
 
 
 class AdminApi:
-    def __init__(self, api: Api, *, cluster_id: str, settings: Settings) -> None:
+    def __init__(self, api: Api, *, cluster_id: str, settings: Settings, data_dir: Path) -> None:
         self.api = api  # the client API's leader checks, timeouts and error handling, reused
         self.driver: RaftDriver = api.driver
+        self.heard_from = HeardFrom(data_dir, lambda: self.driver.last_contact_ms.keys())
         self.cluster_id = cluster_id
         self.settings = settings
         #: a learner within this many entries of the leader's log may be promoted
@@ -61,6 +64,7 @@ class AdminApi:
         r.add_post("/v1/members/{id}/promote", t("member_promote", self.member_promote))
         r.add_delete("/v1/members/{id}", t("member_remove", self.member_remove))
         r.add_get("/v1/snapshot", t("snapshot_save", self.snapshot_save))
+        app.cleanup_ctx.append(self.heard_from.background)
 
     # ----------------------------------------------------------------- membership
 
@@ -94,8 +98,10 @@ class AdminApi:
             "last_index": r.last_index,
             "pending_change": self._pending_change(),
             "members": rows,
-            #: every peer this node has heard from, and how long ago (the wiped-voter check uses it)
+            #: peers heard from since this process started, and how long ago
             "heard_from_ms_ago": {n: now - t for n, t in sorted(d.last_contact_ms.items())},
+            #: every peer this node ever heard from, across restarts (the wiped-voter check uses it)
+            "heard_from": sorted(self.heard_from.ids()),
             "settings": dataclasses.asdict(self.settings),
         }
 

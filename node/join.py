@@ -154,7 +154,7 @@ def wiped_voter_problem(docs: dict[str, dict[str, Any]], node_id: str) -> str | 
                 f"an empty disk: `raftstate member add --id {node_id} --address HOST:PORT --endpoints "
                 f"{m.address_of(peer)}` and start it with --join"
             )
-        if node_id in m.voters and node_id in doc.get("heard_from_ms_ago", {}):
+        if node_id in m.voters and node_id in doc.get("heard_from", []):
             return (
                 f"{peer} has heard from voter {node_id} before, but this data dir is empty: a wiped disk "
                 f"forgot its vote and log and could elect two leaders. Replace it: `raftstate member "
@@ -172,10 +172,17 @@ def check_not_wiped_voter(config: ClusterConfig, node_id: str) -> None:
     for n in config.nodes:
         if n.id == node_id:
             continue
-        try:
-            docs[n.id] = call(n.address, "GET", "/v1/members", timeout=1.0)
-        except (AdminError, OSError, ValueError):
-            continue  # down (or a fresh cluster still starting): nothing to learn there
+        for attempt in range(3):
+            try:
+                docs[n.id] = call(n.address, "GET", "/v1/members", timeout=3.0)
+                break
+            except (AdminError, OSError, ValueError) as exc:
+                if isinstance(getattr(exc, "reason", exc), ConnectionRefusedError):
+                    break  # not running (or a fresh cluster still starting): nothing to learn there
+                # Slow or busy: ask again rather than decide without it (failing open is unsafe).
+                log.info(
+                    "node %s: %s did not answer /v1/members (%s), attempt %d", node_id, n.id, exc, attempt + 1
+                )
     problem = wiped_voter_problem(docs, node_id)
     if problem is not None:
         raise JoinRefused(problem)

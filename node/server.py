@@ -102,7 +102,9 @@ class NodeServer:
             extra_status=self._extra_status,
         )
         api.install(app)
-        AdminApi(api, cluster_id=cfg.cluster_id, settings=s).install(app)  # /v1/members, /v1/snapshot
+        AdminApi(api, cluster_id=cfg.cluster_id, settings=s, data_dir=self.storage.path).install(
+            app
+        )  # /v1/members, /v1/snapshot
         await self.transport.start()
         await self.driver.start()
         self.sweeper.start()

@@ -4,6 +4,7 @@ wiped node, refusals, back up / wipe everything / restore. Commands run as opera
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -54,7 +55,8 @@ def members(c: LocalCluster, nid: str) -> dict[str, Any]:
 
 def _contact_ago(c: LocalCluster, leader: str, nid: str) -> int:
     row = next(r for r in members(c, leader)["members"] if r["id"] == nid)
-    return int(row["last_contact_ms_ago"] or 0)
+    ago = row["last_contact_ms_ago"]
+    return 1 << 30 if ago is None else int(ago)  # None: not heard from since this leader started
 
 
 def roles(c: LocalCluster, nid: str) -> dict[str, str]:
@@ -154,8 +156,15 @@ def test_replace_a_wiped_node_and_refusals(tmp_path: Path) -> None:
         assert err.value.status == 400 and err.value.body["error"]["field"] == "address"
 
         # The victim's disk is wiped: restarting it as before is refused, and says what to run.
+        heard = c.root / "data" / leader / "heard_from.json"
+        wait_until(lambda: victim in json.loads(heard.read_text()), 30, f"{leader} to record {victim}")
         c.kill(victim)
         shutil.rmtree(c.root / "data" / victim)
+        # Every node forgets in memory what it heard (the leader restarts): the record on disk stays.
+        c.kill(leader, signal.SIGTERM)
+        c.start(leader)
+        wait_until(lambda: c.status(leader), 30, f"{leader} to serve again")
+        leader = c.wait_leader()
         out = subprocess.run(
             [sys.executable, "-m", "raftstate.node", "node", "--config", str(c.config), "--id", victim],
             capture_output=True,

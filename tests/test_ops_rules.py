@@ -20,6 +20,7 @@ from raftstate.node.config import ClusterConfig, ConfigError, NodeConfig, Settin
 from raftstate.node.http_codec import ApiError
 from raftstate.node.join import JoinRefused, plan_join, wiped_voter_problem
 from raftstate.node.membership import check_add, check_promote, check_remove, reachable
+from raftstate.node.peer_memory import HeardFrom
 from raftstate.node.state_machine import KVStateMachine
 from raftstate.node.storage import DiskStorage, MemoryStorage
 from raftstate.raft import Entry, EntryKind, Membership, SnapshotMeta
@@ -201,7 +202,7 @@ def _doc(
             }
             for n in sorted(m.members)
         ],
-        "heard_from_ms_ago": heard or {},
+        "heard_from": sorted(heard or {}),
     }
 
 
@@ -298,3 +299,19 @@ def _replayed(entries: list[Entry]) -> KVStateMachine:
     for e in entries:
         sm.apply(e.index, e.time_ms, e.data) if e.data else sm.advance_to(e.index, e.time_ms)
     return sm
+
+
+# ----------------------------------------------------------------------------- peer memory
+
+
+def test_heard_from_survives_a_restart(tmp_path: Path) -> None:
+    import asyncio
+
+    seen: list[str] = ["n2"]
+    memory = HeardFrom(tmp_path, lambda: seen)
+    asyncio.run(memory.flush())
+    seen[:] = ["n3"]  # a new process: its contact table starts empty
+    again = HeardFrom(tmp_path, lambda: seen)
+    assert again.ids() == {"n2", "n3"}
+    (tmp_path / "heard_from.json").write_text("{")
+    assert HeardFrom(tmp_path, lambda: []).ids() == set()  # unreadable: warns, starts again
