@@ -35,6 +35,11 @@ REQUEST_TIMEOUT: Final = "request_timeout"  #: the request body arrived too slow
 #: the write may or may not have been applied (e.g. leadership lost after proposing)
 OUTCOME_UNKNOWN: Final = "outcome_unknown"
 INTERNAL: Final = "internal"
+# Membership (admin) refusals: nothing was changed. See docs/operations.md.
+MEMBER_EXISTS: Final = "member_exists"  #: adding an id that is already a voter or learner
+CHANGE_IN_PROGRESS: Final = "change_in_progress"  #: another membership change is not committed yet
+QUORUM_UNREACHABLE: Final = "quorum_unreachable"  #: the resulting voters would have no reachable quorum
+NOT_CAUGHT_UP: Final = "not_caught_up"  #: a learner too far behind the leader to be promoted
 
 STATUS_OF: Final[dict[str, int]] = {
     NOT_LEADER: 421,  # Misdirected Request: retry on the leader named in the body
@@ -59,6 +64,10 @@ STATUS_OF: Final[dict[str, int]] = {
     REQUEST_TIMEOUT: 408,
     OUTCOME_UNKNOWN: 504,
     INTERNAL: 500,
+    MEMBER_EXISTS: 409,
+    CHANGE_IN_PROGRESS: 409,
+    QUORUM_UNREACHABLE: 409,
+    NOT_CAUGHT_UP: 409,
 }
 
 #: codes after which the request was certainly not applied, so any client may retry it elsewhere

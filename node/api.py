@@ -263,8 +263,16 @@ class Api:
 
     async def _propose(self, cmd: bytes, timeout_s: float) -> Any:
         self.metrics.proposals_total.inc()
+        return await self._outcome(self.driver.propose(cmd, timeout_s))
+
+    async def _outcome(
+        self,
+        proposal: Awaitable[Any],
+        unknown_hint: str = "retry only with the same session and seq (exactly-once)",
+    ) -> Any:
+        """Await a proposal, turning the driver's and the core's refusals into API errors."""
         try:
-            result = await self.driver.propose(cmd, timeout_s)
+            result = await proposal
         except NotLeader:
             raise self._not_leader() from None
         except LeadershipTransferInProgress as exc:
@@ -272,9 +280,7 @@ class Api:
         except ProposalLost as exc:
             raise ApiError(p.UNAVAILABLE, f"{exc}; it was not applied: retry") from None
         except OutcomeUnknown as exc:
-            raise ApiError(
-                p.OUTCOME_UNKNOWN, f"{exc}; retry only with the same session and seq (exactly-once)"
-            ) from None
+            raise ApiError(p.OUTCOME_UNKNOWN, f"{exc}; {unknown_hint}") from None
         except CommandError as exc:
             raise ApiError(exc.code, exc.message, **exc.details) from None
         return result

@@ -16,10 +16,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from raftstate.client.cli import add_client_commands
 from raftstate.node.config import ClusterConfig, ConfigError, load_config
+from raftstate.node.ops_cli import add_ops_commands, membership_note, run_ops_command
 from raftstate.node.ops_http import StatusFetcher
 
 DEFAULT_CONFIG = "cluster.yaml"
@@ -32,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     p_node = sub.add_parser("node", help="run one node in the foreground")
     p_node.add_argument("--config", default=DEFAULT_CONFIG)
     p_node.add_argument("--id", required=True, help="this node's id in the config")
+    p_node.add_argument(
+        "--join", metavar="MEMBER", help="join a running cluster through this member's host:port"
+    )
+    p_node.add_argument("--address", help="with --join: host:port this node serves on")
+    p_node.add_argument("--data-dir", type=Path, help="with --join: this node's data dir (restart: alone)")
     p_node.add_argument("--log-level", default="INFO")
 
     p_cluster = sub.add_parser("cluster", help="run a whole cluster locally")
@@ -46,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     p_status.add_argument("--token", help="token of role read or higher (default $RAFTSTATE_TOKEN)")
 
     add_client_commands(sub)  # get | set | delete | incr | keys | lock (client/cli.py)
+    add_ops_commands(sub)  # member | leader | snapshot (node/ops_cli.py)
     args = parser.parse_args(argv)
+    if "ops_command" in args:
+        return run_ops_command(args)
     if "client_command" in args:
         return int(args.client_command(args))
     try:
@@ -71,13 +81,17 @@ def _cmd_node(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    config = load_config(args.config)
-    config.node(args.id)  # unknown id: ConfigError before anything touches a data dir
-    from raftstate.node.server import serve  # imported late: `status` needs none of it
+    from raftstate.node.join import JoinRefused, prepare_start  # imported late: `status` needs none
+    from raftstate.node.server import serve
     from raftstate.node.storage_errors import StorageError
 
     try:
-        return asyncio.run(serve(config, args.id))
+        config, joining = prepare_start(args)
+    except JoinRefused as exc:
+        print(f"raftstate node {args.id}: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(serve(config, args.id, joining=joining))
     except StorageError as exc:
         print(f"raftstate node {args.id}: {exc}", file=sys.stderr)
         return 3
@@ -177,6 +191,9 @@ def _cmd_status(config: ClusterConfig, fetcher: StatusFetcher, *, as_json: bool)
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         for r in [head, *rows]:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        note = membership_note([n.id for n in config.nodes], docs)
+        if note:
+            print(note)
     return 0 if any(d is not None for d in docs.values()) else 1
 
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from raftstate.node.state_machine import CommandError, KVStateMachine
 from raftstate.node.storage import Storage
 from raftstate.raft import (
+    ConfChange,
     Entry,
     EntryKind,
     HeartbeatResp,
@@ -164,7 +165,14 @@ class RaftDriver:
 
         Raises NotLeader (nothing was appended: safe to retry elsewhere), ProposalLost (certainly
         not applied), OutcomeUnknown (timed out: may or may not be applied)."""
-        index = self.raft.propose(command, self.clock_ms())
+        return await self._wait_applied(self.raft.propose(command, self.clock_ms()), timeout_s)
+
+    async def propose_conf_change(self, cc: ConfChange, timeout_s: float) -> None:
+        """Append a membership change and return once it is applied here (committed). Raises like
+        :meth:`propose`, and ConfChangeInProgress (nothing appended) when another change is pending."""
+        await self._wait_applied(self.raft.propose_conf_change(cc, self.clock_ms()), timeout_s)
+
+    async def _wait_applied(self, index: int, timeout_s: float) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         stale = self._waiters.get(index)
         if stale is not None and not stale.future.done():

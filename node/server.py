@@ -15,8 +15,10 @@ from typing import Any
 
 from aiohttp import web
 
+from raftstate.node.admin_api import AdminApi
 from raftstate.node.api import Api
 from raftstate.node.api_schema import ApiLimits
+from raftstate.node.bootstrap import resolve_bootstrap
 from raftstate.node.clock import NodeClock
 from raftstate.node.cluster_time import ClusterTime
 from raftstate.node.config import ClusterConfig
@@ -33,8 +35,11 @@ log = logging.getLogger("raftstate.node")
 
 
 class NodeServer:
-    def __init__(self, config: ClusterConfig, node_id: str) -> None:
+    def __init__(self, config: ClusterConfig, node_id: str, *, joining: Membership | None = None) -> None:
+        """``joining``: the membership learned from a member by ``raftstate node --join`` (this
+        node is not a voter in it); without it the first start bootstraps from ``config.nodes``."""
         self.config = config
+        self.joining = joining
         self.node = config.node(node_id)
         self.id = node_id
         self.metrics = NodeMetrics(node_id, config.cluster_id)
@@ -50,7 +55,7 @@ class NodeServer:
 
     async def start(self) -> None:
         cfg, s = self.config, self.config.settings
-        self.storage = DiskStorage(
+        disk = self.storage = DiskStorage(
             Path(self.node.data_dir),
             node_id=self.id,
             cluster_id=cfg.cluster_id,
@@ -73,10 +78,8 @@ class NodeServer:
         # The wall clock (with the test/chaos offset hook), and cluster time for reads and stamps.
         clock = NodeClock.from_env(reread_s=s.tick_ms / 1000)
         cluster_time = ClusterTime(clock.now_ms)
-        bootstrap = Membership(
-            voters=frozenset(n.id for n in cfg.nodes),
-            addresses=tuple(sorted(cfg.addresses.items())),
-        )
+        # After the first start the data dir's bootstrap record, then the log/snapshot, rule.
+        bootstrap = resolve_bootstrap(disk.path, self.id, cfg, self.joining)
         self.driver = RaftDriver(
             self.id,
             bootstrap=bootstrap,
@@ -89,6 +92,9 @@ class NodeServer:
         )
         self.driver.role_listeners.append(self._on_role)
         sec.attach(self.driver)
+        # Members added after bootstrap are known from the log/snapshot only: dial them too.
+        m = self.driver.raft.membership
+        self.transport.update_peers({n: a for n, a in m.addresses if n in m.members and n != self.id})
         cluster_time.attach(self.driver)
         self.sweeper = ExpirySweeper(self.driver, cluster_time)
         self.receiver = StreamReceiver(
@@ -103,7 +109,7 @@ class NodeServer:
         app = web.Application(client_max_size=s.max_request_bytes)
         sec.install(app)  # first: its middlewares guard every route below
         self.receiver.install(app)
-        Api(
+        api = Api(
             self.driver,
             self.metrics,
             cluster_time=cluster_time,
@@ -119,7 +125,11 @@ class NodeServer:
             max_request_bytes=s.max_request_bytes,
             extra_status=self._extra_status,
             stale_reads_bug=bug == STALE_READS,
-        ).install(app)
+        )
+        api.install(app)
+        AdminApi(api, cluster_id=cfg.cluster_id, settings=s, data_dir=disk.path).install(
+            app
+        )  # /v1/members, /v1/snapshot
         await self.transport.start()
         await self.driver.start()
         self.sweeper.start()
@@ -178,8 +188,8 @@ class NodeServer:
         }
 
 
-async def serve(config: ClusterConfig, node_id: str) -> int:
-    server = NodeServer(config, node_id)
+async def serve(config: ClusterConfig, node_id: str, *, joining: Membership | None = None) -> int:
+    server = NodeServer(config, node_id, joining=joining)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

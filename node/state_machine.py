@@ -182,7 +182,13 @@ class KVStateMachine:
         """Canonical bytes (every collection sorted) so two replicas at one index produce equal
         snapshots: keys with versions and expiries, locks with tokens, sessions with their
         remembered outcomes, cluster time. (The token counter is the log index: applied_index.)"""
-        body = {
+        out: bytes = msgpack.packb(self.snapshot_body(), use_bin_type=True)
+        return out
+
+    def snapshot_body(self) -> dict[str, Any]:
+        """What :meth:`snapshot` encodes, as fresh lists: a caller may encode it off the loop
+        (a backup) while this state machine goes on applying entries."""
+        return {
             "format": SNAPSHOT_FORMAT,
             "applied_index": self.applied_index,
             "time_ms": self.time_ms,
@@ -190,8 +196,6 @@ class KVStateMachine:
             "locks": self.locks.rows(),
             "sessions": self.sessions.rows(),
         }
-        out: bytes = msgpack.packb(body, use_bin_type=True)
-        return out
 
     def restore(self, blob: bytes) -> None:
         body = msgpack.unpackb(blob, raw=False)
