@@ -53,8 +53,12 @@ def respond(request: web.Request, body: Any, status: int = 200) -> web.Response:
     return web.Response(text=text, status=status, content_type=JSON)
 
 
+def error_body(err: ApiError) -> dict[str, Any]:
+    return {"error": {"code": err.code, "message": err.message, **err.details}}
+
+
 def error_response(request: web.Request, err: ApiError) -> web.Response:
-    return respond(request, {"error": {"code": err.code, "message": err.message, **err.details}}, err.status)
+    return respond(request, error_body(err), err.status)
 
 
 async def read_body(request: web.Request, max_bytes: int) -> Any:

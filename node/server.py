@@ -23,6 +23,7 @@ from raftstate.node.config import ClusterConfig
 from raftstate.node.driver import DriverSettings, RaftDriver
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.storage import DiskStorage
+from raftstate.node.stream_api import StreamApi
 from raftstate.node.sweeper import ExpirySweeper
 from raftstate.node.transport import PeerTransport, StreamReceiver, TransportOptions
 from raftstate.raft import Membership, Role
@@ -82,7 +83,7 @@ class NodeServer:
         )
         app = web.Application(client_max_size=s.max_request_bytes)
         self.receiver.install(app)
-        Api(
+        api = Api(
             self.driver,
             self.metrics,
             cluster_time=cluster_time,
@@ -94,7 +95,9 @@ class NodeServer:
             ),
             max_request_bytes=s.max_request_bytes,
             extra_status=self._extra_status,
-        ).install(app)
+        )
+        api.install(app)
+        StreamApi(api, self.metrics, max_frame_bytes=s.max_request_bytes).install(app)
         await self.transport.start()
         await self.driver.start()
         self.sweeper.start()

@@ -98,11 +98,11 @@ def run_matrix(system: str, endpoints: list[str], args: argparse.Namespace) -> l
     return results
 
 
-def bench_raftstate(args: argparse.Namespace) -> list[dict[str, Any]]:
+def bench_raftstate(args: argparse.Namespace, system: str) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="raftstate-bench-") as tmp, LocalCluster(Path(tmp)) as c:
         c.start()
         wait_ready(c)
-        return run_matrix("raftstate", raftstate_endpoints(c), args)
+        return run_matrix(system, raftstate_endpoints(c), args)
 
 
 def bench_etcd(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -190,6 +190,11 @@ def bench_scale(args: argparse.Namespace) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--compare", choices=["etcd"], help="also run every workload against etcd")
+    ap.add_argument(
+        "--protocols",
+        default="stream,http",
+        help="raftstate client protocols to run: stream (/v1/stream, many ops per connection), http",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: concurrency 1 and 16, short runs")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--concurrency", default="1,16,64,256")
@@ -220,7 +225,10 @@ def main() -> int:
     if args.scale:
         return bench_scale(args)
 
-    results = {"raftstate": bench_raftstate(args)}
+    results = {}
+    for proto in args.protocols.split(","):
+        system = {"stream": "raftstate-stream", "http": "raftstate"}[proto]
+        results[system] = bench_raftstate(args, system)
     if args.compare == "etcd":
         if etcd_binary() is None:
             print(ETCD_MISSING)

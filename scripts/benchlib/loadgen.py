@@ -54,7 +54,7 @@ async def run_async(args: argparse.Namespace) -> dict[str, Any]:
             target = EtcdTarget(session, endpoints, args.run)
             await target.find_leader()
         else:
-            target = RaftstateTarget(session, endpoints, args.run)
+            target = RaftstateTarget(session, endpoints, args.run, stream=args.system == "raftstate-stream")
         op = getattr(target, args.workload)
         lat: list[float] = []
         timeline: list[tuple[float, float]] = []
@@ -164,7 +164,7 @@ def run_sync_client(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--system", choices=["raftstate", "etcd"], required=True)
+    ap.add_argument("--system", choices=["raftstate", "raftstate-stream", "etcd"], required=True)
     ap.add_argument("--endpoints", required=True, help="comma-separated base URLs")
     ap.add_argument("--workload", required=True)
     ap.add_argument("--concurrency", type=int, default=1)
@@ -181,10 +181,9 @@ def main() -> int:
         try:
             import uvloop  # optional: the load generator should not be the bottleneck
 
-            uvloop.install()
+            result = uvloop.run(run_async(args))
         except ImportError:
-            pass
-        result = asyncio.run(run_async(args))
+            result = asyncio.run(run_async(args))
     json.dump(result, sys.stdout)
     return 0
 

@@ -23,7 +23,10 @@ def print_table(results: dict[str, list[dict[str, Any]]], workloads: list[str], 
     systems = list(results)
     head = f"{'workload':9} {'conc':>4} |"
     for s in systems:
-        head += f" {s + ' ops/s':>15} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} {'err':>5} {'retry':>6} |"
+        head += (
+            f" {s + ' ops/s':>23} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} {'err':>5} {'retry':>6} |"
+        )
+    ours = next((s for s in systems if s.startswith("raftstate")), None)
     if "etcd" in systems:
         head += f" {'x ops/s':>7} {'x p50':>6} {'x p99':>6}"
     print(head)
@@ -34,22 +37,23 @@ def print_table(results: dict[str, list[dict[str, Any]]], workloads: list[str], 
             for s in systems:
                 r = idx.get((s, wl, c))
                 if r is None:
-                    line += " " * 57 + "|"
+                    line += " " * 65 + "|"
                     continue
                 errs = sum(r["errors"].values())
                 line += (
-                    f" {r['ops_per_s']:15.0f} {_fmt(r['p50'], 7)} {_fmt(r['p99'], 7)} {_fmt(r['p999'], 7)}"
+                    f" {r['ops_per_s']:23.0f} {_fmt(r['p50'], 7)} {_fmt(r['p99'], 7)}"
+                    f" {_fmt(r['p999'], 7)}"
                     f" {errs:5d} {r['retries']:6d} |"
                 )
             if "etcd" in systems:
-                a, b = idx.get(("raftstate", wl, c)), idx.get(("etcd", wl, c))
+                a, b = idx.get((ours, wl, c)), idx.get(("etcd", wl, c))
                 if a and b:
                     line += (
                         f" {_ratio(a['ops_per_s'], b['ops_per_s']):>7} {_ratio(a['p50'], b['p50']):>6}"
                         f" {_ratio(a['p99'], b['p99']):>6}"
                     )
             print(line)
-    print("x = raftstate / etcd (ops/s: >1 means raftstate is faster; latency: <1 means raftstate is faster)")
+    print(f"x = {ours} / etcd (ops/s: >1 means raftstate is faster; latency: <1 means raftstate is faster)")
 
 
 def check_counters(results: dict[str, list[dict[str, Any]]]) -> bool:
@@ -93,7 +97,7 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
     workloads = sorted({r["workload"] for rs in results.values() for r in rs})
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
     for s, rs in results.items():
-        style = "-" if s == "raftstate" else "--"
+        style = {"raftstate-stream": "-", "raftstate": "-."}.get(s, ":")
         for i, wl in enumerate(workloads):
             pts = sorted((r["concurrency"], r["ops_per_s"]) for r in rs if r["workload"] == wl)
             if pts:

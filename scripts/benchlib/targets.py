@@ -22,6 +22,9 @@ from typing import Any
 import aiohttp
 import msgpack
 
+from raftstate.client._stream import StreamConnection
+from raftstate.client.errors import RaftStateError
+
 MSGPACK = "application/msgpack"
 VALUE_100B = "v" * 100
 KEYS = 10_000
@@ -37,35 +40,44 @@ class OpError(Exception):
         self.code = code
 
 
+_HTTP_OF = {  # stream op -> HTTP method and path (docs/api.md)
+    "get": ("GET", "/v1/kv/{}"),
+    "set": ("PUT", "/v1/kv/{}"),
+    "increment": ("POST", "/v1/kv/{}/increment"),
+    "lock_acquire": ("POST", "/v1/locks/{}/acquire"),
+    "lock_release": ("POST", "/v1/locks/{}/release"),
+}
+
+
 class RaftstateTarget:
-    def __init__(self, session: aiohttp.ClientSession, endpoints: list[str], run: str) -> None:
+    """raftstate over HTTP/1.1 (one request per operation), or with ``stream=True`` over
+    ``/v1/stream`` (all operations multiplexed on one WebSocket per node)."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, endpoints: list[str], run: str, *, stream: bool = False
+    ) -> None:
         self.s = session
         self.endpoints = endpoints
         self.leader = endpoints[0]
         self.run = run
+        self.stream = stream
+        self._streams: dict[str, StreamConnection] = {}
         self.retries = 0
         self.acked: dict[str, int] = {}  # counter key -> acknowledged increments
         self.unknown = 0  # increments whose outcome is unknown (timeouts, broken connections)
         self._rr = 0
 
-    async def _call(
-        self, method: str, path: str, body: Any = None, *, leader: bool = True
-    ) -> tuple[int, Any]:
-        headers = {"Accept": MSGPACK}
-        data = None
-        if body is not None:
-            data = msgpack.packb(body, use_bin_type=True)
-            headers["Content-Type"] = MSGPACK
+    async def _op(self, op: str, name: str, body: Any = None, *, stale: bool = False) -> tuple[int, Any]:
         for _ in range(3):
-            base = self.leader if leader else self._next()
+            base = self._next() if stale else self.leader
             try:
-                async with self.s.request(method, base + path, data=data, headers=headers) as resp:
-                    raw = await resp.read()
-                    doc = msgpack.unpackb(raw, raw=False) if raw else None
-                    status = resp.status
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                if self.stream:
+                    status, doc = await self._stream_call(base, op, name, body, stale)
+                else:
+                    status, doc = await self._http_call(base, op, name, body, stale)
+            except (aiohttp.ClientError, TimeoutError, RaftStateError) as exc:
                 raise OpError(type(exc).__name__) from None
-            if status == 421 and leader:
+            if status == 421 and not stale:
                 addr = (doc or {}).get("error", {}).get("leader_address")
                 if addr:
                     self.leader = f"http://{addr}"
@@ -73,6 +85,24 @@ class RaftstateTarget:
                 raise OpError("no_leader")
             return status, doc
         raise OpError("redirect_loop")
+
+    async def _stream_call(self, base: str, op: str, name: str, body: Any, stale: bool) -> tuple[int, Any]:
+        conn = self._streams.get(base)
+        if conn is None:
+            conn = self._streams[base] = StreamConnection(self.s, base)
+        return await conn.call(op, name, body, {"consistency": "stale"} if stale else None, timeout_s=10.0)
+
+    async def _http_call(self, base: str, op: str, name: str, body: Any, stale: bool) -> tuple[int, Any]:
+        method, path = _HTTP_OF[op]
+        headers = {"Accept": MSGPACK}
+        data = None
+        if body is not None:
+            data = msgpack.packb(body, use_bin_type=True)
+            headers["Content-Type"] = MSGPACK
+        url = base + path.format(name) + ("?consistency=stale" if stale else "")
+        async with self.s.request(method, url, data=data, headers=headers) as resp:
+            raw = await resp.read()
+            return resp.status, (msgpack.unpackb(raw, raw=False) if raw else None)
 
     def _next(self) -> str:
         self._rr += 1
@@ -85,24 +115,24 @@ class RaftstateTarget:
             raise OpError(code or f"http_{status}")
 
     async def put(self, rng: random.Random) -> str:
-        st, doc = await self._call("PUT", f"/v1/kv/k{rng.randrange(KEYS)}", {"value": VALUE_100B})
+        st, doc = await self._op("set", f"k{rng.randrange(KEYS)}", {"value": VALUE_100B})
         self._check(st, doc, 200)
         return "ok"
 
     async def get(self, rng: random.Random) -> str:
-        st, doc = await self._call("GET", f"/v1/kv/k{rng.randrange(KEYS)}")
+        st, doc = await self._op("get", f"k{rng.randrange(KEYS)}")
         self._check(st, doc, 200, 404)
         return "ok"
 
     async def stale_get(self, rng: random.Random) -> str:
-        st, doc = await self._call("GET", f"/v1/kv/k{rng.randrange(KEYS)}?consistency=stale", leader=False)
+        st, doc = await self._op("get", f"k{rng.randrange(KEYS)}", stale=True)
         self._check(st, doc, 200, 404)
         return "ok"
 
     async def incr(self, rng: random.Random) -> str:
         key = f"ctr:{self.run}:{rng.randrange(COUNTERS)}"
         try:
-            st, doc = await self._call("POST", f"/v1/kv/{key}/increment", {"by": 1})
+            st, doc = await self._op("increment", key, {"by": 1})
         except OpError:
             self.unknown += 1
             raise
@@ -117,24 +147,24 @@ class RaftstateTarget:
 
     async def lock(self, rng: random.Random) -> str:
         name = f"l{rng.randrange(LOCKS)}"
-        st, doc = await self._call("POST", f"/v1/locks/{name}/acquire", {"owner": "bench", "ttl": 10})
+        st, doc = await self._op("lock_acquire", name, {"owner": "bench", "ttl": 10})
         if st == 409:
             return "busy"
         self._check(st, doc, 200)
-        st, doc = await self._call("POST", f"/v1/locks/{name}/release", {"token": doc["token"]})
+        st, doc = await self._op("lock_release", name, {"token": doc["token"]})
         self._check(st, doc, 200)
         return "ok"
 
     async def claim(self, rng: random.Random) -> str:
         key = f"claim:{self.run}:{rng.randrange(100_000)}"
-        st, doc = await self._call("PUT", f"/v1/kv/{key}", {"value": 1, "if_absent": True})
+        st, doc = await self._op("set", key, {"value": 1, "if_absent": True})
         self._check(st, doc, 200)
         return "ok"
 
     async def counter_values(self) -> dict[str, int]:
         out = {}
         for key in self.acked:
-            st, doc = await self._call("GET", f"/v1/kv/{key}")
+            st, doc = await self._op("get", key)
             self._check(st, doc, 200)
             out[key] = int(doc["value"])
         return out

@@ -1,0 +1,158 @@
+"""Client end of ``/v1/stream`` (docs/stream.md): many operations in flight on one WebSocket.
+
+``StreamConnection.call(op, name, body, query)`` returns ``(status, body)`` exactly as the HTTP
+endpoint of that operation would; calls made in the same loop turn leave in one frame, and answers
+are matched by id. If the connection breaks, every call in flight fails with ``ResponseLost`` (it
+may have been applied) and the next call reconnects; a refused connection is ``ConnectFailed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import aiohttp
+import msgpack
+
+from raftstate.client.errors import ConnectFailed, ResponseLost
+
+__all__ = ["STREAM_PATH", "StreamConnection"]
+
+STREAM_PATH = "/v1/stream"
+
+
+class StreamConnection:
+    """One node's stream. Safe to call concurrently from one event loop."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, endpoint: str, *, connect_timeout_s: float = 1.0
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self._session = session
+        self._connect_timeout_s = connect_timeout_s
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._connecting: asyncio.Future[aiohttp.ClientWebSocketResponse] | None = None
+        self._ids = itertools.count(1)
+        #: id -> (the connection it was sent on, its answer)
+        self._pending: dict[int, tuple[object, asyncio.Future[tuple[int, Any]]]] = {}
+        self._outbox: list[dict[str, Any]] = []
+        self._flush_scheduled = False
+        self._reader: asyncio.Task[None] | None = None
+        self._closing: asyncio.Future[bool] | None = None
+
+    async def call(
+        self,
+        op: str,
+        name: str = "",
+        body: Any = None,
+        query: dict[str, str] | None = None,
+        *,
+        timeout_s: float,
+    ) -> tuple[int, Any]:
+        ws = await asyncio.wait_for(self._connect(), timeout_s)
+        rid = next(self._ids)
+        req: dict[str, Any] = {"id": rid, "op": op}
+        if name:
+            req["name"] = name
+        if body is not None:
+            req["body"] = body
+        if query:
+            req["query"] = query
+        fut: asyncio.Future[tuple[int, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = (ws, fut)
+        self._outbox.append(req)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush, ws)
+        try:
+            return await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            raise ResponseLost(
+                f"no answer from {self.endpoint} to stream op {op} {name!r} within {timeout_s:.2f}s",
+                node=self.endpoint,
+            ) from None
+        finally:
+            self._pending.pop(rid, None)
+
+    def _flush(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._flush_scheduled = False
+        out, self._outbox = self._outbox, []
+        if not out:
+            return
+        data = msgpack.packb(out, use_bin_type=True, datetime=False)
+        # send_bytes only queues into the transport once the handshake is done; keep it ordered.
+        task = asyncio.ensure_future(ws.send_bytes(data))
+        task.add_done_callback(lambda t: self._sent(ws, t))
+
+    def _sent(self, ws: aiohttp.ClientWebSocketResponse, task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._broken(ws, f"send failed: {task.exception()}")
+
+    async def _connect(self) -> aiohttp.ClientWebSocketResponse:
+        if self._ws is not None and not self._ws.closed:
+            return self._ws
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open())
+        try:
+            return await asyncio.shield(self._connecting)
+        finally:
+            if self._connecting is not None and self._connecting.done():
+                self._connecting = None
+
+    async def _open(self) -> aiohttp.ClientWebSocketResponse:
+        timeout = aiohttp.ClientWSTimeout(ws_close=1.0)
+        try:
+            ws = await asyncio.wait_for(
+                self._session.ws_connect(
+                    self.endpoint + STREAM_PATH, timeout=timeout, max_msg_size=0, autoping=True
+                ),
+                self._connect_timeout_s,
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise ConnectFailed(
+                f"cannot open a stream to {self.endpoint}: {exc}", node=self.endpoint
+            ) from None
+        self._ws = ws
+        self._reader = asyncio.ensure_future(self._read(ws))
+        return ws
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        reason = "closed by the node"
+        try:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    continue
+                for rid, status, body in msgpack.unpackb(msg.data, raw=False, strict_map_key=False):
+                    entry = self._pending.get(rid) if rid is not None else None
+                    if entry is not None and not entry[1].done():
+                        entry[1].set_result((status, body))
+                    elif rid is None:
+                        reason = f"the node refused a frame: {body}"
+            if ws.close_code is not None:
+                reason = f"closed by the node (code {ws.close_code})"
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        self._broken(ws, reason)
+
+    def _broken(self, ws: aiohttp.ClientWebSocketResponse | None, reason: str) -> None:
+        """Fail the calls sent on ``ws``; the next call opens a new connection."""
+        if ws is None:
+            return
+        if self._ws is ws:
+            self._ws = None
+        if not ws.closed:
+            self._closing = asyncio.ensure_future(ws.close())
+        for rid, (on, fut) in list(self._pending.items()):
+            if on is ws and not fut.done():
+                del self._pending[rid]
+                fut.set_exception(
+                    ResponseLost(f"stream to {self.endpoint} broke ({reason})", node=self.endpoint)
+                )
+
+    async def aclose(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
