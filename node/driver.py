@@ -23,6 +23,7 @@ from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from raftstate.node.deadlines import Deadlines
 from raftstate.node.state_machine import CommandError, KVStateMachine
 from raftstate.node.storage import Storage
 from raftstate.raft import (
@@ -108,6 +109,8 @@ class RaftDriver:
         self.snapshot_index = loaded.persisted.snapshot.index if loaded.persisted.snapshot else 0
         self._waiters: dict[int, _Waiter] = {}
         self._reads: dict[Hashable, asyncio.Future[None]] = {}
+        #: one timer for every pending proposal's and read's timeout (not a wait_for each)
+        self._deadlines = Deadlines()
         self._read_seq = 0
         self._wake = asyncio.Event()
         #: Ready batches taken from the core, waiting for (or in) their fsync; handled in order
@@ -174,13 +177,17 @@ class RaftDriver:
             )
         waiter = self._waiters[index] = _Waiter(self.raft.term, fut)
         self._wake.set()
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
-        except TimeoutError:
-            raise OutcomeUnknown(
+        self._deadlines.add(
+            fut,
+            timeout_s,
+            lambda: OutcomeUnknown(
                 f"no outcome for the command at index {index} within {timeout_s:.1f}s; it may still apply"
-            ) from None
+            ),
+        )
+        try:
+            return await fut
         finally:
+            self._deadlines.discard(fut)
             if not fut.done():
                 fut.cancel()
             if self._waiters.get(index) is waiter:
@@ -198,11 +205,13 @@ class RaftDriver:
             self._reads.pop(ctx, None)
             raise
         self._wake.set()
+        self._deadlines.add(
+            fut, timeout_s, lambda: TimeoutError(f"read not confirmed by a quorum within {timeout_s:.1f}s")
+        )
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout_s)
-        except TimeoutError:
-            raise TimeoutError(f"read not confirmed by a quorum within {timeout_s:.1f}s") from None
+            await fut
         finally:
+            self._deadlines.discard(fut)
             self._reads.pop(ctx, None)
 
     async def transfer_leadership(self, target: str | None, timeout_s: float) -> str | None:
