@@ -8,7 +8,6 @@ raftstate status  [--config cluster.yaml]           one table: every node's role
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -71,11 +70,12 @@ def _cmd_node(args: argparse.Namespace) -> int:
     )
     config = load_config(args.config)
     config.node(args.id)  # unknown id: ConfigError before anything touches a data dir
+    from raftstate.node import event_loop
     from raftstate.node.server import serve  # imported late: `status` needs none of it
     from raftstate.node.storage_errors import StorageError
 
     try:
-        return asyncio.run(serve(config, args.id))
+        return event_loop.run(serve(config, args.id))
     except StorageError as exc:
         print(f"raftstate node {args.id}: {exc}", file=sys.stderr)
         return 3
