@@ -11,15 +11,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 import msgpack
 
-from raftstate.client.errors import ConnectFailed, ResponseLost
+from raftstate.client._transport import AiohttpTransport, Request, Response, encode_body
+from raftstate.client.errors import ConnectFailed, InvalidRequest, ResponseLost
 
-__all__ = ["STREAM_PATH", "StreamConnection"]
+__all__ = ["STREAM_PATH", "StreamConnection", "StreamUnsupported", "StreamingTransport", "stream_op"]
 
 STREAM_PATH = "/v1/stream"
+
+
+class StreamUnsupported(ConnectFailed):
+    """The node has no /v1/stream (an older version): use HTTP with it."""
 
 
 class StreamConnection:
@@ -50,7 +56,12 @@ class StreamConnection:
         *,
         timeout_s: float,
     ) -> tuple[int, Any]:
-        ws = await asyncio.wait_for(self._connect(), timeout_s)
+        try:
+            ws = await asyncio.wait_for(self._connect(), timeout_s)
+        except TimeoutError:
+            raise ConnectFailed(
+                f"no stream to {self.endpoint} within {timeout_s:.2f}s", node=self.endpoint
+            ) from None
         rid = next(self._ids)
         req: dict[str, Any] = {"id": rid, "op": op}
         if name:
@@ -80,10 +91,27 @@ class StreamConnection:
         out, self._outbox = self._outbox, []
         if not out:
             return
-        data = msgpack.packb(out, use_bin_type=True, datetime=False)
+        try:
+            data = msgpack.packb(out, use_bin_type=True, datetime=False)
+        except (TypeError, ValueError, OverflowError):
+            out = [req for req in out if self._encodable(req)]
+            if not out:
+                return
+            data = msgpack.packb(out, use_bin_type=True, datetime=False)
         # send_bytes only queues into the transport once the handshake is done; keep it ordered.
         task = asyncio.ensure_future(ws.send_bytes(data))
         task.add_done_callback(lambda t: self._sent(ws, t))
+
+    def _encodable(self, req: dict[str, Any]) -> bool:
+        """Fail the call of a request that cannot be encoded (as the HTTP transport does)."""
+        try:
+            encode_body(req, what=f"stream op {req['op']} {req.get('name', '')!r}")
+        except InvalidRequest as exc:
+            entry = self._pending.pop(req["id"], None)
+            if entry is not None and not entry[1].done():
+                entry[1].set_exception(exc)
+            return False
+        return True
 
     def _sent(self, ws: aiohttp.ClientWebSocketResponse, task: asyncio.Future[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -109,6 +137,10 @@ class StreamConnection:
                 ),
                 self._connect_timeout_s,
             )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise StreamUnsupported(
+                f"{self.endpoint} refused a stream ({exc.status} {exc.message})", node=self.endpoint
+            ) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise ConnectFailed(
                 f"cannot open a stream to {self.endpoint}: {exc}", node=self.endpoint
@@ -156,3 +188,71 @@ class StreamConnection:
             await ws.close()
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
+
+
+#: (method, path prefix, path suffix or None for an exact path, stream op) for docs/api.md's
+#: client operations; the name is the one percent-encoded path segment between prefix and suffix.
+#: tests/test_stream_client.py checks it against the node's routes (node/api.py _ROUTES).
+_OPS: tuple[tuple[str, str, str | None, str], ...] = (
+    ("POST", "/v1/kv/", "/increment", "increment"),
+    ("GET", "/v1/kv/", "", "get"),
+    ("PUT", "/v1/kv/", "", "set"),
+    ("DELETE", "/v1/kv/", "", "delete"),
+    ("GET", "/v1/keys", None, "list"),
+    ("POST", "/v1/locks/", "/acquire", "lock_acquire"),
+    ("POST", "/v1/locks/", "/renew", "lock_renew"),
+    ("POST", "/v1/locks/", "/release", "lock_release"),
+    ("GET", "/v1/locks/", "", "lock_get"),
+    ("POST", "/v1/sessions", None, "session_open"),
+    ("POST", "/v1/sessions/", "/keepalive", "session_keepalive"),
+)
+
+
+def stream_op(method: str, path: str) -> tuple[str, str] | None:
+    """(op, decoded name) of a v1 client request, or None if it has no stream form."""
+    for m, prefix, suffix, op in _OPS:
+        if m != method:
+            continue
+        if suffix is None:
+            if path == prefix:
+                return op, ""
+            continue
+        if path.startswith(prefix) and path.endswith(suffix) and len(path) > len(prefix) + len(suffix):
+            segment = path[len(prefix) : len(path) - len(suffix)]
+            if "/" not in segment:
+                return op, unquote(segment)
+    return None
+
+
+class StreamingTransport(AiohttpTransport):
+    """The client's default transport: every client operation over one ``/v1/stream`` WebSocket per
+    node (many in flight at once), everything else — and every operation on a node without the
+    stream — over HTTP. Same answers, same ConnectFailed/ResponseLost meaning as HTTP."""
+
+    def __init__(self, *, max_connections: int = 100, connect_timeout_s: float = 1.0) -> None:
+        super().__init__(max_connections=max_connections, connect_timeout_s=connect_timeout_s)
+        self._streams: dict[str, StreamConnection] = {}
+        self._http_only: set[str] = set()
+        self._connect_s = connect_timeout_s
+
+    async def send(self, endpoint: str, request: Request, timeout_s: float) -> Response:
+        mapped = stream_op(request.method, request.path) if endpoint not in self._http_only else None
+        if mapped is None:
+            return await super().send(endpoint, request, timeout_s)
+        conn = self._streams.get(endpoint)
+        if conn is None:
+            conn = StreamConnection(self._get_session(), endpoint, connect_timeout_s=self._connect_s)
+            self._streams[endpoint] = conn
+        op, name = mapped
+        try:
+            status, body = await conn.call(op, name, request.body, dict(request.query), timeout_s=timeout_s)
+        except StreamUnsupported:
+            self._http_only.add(endpoint)
+            return await super().send(endpoint, request, timeout_s)
+        return Response(status, body)
+
+    async def aclose(self) -> None:
+        streams, self._streams = self._streams, {}
+        for conn in streams.values():
+            await conn.aclose()
+        await super().aclose()

@@ -20,7 +20,7 @@ import pytest
 
 from procs import LocalCluster
 from raftstate.client._stream import StreamConnection
-from raftstate.client.errors import ConnectFailed, ResponseLost
+from raftstate.client.errors import ConnectFailed, InvalidRequest, ResponseLost
 
 pytestmark = pytest.mark.cluster
 
@@ -149,6 +149,17 @@ async def test_oversized_frame_closes_with_a_reason_and_the_node_stays_up(
     async with session.ws_connect(url(cluster, leader) + "/v1/stream") as ws:
         got = await frame(ws, [{"id": 1, "op": "get", "name": "big"}], n=1)
         assert got[1][0] == 404  # nothing of the oversized frame ran
+
+
+async def test_client_stream_refuses_an_unencodable_body_and_stays_usable(
+    cluster: LocalCluster, session: aiohttp.ClientSession
+) -> None:
+    conn = StreamConnection(session, url(cluster, cluster.wait_leader()))
+    with pytest.raises(InvalidRequest, match="cannot be sent"):
+        await conn.call("set", "bad", {"value": object()}, timeout_s=5)
+    status, _ = await conn.call("set", "good", {"value": 1}, timeout_s=5)
+    assert status == 200
+    await conn.aclose()
 
 
 async def test_client_stream_fails_calls_in_flight_on_kill_and_reconnects(
