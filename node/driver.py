@@ -452,12 +452,14 @@ class RaftDriver:
             return
         self._snapshotting = True
         meta = self.raft.snapshot_meta(applied)
-        data = self.sm.snapshot()  # taken now, on the loop: consistent with ``applied``
-        self._spawn(self._write_snapshot(meta.index, meta, data))
+        # The state as of ``applied`` (cheap copies, on the loop); encoded in a thread.
+        build = self.sm.snapshot_later()
+        self._spawn(self._write_snapshot(meta.index, meta, build))
 
-    async def _write_snapshot(self, index: int, meta: Any, data: bytes) -> None:
+    async def _write_snapshot(self, index: int, meta: Any, build: Callable[[], bytes]) -> None:
         try:
             t0 = time.perf_counter()
+            data = await asyncio.to_thread(build)
             await asyncio.to_thread(self.storage.save_snapshot, meta, data)
             self.raft.compact(index)
             self.snapshot_index = index

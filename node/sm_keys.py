@@ -17,7 +17,7 @@ Invariants: ``version`` is the log index of the key's last change (so versions o
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,11 +149,21 @@ class KeyStore:
 
     def rows(self) -> list[list[Any]]:
         """Canonical: sorted by key."""
-        out = []
-        for k in self._sorted:
-            r = self.data[k]
-            out.append([k, r.value, r.version, r.expires_at_ms])
-        return out
+        return self.rows_later()()
+
+    def rows_later(self) -> Callable[[], list[list[Any]]]:
+        """The rows as they are now, built later (e.g. in a thread while applies go on): takes only
+        shallow copies here — safe because a Record is replaced on every change, never mutated."""
+        data, order = dict(self.data), list(self._sorted)
+
+        def build() -> list[list[Any]]:
+            out = []
+            for k in order:
+                r = data[k]
+                out.append([k, r.value, r.version, r.expires_at_ms])
+            return out
+
+        return build
 
     def restore(self, rows: list[list[Any]]) -> None:
         self.data = {
