@@ -123,7 +123,13 @@ def bench_failover(args: argparse.Namespace) -> int:
         extra = ["--timeline", "--op-timeout", "10"] + (["--client", "sync"] if args.sync_client else [])
         gen = subprocess.Popen(
             loadgen_cmd(
-                "raftstate", raftstate_endpoints(c), "put", args.failover_concurrency, args, "fo", *extra
+                "raftstate-stream",
+                raftstate_endpoints(c),
+                "put",
+                args.failover_concurrency,
+                args,
+                "fo",
+                *extra,
             ),
             stdout=subprocess.PIPE,
             text=True,
@@ -148,7 +154,7 @@ def bench_failover(args: argparse.Namespace) -> int:
             f"kill {k + 1:2d}: leader {leader} -> first write sent after the kill"
             f" acked after {gap * 1000:6.0f} ms"
         )
-    client = "blocking raftstate.client.Client" if args.sync_client else "aiohttp load generator"
+    client = "blocking raftstate.client.Client" if args.sync_client else "asyncio load generator, stream"
     print(f"\nfailover ({client}, {args.failover_concurrency} concurrent puts, {kills} kills):")
     print(
         f"  write unavailability median {statistics.median(gaps) * 1000:.0f} ms,"

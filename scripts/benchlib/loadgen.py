@@ -55,6 +55,7 @@ async def run_async(args: argparse.Namespace) -> dict[str, Any]:
             await target.find_leader()
         else:
             target = RaftstateTarget(session, endpoints, args.run, stream=args.system == "raftstate-stream")
+            target.fill_keys = args.keys
         op = getattr(target, args.workload)
         lat: list[float] = []
         timeline: list[tuple[float, float]] = []
@@ -77,6 +78,8 @@ async def run_async(args: argparse.Namespace) -> dict[str, Any]:
                         errors[exc.code] = errors.get(exc.code, 0) + 1
                     await asyncio.sleep(0.01)  # a down node refuses at once: don't spin
                     continue
+                if outcome == "done":
+                    return
                 t1 = time.monotonic()
                 if t0 >= t_measure:
                     counts[outcome] += 1
@@ -86,7 +89,7 @@ async def run_async(args: argparse.Namespace) -> dict[str, Any]:
 
         retries_before = target.retries
         await asyncio.gather(*(worker(i) for i in range(args.concurrency)))
-        elapsed = min(time.monotonic(), t_end) - t_measure
+        elapsed = max(1e-9, min(time.monotonic(), t_end) - t_measure)
         result: dict[str, Any] = {
             "system": args.system,
             "workload": args.workload,
@@ -173,6 +176,7 @@ def main() -> int:
     ap.add_argument("--op-timeout", type=float, default=10.0)
     ap.add_argument("--run", default="r")
     ap.add_argument("--timeline", action="store_true")
+    ap.add_argument("--keys", type=int, default=0, help="the fill workload: how many keys")
     ap.add_argument("--client", choices=["http", "sync"], default="http")
     args = ap.parse_args()
     if args.client == "sync":

@@ -23,9 +23,7 @@ def print_table(results: dict[str, list[dict[str, Any]]], workloads: list[str], 
     systems = list(results)
     head = f"{'workload':9} {'conc':>4} |"
     for s in systems:
-        head += (
-            f" {s + ' ops/s':>23} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} {'err':>5} {'retry':>6} |"
-        )
+        head += f" {s + ' ops/s':>23} {'p50 ms':>7} {'p99 ms':>7} {'p99.9':>7} {'err':>5} {'retry':>6} |"
     ours = next((s for s in systems if s.startswith("raftstate")), None)
     if "etcd" in systems:
         head += f" {'x ops/s':>7} {'x p50':>6} {'x p99':>6}"

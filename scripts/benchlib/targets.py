@@ -23,7 +23,7 @@ import aiohttp
 import msgpack
 
 from raftstate.client._stream import StreamConnection
-from raftstate.client.errors import RaftStateError
+from raftstate.client.errors import ConnectFailed, RaftStateError
 
 MSGPACK = "application/msgpack"
 VALUE_100B = "v" * 100
@@ -66,6 +66,8 @@ class RaftstateTarget:
         self.acked: dict[str, int] = {}  # counter key -> acknowledged increments
         self.unknown = 0  # increments whose outcome is unknown (timeouts, broken connections)
         self._rr = 0
+        self.fill_keys = 0
+        self._fill_next = 0
 
     async def _op(self, op: str, name: str, body: Any = None, *, stale: bool = False) -> tuple[int, Any]:
         for _ in range(3):
@@ -75,12 +77,18 @@ class RaftstateTarget:
                     status, doc = await self._stream_call(base, op, name, body, stale)
                 else:
                     status, doc = await self._http_call(base, op, name, body, stale)
+            except (aiohttp.ClientConnectorError, ConnectFailed) as exc:
+                if not stale and base == self.leader:  # the leader is gone: ask the next node
+                    self.leader = self.endpoints[(self.endpoints.index(base) + 1) % len(self.endpoints)]
+                raise OpError(type(exc).__name__) from None
             except (aiohttp.ClientError, TimeoutError, RaftStateError) as exc:
                 raise OpError(type(exc).__name__) from None
             if status == 421 and not stale:
                 addr = (doc or {}).get("error", {}).get("leader_address")
                 if addr:
                     self.leader = f"http://{addr}"
+                    if self.leader not in self.endpoints:
+                        self.endpoints.append(self.leader)
                     continue
                 raise OpError("no_leader")
             return status, doc
@@ -158,6 +166,16 @@ class RaftstateTarget:
     async def claim(self, rng: random.Random) -> str:
         key = f"claim:{self.run}:{rng.randrange(100_000)}"
         st, doc = await self._op("set", key, {"value": 1, "if_absent": True})
+        self._check(st, doc, 200)
+        return "ok"
+
+    async def fill(self, rng: random.Random) -> str:
+        """Keys s0000000.. s<fill_keys - 1> with 100-byte values, each once; "done" when all are taken."""
+        i = self._fill_next
+        if i >= self.fill_keys:
+            return "done"
+        self._fill_next += 1
+        st, doc = await self._op("set", f"s{i:07d}", {"value": VALUE_100B})
         self._check(st, doc, 200)
         return "ok"
 
