@@ -448,7 +448,11 @@ class RaftDriver:
         applied = self.sm.applied_index  # the core may have handed out entries not applied yet
         if applied < self.raft.log.snapshot_index:
             return  # a snapshot from the leader is queued for install: ours would be older
-        if self._snapshotting or applied - self.snapshot_index < self.settings.snapshot_threshold:
+        # A snapshot costs time proportional to the state; entries since the last one, to the
+        # write rate. Waiting for at least a quarter of the key count between snapshots keeps the
+        # cost per write bounded: at 1M keys a 10k-entry threshold meant snapshotting non-stop.
+        due = max(self.settings.snapshot_threshold, len(self.sm.keys) // 4)
+        if self._snapshotting or applied - self.snapshot_index < due:
             return
         self._snapshotting = True
         meta = self.raft.snapshot_meta(applied)

@@ -195,9 +195,19 @@ class KVStateMachine:
         locks, sessions = self.locks.rows(), self.sessions.rows()
 
         def build() -> bytes:
+            # The same bytes as packb(body), but packed row by row: one packb call over 1M rows
+            # holds the GIL for a second or more, and the loop thread (heartbeats) with it.
             body = {**head, "keys": keys(), "locks": locks, "sessions": sessions}
-            out: bytes = msgpack.packb(body, use_bin_type=True)
-            return out
+            packer = msgpack.Packer(use_bin_type=True)
+            out = [packer.pack_map_header(len(body))]
+            for name, value in body.items():
+                out.append(packer.pack(name))
+                if isinstance(value, list):
+                    out.append(packer.pack_array_header(len(value)))
+                    out.extend(packer.pack(row) for row in value)
+                else:
+                    out.append(packer.pack(value))
+            return b"".join(out)
 
         return build
 
