@@ -31,6 +31,7 @@ from raftstate.node.commands import (
     SetKey,
     to_seconds,
 )
+from raftstate.node.gil import yielding
 from raftstate.node.sm_expiry import ExpiryIndex
 
 __all__ = ["KeyStore", "Record"]
@@ -158,7 +159,7 @@ class KeyStore:
 
         def build() -> list[list[Any]]:
             out = []
-            for k in order:
+            for k in yielding(order):  # often run in a thread: let the loop in
                 r = data[k]
                 out.append([k, r.value, r.version, r.expires_at_ms])
             return out

@@ -46,6 +46,7 @@ from raftstate.node.commands import (
     SetKey,
     decode,
 )
+from raftstate.node.gil import yielding
 from raftstate.node.sm_keys import KeyStore, Record
 from raftstate.node.sm_locks import Lock, LockTable
 from raftstate.node.sm_sessions import Outcome, SessionTable
@@ -204,7 +205,7 @@ class KVStateMachine:
                 out.append(packer.pack(name))
                 if isinstance(value, list):
                     out.append(packer.pack_array_header(len(value)))
-                    out.extend(packer.pack(row) for row in value)
+                    out.extend(packer.pack(row) for row in yielding(value))
                 else:
                     out.append(packer.pack(value))
             return b"".join(out)
