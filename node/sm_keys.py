@@ -150,21 +150,20 @@ class KeyStore:
 
     def rows(self) -> list[list[Any]]:
         """Canonical: sorted by key."""
-        return self.rows_later()()
+        return list(self.rows_later()[1]())
 
-    def rows_later(self) -> Callable[[], list[list[Any]]]:
-        """The rows as they are now, built later (e.g. in a thread while applies go on): takes only
-        shallow copies here — safe because a Record is replaced on every change, never mutated."""
+    def rows_later(self) -> tuple[int, Callable[[], Iterator[list[Any]]]]:
+        """How many rows, and the rows as they are now, produced later one by one (in a thread
+        while applies go on, never all in memory at once): only shallow copies are taken here —
+        safe because a Record is replaced on every change, never mutated."""
         data, order = dict(self.data), list(self._sorted)
 
-        def build() -> list[list[Any]]:
-            out = []
+        def rows() -> Iterator[list[Any]]:
             for k in yielding(order):  # often run in a thread: let the loop in
                 r = data[k]
-                out.append([k, r.value, r.version, r.expires_at_ms])
-            return out
+                yield [k, r.value, r.version, r.expires_at_ms]
 
-        return build
+        return len(order), rows
 
     def restore(self, rows: list[list[Any]]) -> None:
         self.data = {

@@ -31,3 +31,24 @@ def test_snapshot_later_encodes_the_state_of_the_call_not_of_the_encoding() -> N
     restored.restore(build())
     assert restored.snapshot() == expected and restored.get("ctr", 10**12).value == 5
     assert sm.snapshot() != expected  # the live state did move on
+
+
+def test_snapshot_bytes_are_one_packb_of_the_canonical_body_with_locks_and_sessions() -> None:
+    """Packing row by row must give exactly the bytes of one packb (replicas compare digests)."""
+    import msgpack
+
+    sm = KVStateMachine()
+    sm.apply(1, 1_001, encode_command("session_open", idle_timeout_ms=60_000, max_results=10))
+    sm.apply(2, 1_002, encode_command("lock_acquire", name="L", owner="o", ttl_ms=60_000))
+    sm.apply(3, 1_003, encode_command("set", key="k", value=b"\x00bytes", session=1, seq=1))
+    sm.apply(4, 1_004, encode_command("incr", key="n", by=-3))
+    assert sm.locks.rows() and sm.sessions.rows()
+    body = {
+        "format": 2,
+        "applied_index": 4,
+        "time_ms": 1_004,
+        "keys": sm.keys.rows(),
+        "locks": sm.locks.rows(),
+        "sessions": sm.sessions.rows(),
+    }
+    assert sm.snapshot() == msgpack.packb(body, use_bin_type=True)
