@@ -31,7 +31,6 @@ from raftstate.node.commands import (
     SetKey,
     to_seconds,
 )
-from raftstate.node.gil import yielding
 from raftstate.node.sm_expiry import ExpiryIndex
 
 __all__ = ["KeyStore", "Record"]
@@ -159,7 +158,7 @@ class KeyStore:
         data, order = dict(self.data), list(self._sorted)
 
         def rows() -> Iterator[list[Any]]:
-            for k in yielding(order):  # often run in a thread: let the loop in
+            for k in order:
                 r = data[k]
                 yield [k, r.value, r.version, r.expires_at_ms]
 

@@ -46,7 +46,6 @@ from raftstate.node.commands import (
     SetKey,
     decode,
 )
-from raftstate.node.gil import yielding
 from raftstate.node.sm_keys import KeyStore, Record
 from raftstate.node.sm_locks import Lock, LockTable
 from raftstate.node.sm_sessions import Outcome, SessionTable
@@ -206,8 +205,8 @@ class KVStateMachine:
                 buf += packer.pack(value)
             for name, count, rows in (
                 ("keys", n_keys, key_rows()),
-                ("locks", len(locks), yielding(locks)),
-                ("sessions", len(sessions), yielding(sessions)),
+                ("locks", len(locks), iter(locks)),
+                ("sessions", len(sessions), iter(sessions)),
             ):
                 buf += packer.pack(name)
                 buf += packer.pack_array_header(count)
