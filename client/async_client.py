@@ -44,8 +44,9 @@ from raftstate.client._lock import Lock, LockContext
 from raftstate.client._once import OnceContext
 from raftstate.client._retry import Backoff, Clock, Deadline
 from raftstate.client._session import Registration, SessionManager, Ticket
+from raftstate.client._stream import StreamingTransport
 from raftstate.client._time import Ttl, When, expiry_fields, from_epoch, ttl_seconds
-from raftstate.client._transport import AiohttpTransport, Request, Response, Transport, key_path
+from raftstate.client._transport import Request, Response, Transport, key_path
 from raftstate.client._types import Consistency, Entry, Fence, LockInfo, LockLease
 from raftstate.client.errors import (
     ClientClosed,
@@ -112,7 +113,8 @@ class AsyncClient:
     ``endpoints``: node URLs ("http://127.0.0.1:7001"; "host:port" works too) — any subset of the
     cluster; the leader is found from there. ``timeout``: default deadline of each call (seconds).
     ``owner``: how this client names itself as a lock holder (default host:pid:random).
-    ``transport``: the network seam (default: aiohttp with keep-alive pools and msgpack).
+    ``transport``: the network seam (default: client operations multiplexed on one /v1/stream
+    WebSocket per node, HTTP with keep-alive pools for the rest; msgpack both ways).
     ``rng``/``clock``: injected randomness (backoff jitter) and monotonic clock, for tests.
     ``token``: sent as ``Authorization: Bearer`` (clusters with auth on); ``ca``: the CA file (or an
     SSLContext) to verify https nodes against. Both configure the default transport.
@@ -144,7 +146,7 @@ class AsyncClient:
         self.probe_after = float(probe_after)
         self.owner = owner or _default_owner()
         if transport is None:
-            transport = AiohttpTransport(token=token, ssl_context=_tls_context(ca))
+            transport = StreamingTransport(token=token, ssl_context=_tls_context(ca))
         self._transport: Transport = transport
         self._rng = rng or random.Random()
         self._clock = clock

@@ -146,7 +146,7 @@ class AdminApi:
             # client retries on the new leader, which removes us (a follower, by then).
             voters = d.raft.membership.voters - {d.id}
             target = max(voters, key=lambda v: (d.raft.progress[v].match, v))
-            await d.transfer_leadership(target, timeout_s=self.api._timeout(request))
+            await d.transfer_leadership(target, timeout_s=self.api._timeout(request.query))
             raise self.api._not_leader()
         await self._change(ConfChange(ConfChangeOp.REMOVE, node_id), request)
         return respond(request, self.members_doc())
@@ -165,7 +165,7 @@ class AdminApi:
 
     async def _change(self, cc: ConfChange, request: web.Request) -> None:
         try:
-            proposal = self.driver.propose_conf_change(cc, self.api._timeout(request))
+            proposal = self.driver.propose_conf_change(cc, self.api._timeout(request.query))
             await self.api._outcome(proposal, "check `raftstate member list` before retrying")
         except ConfChangeInProgress as exc:
             raise ApiError(
@@ -177,7 +177,7 @@ class AdminApi:
 
     async def snapshot_save(self, request: web.Request) -> web.StreamResponse:
         self.api._require_leader()
-        await self.api._read_barrier(self.api._timeout(request))
+        await self.api._read_barrier(self.api._timeout(request.query))
         data, sha, point = await self._state_at_a_point()
         header = BackupHeader(
             cluster_id=self.cluster_id,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -43,6 +43,8 @@ from raftstate.raft import LeadershipTransferInProgress, NotLeader, Role
 log = logging.getLogger("raftstate.node")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: one client operation: (raw name, decoded body, query parameters) -> response body; raises ApiError
+Operation = Callable[[str, Any, Mapping[str, str]], Awaitable[Any]]
 
 
 class Api:
@@ -75,17 +77,9 @@ class Api:
         r.add_get("/status", self.status)
         r.add_get("/metrics", self.metrics_text)
         # {key} is one path segment (a '/' inside it travels as %2F); {key:.+} also takes raw slashes.
-        r.add_post("/v1/kv/{key}/increment", self._timed("increment", self.kv_increment))
-        r.add_get("/v1/kv/{key:.+}", self._timed("get", self.kv_get))
-        r.add_put("/v1/kv/{key:.+}", self._timed("set", self.kv_set))
-        r.add_delete("/v1/kv/{key:.+}", self._timed("delete", self.kv_delete))
-        r.add_get("/v1/keys", self._timed("list", self.keys_list))
-        r.add_post("/v1/locks/{name}/acquire", self._timed("lock_acquire", self.lock_acquire))
-        r.add_post("/v1/locks/{name}/renew", self._timed("lock_renew", self.lock_renew))
-        r.add_post("/v1/locks/{name}/release", self._timed("lock_release", self.lock_release))
-        r.add_get("/v1/locks/{name:.+}", self._timed("lock_get", self.lock_get))
-        r.add_post("/v1/sessions", self._timed("session_open", self.session_open))
-        r.add_post("/v1/sessions/{id}/keepalive", self._timed("session_keepalive", self.session_keepalive))
+        ops = self.operations()
+        for method, path, op, param in ROUTES:
+            r.add_route(method, path, self._timed(op, self._http(ops[op], param)))
         r.add_post("/v1/leader/transfer", self._timed("transfer", self.leader_transfer))
 
     # ----------------------------------------------------------------- operations endpoints
@@ -133,107 +127,126 @@ class Api:
                 voters=sorted(self.driver.raft.membership.voters),
             )
         self._require_leader()
-        leader = await self.driver.transfer_leadership(target, timeout_s=self._timeout(request))
+        leader = await self.driver.transfer_leadership(target, timeout_s=self._timeout(request.query))
         return respond(request, {"leader": leader})
 
-    # ----------------------------------------------------------------- keys
+    # ----------------------------------------------------------------- client operations
+    #
+    # ONE function per operation, shared by HTTP (the handlers below) and the multiplexed stream
+    # (node/stream_api.py): ``(name, body, query) -> response body``, raising ApiError. ``name`` is
+    # the raw key / lock name / session id (validated here), ``body`` the decoded request body
+    # ({} when none), ``query`` the HTTP query parameters (?timeout=, ?consistency=, listing).
 
-    async def kv_get(self, request: web.Request) -> web.Response:
-        key = self._name(request, "key")
-        now = await self._read_time(request)
+    async def op_get(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        key = schema.name_from_path(name, self.limits, "key")
+        now = await self._read_time(query)
         rec = self.driver.sm.get(key, now)
         if rec is None:
             raise ApiError(p.NOT_FOUND, f"key {key!r} does not exist (or has expired)", key=key)
-        body = {
+        return {
             "key": key,
             "value": rec.value,
             "version": rec.version,
             "expires_at": to_seconds(rec.expires_at_ms),
         }
-        return respond(request, body)
 
-    async def kv_set(self, request: web.Request) -> web.Response:
-        key = self._name(request, "key")
-        return await self._write(request, lambda body: schema.put(key, body, self.limits))
+    async def op_set(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        key = schema.name_from_path(name, self.limits, "key")
+        return await self._write(query, lambda: schema.put(key, body, self.limits))
 
-    async def kv_delete(self, request: web.Request) -> web.Response:
-        key = self._name(request, "key")
-        return await self._write(request, lambda body: schema.delete(key, body, self.limits))
+    async def op_delete(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        key = schema.name_from_path(name, self.limits, "key")
+        return await self._write(query, lambda: schema.delete(key, body, self.limits))
 
-    async def kv_increment(self, request: web.Request) -> web.Response:
-        key = self._name(request, "key")
-        return await self._write(request, lambda body: schema.increment(key, body, self.limits))
+    async def op_increment(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        key = schema.name_from_path(name, self.limits, "key")
+        return await self._write(query, lambda: schema.increment(key, body, self.limits))
 
-    async def keys_list(self, request: web.Request) -> web.Response:
-        q = schema.list_query(request.query, self.limits)
-        now = await self._read_time(request)
+    async def op_list(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        q = schema.list_query(query, self.limits)
+        now = await self._read_time(query)
         keys, nxt = self.driver.sm.list_keys(q.prefix, q.after, q.limit, now)
-        return respond(request, {"keys": keys, "next": nxt})
+        return {"keys": keys, "next": nxt}
 
-    # ----------------------------------------------------------------- locks
+    async def op_lock_acquire(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        lock = schema.name_from_path(name, self.limits, "lock name")
+        return await self._write(query, lambda: schema.acquire(lock, body, self.limits))
 
-    async def lock_acquire(self, request: web.Request) -> web.Response:
-        name = self._name(request, "lock name")
-        return await self._write(request, lambda body: schema.acquire(name, body, self.limits))
+    async def op_lock_renew(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        lock = schema.name_from_path(name, self.limits, "lock name")
+        return await self._write(query, lambda: schema.renew(lock, body, self.limits))
 
-    async def lock_renew(self, request: web.Request) -> web.Response:
-        name = self._name(request, "lock name")
-        return await self._write(request, lambda body: schema.renew(name, body, self.limits))
+    async def op_lock_release(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        lock = schema.name_from_path(name, self.limits, "lock name")
+        return await self._write(query, lambda: schema.release(lock, body, self.limits))
 
-    async def lock_release(self, request: web.Request) -> web.Response:
-        name = self._name(request, "lock name")
-        return await self._write(request, lambda body: schema.release(name, body, self.limits))
-
-    async def lock_get(self, request: web.Request) -> web.Response:
-        name = self._name(request, "lock name")
-        now = await self._read_time(request)
-        lk = self.driver.sm.lock(name, now)
+    async def op_lock_get(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        lock = schema.name_from_path(name, self.limits, "lock name")
+        now = await self._read_time(query)
+        lk = self.driver.sm.lock(lock, now)
         if lk is None:
             raise ApiError(
-                p.NOT_FOUND, f"lock {name!r} is free (never acquired, released, or expired)", name=name
+                p.NOT_FOUND, f"lock {lock!r} is free (never acquired, released, or expired)", name=lock
             )
-        body = {
-            "name": name,
+        return {
+            "name": lock,
             "owner": lk.owner,
             "token": lk.token,
             "expires_at": to_seconds(lk.expires_at_ms),
         }
-        return respond(request, body)
 
-    # ----------------------------------------------------------------- sessions
+    async def op_session_open(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        return await self._write(query, lambda: schema.open_session(body, self.limits))
 
-    async def session_open(self, request: web.Request) -> web.Response:
-        return await self._write(request, lambda body: schema.open_session(body, self.limits))
+    async def op_session_keepalive(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        return await self._write(query, lambda: schema.keepalive(name, body, self.limits))
 
-    async def session_keepalive(self, request: web.Request) -> web.Response:
-        sid = request.match_info["id"]
-        return await self._write(request, lambda body: schema.keepalive(sid, body, self.limits))
+    def operations(self) -> dict[str, Operation]:
+        """Operation name (also its metrics label) -> its function."""
+        return {
+            "get": self.op_get,
+            "set": self.op_set,
+            "delete": self.op_delete,
+            "increment": self.op_increment,
+            "list": self.op_list,
+            "lock_acquire": self.op_lock_acquire,
+            "lock_renew": self.op_lock_renew,
+            "lock_release": self.op_lock_release,
+            "lock_get": self.op_lock_get,
+            "session_open": self.op_session_open,
+            "session_keepalive": self.op_session_keepalive,
+        }
+
+    def _http(self, op: Operation, param: str | None = None) -> Handler:
+        """The HTTP face of an operation: path parameter, body and query in, response out."""
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            name = request.match_info[param] if param else ""
+            body = {} if request.method == "GET" else await read_body(request, self.max_request_bytes)
+            return respond(request, await op(name, body, request.query))
+
+        return handler
 
     # ----------------------------------------------------------------- plumbing
 
-    def _name(self, request: web.Request, what: str) -> str:
-        param = "key" if what == "key" else "name"
-        return schema.name_from_path(request.match_info[param], self.limits, what)
+    def _timeout(self, query: Mapping[str, str]) -> float:
+        return schema.timeout_s(query, self.timeout_s)
 
-    def _timeout(self, request: web.Request) -> float:
-        return schema.timeout_s(request.query, self.timeout_s)
-
-    async def _write(self, request: web.Request, build: Callable[[Any], Command]) -> web.Response:
-        timeout = self._timeout(request)
-        body = await read_body(request, self.max_request_bytes)
-        cmd = build(body)
+    async def _write(self, query: Mapping[str, str], build: Callable[[], Command]) -> Any:
+        timeout = self._timeout(query)
+        cmd = build()
         check_room(cmd, self.driver.sm, self.cluster_time.now_ms())  # before proposing, not only at apply
         try:
             data = encode(cmd)
         except CommandError as exc:  # api_schema missed something: still never propose it
             raise ApiError(exc.code, exc.message, **exc.details) from None
-        return respond(request, await self._propose(data, timeout))
+        return await self._propose(data, timeout)
 
-    async def _read_time(self, request: web.Request) -> int:
+    async def _read_time(self, query: Mapping[str, str]) -> int:
         """Wait until a linearizable read is safe (unless ?consistency=stale); return the read time."""
-        stale = schema.stale_read(request.query)
+        stale = schema.stale_read(query)
         if not stale and not self.stale_reads_bug:  # the injected bug: any node answers, no ReadIndex
-            await self._read_barrier(self._timeout(request))
+            await self._read_barrier(self._timeout(query))
         return self.cluster_time.now_ms()
 
     def _not_leader(self) -> ApiError:
@@ -302,6 +315,23 @@ class Api:
                 self.metrics.observe_request(op, status, time.perf_counter() - t0)
 
         return wrapped
+
+
+#: HTTP method, path, operation, path parameter carrying the name
+ROUTES: tuple[tuple[str, str, str, str | None], ...] = (
+    # {key} is one path segment (a '/' inside it travels as %2F); {key:.+} also takes raw slashes.
+    ("POST", "/v1/kv/{key}/increment", "increment", "key"),
+    ("GET", "/v1/kv/{key:.+}", "get", "key"),
+    ("PUT", "/v1/kv/{key:.+}", "set", "key"),
+    ("DELETE", "/v1/kv/{key:.+}", "delete", "key"),
+    ("GET", "/v1/keys", "list", None),
+    ("POST", "/v1/locks/{name}/acquire", "lock_acquire", "name"),
+    ("POST", "/v1/locks/{name}/renew", "lock_renew", "name"),
+    ("POST", "/v1/locks/{name}/release", "lock_release", "name"),
+    ("GET", "/v1/locks/{name:.+}", "lock_get", "name"),
+    ("POST", "/v1/sessions", "session_open", None),
+    ("POST", "/v1/sessions/{id}/keepalive", "session_keepalive", "id"),
+)
 
 
 @web.middleware

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -31,7 +32,18 @@ from raftstate.node.http_codec import ApiError, error_response
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.security_config import ResolvedAuth, Role
 
-__all__ = ["AUTHENTICATOR", "PEER", "PUBLIC", "ROUTE_ROLES", "Authenticator", "auth_middleware", "authorize"]
+__all__ = [
+    "AUTHENTICATOR",
+    "PEER",
+    "PUBLIC",
+    "ROUTE_ROLES",
+    "Authenticator",
+    "auth_middleware",
+    "authorize",
+    "granted_role",
+    "need_of_route",
+    "refuse_weak_role",
+]
 
 log = logging.getLogger("raftstate.node.auth")
 
@@ -60,6 +72,7 @@ ROUTE_ROLES: Final[dict[tuple[str, str], Need]] = {
     ("POST", "/v1/sessions"): Role.WRITE,
     ("POST", "/v1/sessions/{id}/keepalive"): Role.WRITE,
     ("POST", "/v1/leader/transfer"): Role.ADMIN,
+    ("GET", "/v1/stream"): Role.READ,  # each operation on it is then checked like its HTTP route
 }
 _OPENABLE: Final = {"/status": "status", "/metrics": "metrics"}
 
@@ -140,6 +153,38 @@ def authorize(request: web.Request, need: Need) -> None:
             f"{request.method} {request.path} needs role {need.name.lower()}; token {name!r} has role "
             f"{role.name.lower()}; use a token with that role",
         )
+
+
+def granted_role(request: web.Request) -> Role:
+    """The role this request's token grants (admin when auth is off). For a connection that carries
+    many operations (the /v1/stream WebSocket): the handshake passed :func:`authorize`, and each
+    operation is then held to its own route's role with :func:`refuse_weak_role`."""
+    auth = request.app.get(AUTHENTICATOR)
+    if auth is None or not auth.enabled:
+        return Role.ADMIN
+    who = auth.role_of(request)
+    return who[1] if who is not None else Role.READ  # None only for an auth.open route: least role
+
+
+def need_of_route(method: str, route: str) -> Role:
+    """The role the table asks of ``method route`` (a route as registered; regexes allowed)."""
+    canonical = re.sub(r"\{(\w+):[^}]*\}", r"{\1}", route)
+    need = ROUTE_ROLES.get((method, canonical), Role.ADMIN)
+    return need if isinstance(need, Role) else Role.READ
+
+
+def refuse_weak_role(request: web.Request, have: Role, need: Role, what: str) -> None:
+    """Raise 403 (counted and logged like the middleware's) when ``have`` is below ``need``."""
+    auth = request.app.get(AUTHENTICATOR)
+    if auth is None or not auth.enabled or have >= need:
+        return
+    raise auth.refuse(
+        request,
+        "weak_role",
+        p.FORBIDDEN,
+        f"{what} needs role {need.name.lower()}; this connection's token has role "
+        f"{have.name.lower()}; use a token with that role",
+    )
 
 
 def route_need(request: web.Request) -> Need:

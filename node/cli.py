@@ -8,7 +8,6 @@ raftstate status  [--config cluster.yaml]           one table: every node's role
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -81,6 +80,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from raftstate.node import event_loop
     from raftstate.node.join import JoinRefused, prepare_start  # imported late: `status` needs none
     from raftstate.node.server import serve
     from raftstate.node.storage_errors import StorageError
@@ -91,7 +91,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         print(f"raftstate node {args.id}: refusing to start: {exc}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(serve(config, args.id, joining=joining))
+        return event_loop.run(serve(config, args.id, joining=joining))
     except StorageError as exc:
         print(f"raftstate node {args.id}: {exc}", file=sys.stderr)
         return 3

@@ -23,6 +23,7 @@ from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from raftstate.node.deadlines import Deadlines
 from raftstate.node.state_machine import CommandError, KVStateMachine
 from raftstate.node.storage import Storage
 from raftstate.raft import (
@@ -109,6 +110,8 @@ class RaftDriver:
         self.snapshot_index = loaded.persisted.snapshot.index if loaded.persisted.snapshot else 0
         self._waiters: dict[int, _Waiter] = {}
         self._reads: dict[Hashable, asyncio.Future[None]] = {}
+        #: one timer for every pending proposal's and read's timeout (not a wait_for each)
+        self._deadlines = Deadlines()
         self._read_seq = 0
         self._wake = asyncio.Event()
         #: Ready batches taken from the core, waiting for (or in) their fsync; handled in order
@@ -182,13 +185,17 @@ class RaftDriver:
             )
         waiter = self._waiters[index] = _Waiter(self.raft.term, fut)
         self._wake.set()
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
-        except TimeoutError:
-            raise OutcomeUnknown(
+        self._deadlines.add(
+            fut,
+            timeout_s,
+            lambda: OutcomeUnknown(
                 f"no outcome for the command at index {index} within {timeout_s:.1f}s; it may still apply"
-            ) from None
+            ),
+        )
+        try:
+            return await fut
         finally:
+            self._deadlines.discard(fut)
             if not fut.done():
                 fut.cancel()
             if self._waiters.get(index) is waiter:
@@ -206,11 +213,13 @@ class RaftDriver:
             self._reads.pop(ctx, None)
             raise
         self._wake.set()
+        self._deadlines.add(
+            fut, timeout_s, lambda: TimeoutError(f"read not confirmed by a quorum within {timeout_s:.1f}s")
+        )
         try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout_s)
-        except TimeoutError:
-            raise TimeoutError(f"read not confirmed by a quorum within {timeout_s:.1f}s") from None
+            await fut
         finally:
+            self._deadlines.discard(fut)
             self._reads.pop(ctx, None)
 
     async def transfer_leadership(self, target: str | None, timeout_s: float) -> str | None:
@@ -447,16 +456,22 @@ class RaftDriver:
         applied = self.sm.applied_index  # the core may have handed out entries not applied yet
         if applied < self.raft.log.snapshot_index:
             return  # a snapshot from the leader is queued for install: ours would be older
-        if self._snapshotting or applied - self.snapshot_index < self.settings.snapshot_threshold:
+        # A snapshot costs time proportional to the state; entries since the last one, to the
+        # write rate. Waiting for at least a quarter of the key count between snapshots keeps the
+        # cost per write bounded: at 1M keys a 10k-entry threshold meant snapshotting non-stop.
+        due = max(self.settings.snapshot_threshold, len(self.sm.keys) // 4)
+        if self._snapshotting or applied - self.snapshot_index < due:
             return
         self._snapshotting = True
         meta = self.raft.snapshot_meta(applied)
-        data = self.sm.snapshot()  # taken now, on the loop: consistent with ``applied``
-        self._spawn(self._write_snapshot(meta.index, meta, data))
+        # The state as of ``applied`` (cheap copies, on the loop); encoded in a thread.
+        build = self.sm.snapshot_later()
+        self._spawn(self._write_snapshot(meta.index, meta, build))
 
-    async def _write_snapshot(self, index: int, meta: Any, data: bytes) -> None:
+    async def _write_snapshot(self, index: int, meta: Any, build: Callable[[], bytes]) -> None:
         try:
             t0 = time.perf_counter()
+            data = await asyncio.to_thread(build)
             await asyncio.to_thread(self.storage.save_snapshot, meta, data)
             self.raft.compact(index)
             self.snapshot_index = index

@@ -67,8 +67,12 @@ def respond(request: web.Request, body: Any, status: int = 200) -> web.Response:
     return web.Response(text=text, status=status, content_type=JSON)
 
 
+def error_body(err: ApiError) -> dict[str, Any]:
+    return {"error": {"code": err.code, "message": err.message, **err.details}}
+
+
 def error_response(request: web.Request, err: ApiError) -> web.Response:
-    resp = respond(request, {"error": {"code": err.code, "message": err.message, **err.details}}, err.status)
+    resp = respond(request, error_body(err), err.status)
     if err.code == REQUEST_TIMEOUT:
         resp.force_close()  # the rest of a slow body is not worth waiting for
     return resp

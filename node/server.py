@@ -27,6 +27,7 @@ from raftstate.node.inject_bug import ACK_BEFORE_FSYNC, STALE_READS, LateWriteSt
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.security import NodeSecurity
 from raftstate.node.storage import DiskStorage, Storage
+from raftstate.node.stream_api import StreamApi
 from raftstate.node.sweeper import ExpirySweeper
 from raftstate.node.transport import PeerTransport, StreamReceiver, TransportOptions
 from raftstate.raft import Membership, Role
@@ -130,6 +131,7 @@ class NodeServer:
         AdminApi(api, cluster_id=cfg.cluster_id, settings=s, data_dir=disk.path).install(
             app
         )  # /v1/members, /v1/snapshot
+        StreamApi(api, self.metrics, max_frame_bytes=s.max_request_bytes).install(app)
         await self.transport.start()
         await self.driver.start()
         self.sweeper.start()

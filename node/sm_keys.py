@@ -17,7 +17,7 @@ Invariants: ``version`` is the log index of the key's last change (so versions o
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,11 +149,20 @@ class KeyStore:
 
     def rows(self) -> list[list[Any]]:
         """Canonical: sorted by key."""
-        out = []
-        for k in self._sorted:
-            r = self.data[k]
-            out.append([k, r.value, r.version, r.expires_at_ms])
-        return out
+        return list(self.rows_later()[1]())
+
+    def rows_later(self) -> tuple[int, Callable[[], Iterator[list[Any]]]]:
+        """How many rows, and the rows as they are now, produced later one by one (in a thread
+        while applies go on, never all in memory at once): only shallow copies are taken here —
+        safe because a Record is replaced on every change, never mutated."""
+        data, order = dict(self.data), list(self._sorted)
+
+        def rows() -> Iterator[list[Any]]:
+            for k in order:
+                r = data[k]
+                yield [k, r.value, r.version, r.expires_at_ms]
+
+        return len(order), rows
 
     def restore(self, rows: list[list[Any]]) -> None:
         self.data = {

@@ -58,9 +58,10 @@ def main() -> int:
     args = ap.parse_args()
     settings = {k: int(v) for k, v in (s.split("=", 1) for s in args.settings)}
     unavail, elect = [], []
-    with tempfile.TemporaryDirectory(prefix="raftstate-failover-") as tmp, LocalCluster(
-        Path(tmp), args.nodes, settings or None
-    ) as c:
+    with (
+        tempfile.TemporaryDirectory(prefix="raftstate-failover-") as tmp,
+        LocalCluster(Path(tmp), args.nodes, settings or None) as c,
+    ):
         c.start()
         c.wait_leader()
         c.put_retry("warmup", 0)

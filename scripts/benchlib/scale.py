@@ -1,0 +1,110 @@
+"""``bench.py --scale N``: N keys of 100 bytes in a fresh 3-node cluster, then per node: RSS,
+snapshot size and write time (from the node's log), restore time of that snapshot (decode +
+rebuild, timed here), restart-to-ready after kill -9 of a follower; plus term changes (elections)
+while loading."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from clusters import raftstate_endpoints, wait_ready
+
+from procs import LocalCluster, http, wait_until
+
+_SNAP_LOG = re.compile(r"took a snapshot at index (\d+) \((\d+) bytes, (\d+) ms\)")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def newest_snapshot(data_dir: Path) -> Path | None:
+    snaps = sorted((data_dir / "snapshots").glob("snap-*.snap"))
+    return snaps[-1] if snaps else None
+
+
+def restore_seconds(path: Path) -> float:
+    from raftstate.node.snapshot_store import SnapshotStore
+    from raftstate.node.state_machine import KVStateMachine
+
+    store = SnapshotStore(path.parent)
+    ref = store.list()[-1]
+    t0 = time.perf_counter()
+    _, data = store.read(ref)
+    KVStateMachine().restore(data)
+    return time.perf_counter() - t0
+
+
+def caught_up(c: LocalCluster, nid: str, index: int) -> bool:
+    st = c.status(nid)
+    ready = http("GET", c.url(nid, "/ready"), timeout=1.0)
+    return bool(ready.get("ready")) and st["applied_index"] >= index
+
+
+def run_scale(
+    args: argparse.Namespace,
+    loadgen_cmd: Callable[..., list[str]],
+    run_loadgen: Callable[[list[str]], dict[str, Any]],
+) -> int:
+    n = args.scale
+    with tempfile.TemporaryDirectory(prefix="raftstate-scale-") as tmp, LocalCluster(Path(tmp)) as c:
+        c.start()
+        wait_ready(c)
+        terms0 = max(c.status(x)["term"] for x in c.ids)
+        args.duration, args.warmup = 3600.0, 0.0
+        t0 = time.monotonic()
+        res = run_loadgen(
+            loadgen_cmd(
+                "raftstate-stream", raftstate_endpoints(c), "fill", 256, args, "scale", "--keys", str(n)
+            )
+        )
+        load_s = time.monotonic() - t0
+        print(
+            f"loaded {res['ops']} keys of 100 B in {load_s:.0f} s ({res['ops'] / load_s:.0f}/s), "
+            f"errors {res['errors']}",
+            flush=True,
+        )
+        leader = c.wait_leader()
+        commit = c.status(leader)["commit_index"]
+        for nid in c.ids:
+            wait_until(lambda nid=nid: c.status(nid)["applied_index"] >= commit, 120, f"{nid} applied")
+        time.sleep(3)  # let a snapshot in flight finish
+        terms1 = max(c.status(x)["term"] for x in c.ids)
+        print(f"term changes while loading: {terms1 - terms0}")
+        print(
+            f"{'node':5} {'role':9} {'RSS MB':>8} {'snapshot MB':>12} {'snap write ms':>14} {'restore s':>10}"
+        )
+        for nid in c.ids:
+            st = c.status(nid)
+            snap = newest_snapshot(Path(tmp) / "data" / nid)
+            writes = _SNAP_LOG.findall(c.log_text(nid))
+            write_ms = writes[-1][2] if writes else "-"
+            size = f"{snap.stat().st_size / 1e6:.1f}" if snap else "-"
+            restore = f"{restore_seconds(snap):.2f}" if snap else "-"
+            print(
+                f"{nid:5} {st['role']:9} {rss_mb(c.procs[nid].pid):8.0f} {size:>12} {write_ms:>14}"
+                f" {restore:>10}"
+            )
+        follower = next(x for x in c.ids if x != leader)
+        c.kill(follower)
+        commit = c.status(leader)["commit_index"]
+        t0 = time.monotonic()
+        c.start(follower)
+        wait_until(lambda: caught_up(c, follower, commit), 120, f"{follower} ready", interval=0.05)
+        print(
+            f"restart to ready (kill -9 of follower {follower}, restart, /ready and caught up): "
+            f"{time.monotonic() - t0:.2f} s"
+        )
+        print(f"RSS of {follower} after restart: {rss_mb(c.procs[follower].pid):.0f} MB")
+    sys.stdout.flush()
+    return 0
