@@ -148,10 +148,11 @@ async def test_counter_is_exact_while_the_leader_is_killed_twice(healthy: LocalC
 async def test_lock_holder_keeps_its_lock_through_a_leader_kill(healthy: LocalCluster) -> None:
     c = healthy
     async with AsyncClient(endpoints(c)) as state:
-        async with state.lock("rebuild:kill", ttl=3) as lock:
+        # ttl 6 s: renewals every 2 s, and one election (0.5-1 s, longer on a loaded machine) between
+        async with state.lock("rebuild:kill", ttl=6) as lock:
             leader = c.wait_leader()
             c.kill(leader)
-            await asyncio.sleep(4.0)  # longer than the ttl: only renewals can have kept it
+            await asyncio.sleep(7.0)  # longer than the ttl: only renewals can have kept it
             assert not lock.lost, lock.lost_reason
             info = await state.lock_info("rebuild:kill")
             assert info is not None and info.token == lock.token

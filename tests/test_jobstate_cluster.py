@@ -557,15 +557,24 @@ def test_a_replayed_write_after_a_snapshot_install_returns_the_first_outcome(c: 
     first = c.ok("POST", "/v1/kv/snap:ctr/increment", {"session": sid, "seq": 1})
     f = c.followers()[0]
     c.kill(f)
+
+    def keepalive() -> None:  # the session idles out after 4 s: a loaded machine may take longer below
+        c.ok("POST", f"/v1/sessions/{sid}/keepalive", {})
+
     for i in range(2 * SETTINGS["snapshot_threshold"]):
         c.ok("PUT", f"/v1/kv/snap:filler:{i % 10}", {"value": i})
+        if i % 50 == 0:
+            keepalive()
     leader = c.wait_leader()
     wait_until(
         lambda: c.call(leader, "GET", "/status").body["snapshot_index"] > first["version"], 10, "a snapshot"
     )
+    keepalive()
     c.start_node(f)
-    wait_until(lambda: "installed a snapshot" in c.log_text(f), 20, f"{f} to install a snapshot")
-    wait_until(lambda: stale_get(c, f, "snap:ctr").status == 200, 10, f"{f} to serve")
+    wait_until(
+        lambda: keepalive() or "installed a snapshot" in c.log_text(f), 20, f"{f} to install a snapshot"
+    )
+    wait_until(lambda: keepalive() or stale_get(c, f, "snap:ctr").status == 200, 10, f"{f} to serve")
     c.ok("POST", f"/v1/sessions/{sid}/keepalive", {})
     assert c.ok("POST", "/v1/leader/transfer", {"to": f})["leader"] == f
     assert c.call(f, "POST", "/v1/kv/snap:ctr/increment", {"session": sid, "seq": 1}).body == first
