@@ -17,7 +17,13 @@ from urllib.parse import unquote
 import aiohttp
 import msgpack
 
-from raftstate.client._transport import AiohttpTransport, Request, Response, encode_body
+from raftstate.client._transport import (
+    AiohttpTransport,
+    Request,
+    Response,
+    encode_body,
+    untrusted_certificate,
+)
 from raftstate.client.errors import ConnectFailed, InvalidRequest, ResponseLost
 
 __all__ = ["STREAM_PATH", "StreamConnection", "StreamUnsupported", "StreamingTransport", "stream_op"]
@@ -142,6 +148,8 @@ class StreamConnection:
             raise StreamUnsupported(
                 f"{self.endpoint} refused a stream ({exc.status} {exc.message})", node=self.endpoint
             ) from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise untrusted_certificate(self.endpoint, exc) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise ConnectFailed(
                 f"cannot open a stream to {self.endpoint}: {exc}", node=self.endpoint

@@ -26,7 +26,16 @@ from yarl import URL
 from raftstate.client import protocol as p
 from raftstate.client.errors import ConnectFailed, InvalidRequest, ResponseLost
 
-__all__ = ["AiohttpTransport", "Request", "Response", "Transport", "decode_body", "encode_body", "key_path"]
+__all__ = [
+    "AiohttpTransport",
+    "Request",
+    "Response",
+    "Transport",
+    "decode_body",
+    "encode_body",
+    "key_path",
+    "untrusted_certificate",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +121,15 @@ def _sent_tracer() -> aiohttp.TraceConfig:
     return trace
 
 
+def untrusted_certificate(endpoint: str, exc: aiohttp.ClientConnectorCertificateError) -> ConnectFailed:
+    """TLS: the node's certificate is not trusted (HTTP and stream connections alike)."""
+    return ConnectFailed(
+        f"cannot connect to {endpoint}: its TLS certificate is not trusted "
+        f"({exc.certificate_error}); pass ca= the cluster's CA file",
+        node=endpoint,
+    )
+
+
 class AiohttpTransport:
     """HTTP/1.1 with keep-alive pools (one ``aiohttp.ClientSession`` per client), msgpack both ways.
 
@@ -175,12 +193,8 @@ class AiohttpTransport:
                 except ValueError as exc:
                     body = f"<undecodable {resp.content_type} body: {exc}>"
                 return Response(resp.status, body)
-        except aiohttp.ClientConnectorCertificateError as exc:  # TLS: the node's cert is not trusted
-            raise ConnectFailed(
-                f"cannot connect to {endpoint}: its TLS certificate is not trusted "
-                f"({exc.certificate_error}); pass ca= the cluster's CA file",
-                node=endpoint,
-            ) from exc
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise untrusted_certificate(endpoint, exc) from exc
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             if trace.headers_sent:  # an earlier try of this request went out on a reused connection
                 raise ResponseLost(

@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 import msgpack
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from raftstate.client import protocol as p
 from raftstate.node.api import ROUTES, Api, Operation
@@ -60,14 +60,23 @@ class StreamApi:
         self.metrics = metrics
         self.max_frame_bytes = max_frame_bytes
         self.max_in_flight = max_in_flight
+        self._open: set[web.WebSocketResponse] = set()
 
     def install(self, app: web.Application) -> None:
         app.router.add_get(STREAM_PATH, self.handle)
+        app.on_shutdown.append(self._on_shutdown)
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        """Close every client stream first: aiohttp's cleanup otherwise waits for each handler (a
+        client's stream stays open for as long as the client lives) and a SIGTERM would hang."""
+        for ws in list(self._open):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"node shutting down")
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         role = authorize_stream(request)
         ws = web.WebSocketResponse(max_msg_size=self.max_frame_bytes, compress=False)
         await ws.prepare(request)
+        self._open.add(ws)
         conn = _Connection(ws, self, request, role)
         writer = asyncio.create_task(conn.write_loop())
         try:
@@ -79,6 +88,7 @@ class StreamApi:
             if ws.exception() is not None:
                 log.info("stream from %s closed: %s", request.remote, ws.exception())
         finally:
+            self._open.discard(ws)
             for t in list(conn.tasks):
                 t.cancel()
             writer.cancel()
