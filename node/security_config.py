@@ -177,7 +177,9 @@ def parse_tls(raw: object, base_dir: Path, node_ids: tuple[str, ...], fail: Fail
             fail(f"tls.{k}", "required key is missing", "give cert, key and ca (scripts/make_certs.py)")
     ca = _path(raw["ca"], "tls.ca", base_dir, fail)
     out: dict[str, TlsConfig] = {}
-    for nid in node_ids:
+    # Per-node files may also name nodes not (yet) in nodes:, e.g. one that joins with --join.
+    extra = [k for k in raw["cert"] if k not in node_ids] if isinstance(raw["cert"], dict) else []
+    for nid in (*node_ids, *extra):
         parts = []
         for k in ("cert", "key"):
             v = raw[k]

@@ -57,9 +57,10 @@ def http(
     *,
     token: str | None = None,
     context: ssl.SSLContext | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Any:
     data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **(headers or {})}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
