@@ -6,7 +6,6 @@ a proof made without the cluster secret."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import ssl
 import subprocess
@@ -141,16 +140,7 @@ def test_members_view_needs_a_token_or_the_cluster_secret(cluster: LocalCluster)
 
 def start_joiner(c: LocalCluster, nid: str, member: str, *extra: str) -> subprocess.Popen[bytes]:
     c.addr.setdefault(nid, f"127.0.0.1:{free_ports(1)[0]}")
-    if nid not in c.ids:
-        c.ids.append(nid)
-    c.logs[nid] = c.root / f"{nid}.log"
-    cmd = [sys.executable, "-m", "raftstate.node", "node", "--join", c.addr[member], "--id", nid]
-    cmd += ["--address", c.addr[nid], "--data-dir", str(c.root / "data" / f"{nid}-joined"), *extra]
-    with open(c.logs[nid], "ab") as out:
-        c.procs[nid] = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **c.env}
-        )
-    return c.procs[nid]
+    return c.join(nid, member, c.root / "data" / f"{nid}-joined", None, *extra)
 
 
 def test_join_add_and_remove_with_auth_and_tls(
