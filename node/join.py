@@ -34,7 +34,7 @@ from raftstate.node.bootstrap import read_record, settings_from_wire
 from raftstate.node.config import ClusterConfig, ConfigError, NodeConfig, load_config, parse_address
 from raftstate.node.node_access import NodeAccess
 from raftstate.node.peer_auth import PeerAuth
-from raftstate.node.security_config import TlsConfig, resolve_auth
+from raftstate.node.security_config import TLS_ANY_NODE, TlsConfig, resolve_auth
 from raftstate.raft import Membership
 
 log = logging.getLogger("raftstate.node")
@@ -142,14 +142,13 @@ def secured(config: ClusterConfig, security: ClusterConfig | None, node_id: str)
         )
     tls: dict[str, TlsConfig] | None = None
     if security.tls:
-        mine = security.tls.get(node_id)
-        shared = set(security.tls.values())
-        if mine is None and len(shared) != 1:
+        mine = security.tls.get(node_id) or security.tls.get(TLS_ANY_NODE)
+        if mine is None:
             raise JoinRefused(
                 f"{security.path}: tls.cert/tls.key list files per node but none for {node_id}; "
                 f"add {node_id}: PATH under both (a certificate for its address, from the cluster's CA)"
             )
-        tls = {node_id: mine or shared.pop()}
+        tls = {node_id: mine}
     return dataclasses.replace(config, path=security.path, auth=security.auth, tls=tls)
 
 
