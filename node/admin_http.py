@@ -83,8 +83,8 @@ def call_leader(
     timeout: float = 30.0,
     access: NodeAccess = _PLAIN,
 ) -> Any:
-    """Send to the leader: follow ``not_leader``, skip unreachable nodes, retry ``unavailable``
-    until ``timeout``. Other refusals raise AdminError at once."""
+    """Send to the leader: follow ``not_leader``, skip unreachable nodes, retry ``unavailable`` and
+    ``change_in_progress`` until ``timeout``. Other refusals raise AdminError at once."""
     deadline = time.monotonic() + timeout
     last: str = "no endpoint tried"
     hint: str | None = None
@@ -101,7 +101,9 @@ def call_leader(
                 if not hint:
                     time.sleep(0.1)
                 continue
-            if exc.code == p.UNAVAILABLE:
+            if exc.code in (p.UNAVAILABLE, p.CHANGE_IN_PROGRESS):
+                # change_in_progress changed nothing: a new leader commits an entry of its term
+                # first, or an earlier membership change is still committing (milliseconds).
                 time.sleep(0.2)
                 continue
             raise
