@@ -1,6 +1,7 @@
 """Blocking HTTP calls to nodes for operator tools (``raftstate member/leader/snapshot``, ``--join``,
 scripts/rolling_restart.py): find the leader, follow ``not_leader`` redirects, retry while no
-leader is known. Stdlib only, so the tools start fast and need no event loop."""
+leader is known. Stdlib only, so the tools start fast and need no event loop. Token, TLS trust and
+peer proof come from one :class:`~raftstate.node.node_access.NodeAccess` (default: plain http)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from http.client import HTTPResponse
 from typing import Any
 
 from raftstate.client import protocol as p
+from raftstate.node.node_access import NodeAccess, refusal_hint
 
 __all__ = ["AdminError", "call", "call_leader", "open_leader"]
 
@@ -27,18 +29,27 @@ class AdminError(Exception):
         self.body = body or {}
 
 
-def _base(address: str) -> str:
-    return address.rstrip("/") if "://" in address else f"http://{address}"
+_PLAIN = NodeAccess()
 
 
-def call(address: str, method: str, path: str, body: Any = None, timeout: float = 5.0) -> Any:
+def call(
+    address: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    timeout: float = 5.0,
+    access: NodeAccess = _PLAIN,
+) -> Any:
     """One request to one node. Raises AdminError (with the node's code) or OSError."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(
-        _base(address) + path, data=data, method=method, headers={"Content-Type": p.JSON}
+        access.url(address, path),
+        data=data,
+        method=method,
+        headers={"Content-Type": p.JSON, **access.headers()},
     )
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=access.ssl_context) as resp:
             raw = resp.read()
             return json.loads(raw) if raw else None
     except urllib.error.HTTPError as exc:
@@ -49,9 +60,9 @@ def _refusal(address: str, exc: urllib.error.HTTPError) -> AdminError:
     raw = exc.read()
     try:
         err = json.loads(raw)["error"]
-        return AdminError(f"{address}: {err['message']}", err.get("code"), err)
+        return AdminError(f"{address}: HTTP {exc.code}: {err['message']}", err.get("code"), err)
     except (ValueError, KeyError, TypeError):
-        return AdminError(f"{address}: HTTP {exc.code}: {raw[:200]!r}", None)
+        return AdminError(f"{address}: HTTP {exc.code}: {raw[:200]!r}{refusal_hint(exc.code)}", None)
 
 
 def _leader_attempts(endpoints: Sequence[str], deadline: float) -> Iterator[str]:
@@ -65,10 +76,15 @@ def _leader_attempts(endpoints: Sequence[str], deadline: float) -> Iterator[str]
 
 
 def call_leader(
-    endpoints: Sequence[str], method: str, path: str, body: Any = None, timeout: float = 30.0
+    endpoints: Sequence[str],
+    method: str,
+    path: str,
+    body: Any = None,
+    timeout: float = 30.0,
+    access: NodeAccess = _PLAIN,
 ) -> Any:
-    """Send to the leader: follow ``not_leader``, skip unreachable nodes, retry ``unavailable``
-    until ``timeout``. Other refusals raise AdminError at once."""
+    """Send to the leader: follow ``not_leader``, skip unreachable nodes, retry ``unavailable`` and
+    ``change_in_progress`` until ``timeout``. Other refusals raise AdminError at once."""
     deadline = time.monotonic() + timeout
     last: str = "no endpoint tried"
     hint: str | None = None
@@ -76,7 +92,8 @@ def call_leader(
         target = hint or ep
         hint = None
         try:
-            return call(target, method, path, body, timeout=min(10.0, max(0.5, deadline - time.monotonic())))
+            left = min(10.0, max(0.5, deadline - time.monotonic()))
+            return call(target, method, path, body, timeout=left, access=access)
         except AdminError as exc:
             last = str(exc)
             if exc.code == p.NOT_LEADER:
@@ -84,7 +101,9 @@ def call_leader(
                 if not hint:
                     time.sleep(0.1)
                 continue
-            if exc.code == p.UNAVAILABLE:
+            if exc.code in (p.UNAVAILABLE, p.CHANGE_IN_PROGRESS):
+                # change_in_progress changed nothing: a new leader commits an entry of its term
+                # first, or an earlier membership change is still committing (milliseconds).
                 time.sleep(0.2)
                 continue
             raise
@@ -94,15 +113,17 @@ def call_leader(
 
 
 @contextmanager
-def open_leader(endpoints: Sequence[str], path: str, timeout: float = 60.0) -> Iterator[HTTPResponse]:
+def open_leader(
+    endpoints: Sequence[str], path: str, timeout: float = 60.0, access: NodeAccess = _PLAIN
+) -> Iterator[HTTPResponse]:
     """GET ``path`` from the leader as a stream (a backup). The leader is found with /v1/members."""
-    doc = call_leader(endpoints, "GET", "/v1/members", timeout=timeout)
+    doc = call_leader(endpoints, "GET", "/v1/members", timeout=timeout, access=access)
     leader = doc["leader_address"] if doc.get("leader") else None
     if leader is None:
         raise AdminError("no leader is known; retry when the cluster has one", p.UNAVAILABLE)
-    req = urllib.request.Request(_base(leader) + path, method="GET")
+    req = urllib.request.Request(access.url(leader, path), method="GET", headers=access.headers())
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=access.ssl_context) as resp:
             yield resp
     except urllib.error.HTTPError as exc:
         raise _refusal(leader, exc) from None

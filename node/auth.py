@@ -34,8 +34,10 @@ from raftstate.node.security_config import ResolvedAuth, Role
 
 __all__ = [
     "AUTHENTICATOR",
+    "MEMBERS_PROOF",
     "PEER",
     "PUBLIC",
+    "READ_OR_PEER",
     "ROUTE_ROLES",
     "Authenticator",
     "auth_middleware",
@@ -51,6 +53,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PUBLIC: Final = "public"  #: no token needed
 PEER: Final = "peer"  #: authenticated by the peer handshake (node/peer_auth.py), not by a token
+#: a read token, or a members proof made with the cluster secret (node/members_auth.py)
+READ_OR_PEER: Final = "read_or_peer"
 Need = Role | str
 
 #: (method, route as registered) -> who may call it. Anything not listed needs Role.ADMIN.
@@ -73,6 +77,7 @@ ROUTE_ROLES: Final[dict[tuple[str, str], Need]] = {
     ("POST", "/v1/sessions/{id}/keepalive"): Role.WRITE,
     ("POST", "/v1/leader/transfer"): Role.ADMIN,
     ("GET", "/v1/stream"): Role.READ,  # each operation on it is then checked like its HTTP route
+    ("GET", "/v1/members"): READ_OR_PEER,  # --join and the wiped-voter check ask it with no token
 }
 _OPENABLE: Final = {"/status": "status", "/metrics": "metrics"}
 
@@ -123,6 +128,8 @@ class Authenticator:
 
 
 AUTHENTICATOR: Final = web.AppKey("raftstate_authenticator", Authenticator)
+#: does this request carry a valid members proof (node/members_auth.py)? Absent: auth is off.
+MEMBERS_PROOF: Final[web.AppKey[Callable[[web.Request], bool]]] = web.AppKey("raftstate_members_proof")
 
 
 def authorize(request: web.Request, need: Need) -> None:
@@ -131,6 +138,11 @@ def authorize(request: web.Request, need: Need) -> None:
     auth = request.app.get(AUTHENTICATOR)
     if auth is None or not auth.enabled or need in (PUBLIC, PEER):
         return
+    if need == READ_OR_PEER:
+        proof = request.app.get(MEMBERS_PROOF)
+        if proof is not None and proof(request):
+            return
+        need = Role.READ
     assert isinstance(need, Role)
     who = auth.role_of(request)
     if who is None:

@@ -31,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p_node = sub.add_parser("node", help="run one node in the foreground")
-    p_node.add_argument("--config", default=DEFAULT_CONFIG)
+    p_node.add_argument(
+        "--config",
+        help=f"cluster file (default {DEFAULT_CONFIG}); with --join/--data-dir: only its auth:/tls: are used",
+    )
     p_node.add_argument("--id", required=True, help="this node's id in the config")
     p_node.add_argument(
         "--join", metavar="MEMBER", help="join a running cluster through this member's host:port"

@@ -8,6 +8,11 @@
       incarnation); otherwise start as a non-voter with the cluster's id, settings and members,
       and wait to be added (``member add`` before or after this start both work).
 
+On a secured cluster the joining node also gets ``--config FILE``: it takes only the ``auth:`` and
+``tls:`` sections (and checks ``cluster_id``) from FILE; nodes and settings come from the member.
+It asks ``/v1/members`` over https when FILE has ``tls:``, with a peer proof made from the cluster
+secret (node/members_auth.py), and serves with that auth and TLS; restarts pass the same FILE.
+
 ``raftstate node --config cluster.yaml --id n2`` with an EMPTY data dir (no ``meta``):
     :func:`wiped_voter_problem` asks the other nodes of cluster.yaml. If one answers that the
     cluster has heard from n2 (n2 ran before and had a disk with its vote and log) or that n2 is no
@@ -18,6 +23,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +32,14 @@ from typing import Any
 from raftstate.node.admin_http import AdminError, call
 from raftstate.node.bootstrap import read_record, settings_from_wire
 from raftstate.node.config import ClusterConfig, ConfigError, NodeConfig, load_config, parse_address
+from raftstate.node.node_access import NodeAccess
+from raftstate.node.peer_auth import PeerAuth
+from raftstate.node.security_config import TLS_ANY_NODE, TlsConfig, resolve_auth
 from raftstate.raft import Membership
 
 log = logging.getLogger("raftstate.node")
+
+DEFAULT_CONFIG = "cluster.yaml"
 
 __all__ = [
     "JoinPlan",
@@ -97,29 +108,66 @@ def plan_join(doc: dict[str, Any], node_id: str, address: str, member: str) -> J
     return JoinPlan(m, hint)
 
 
-def fetch_view(member: str, timeout: float = 5.0) -> dict[str, Any]:
+def node_access(config: ClusterConfig, node_id: str) -> NodeAccess:
+    """How this node asks others for ``/v1/members``: https when ``tls:``, a peer proof when auth
+    is on (never a client token: nodes hold the cluster secret, not tokens)."""
+    auth = resolve_auth(config.auth, config.path)
+    peer = (
+        PeerAuth(auth.cluster_secret, config.cluster_id, node_id, members=frozenset) if auth.enabled else None
+    )
+    return NodeAccess.for_operator(config, token="").with_peer(peer)
+
+
+def fetch_view(member: str, timeout: float = 5.0, access: NodeAccess | None = None) -> dict[str, Any]:
     """``/v1/members`` from ``member``, or from the leader it names (the freshest view)."""
-    doc: dict[str, Any] = call(member, "GET", "/v1/members", timeout=timeout)
+    access = access or NodeAccess()
+    doc: dict[str, Any] = call(member, "GET", "/v1/members", timeout=timeout, access=access)
     leader_addr = doc.get("leader_address")
     if doc.get("role") != "leader" and leader_addr:
         try:
-            doc = call(leader_addr, "GET", "/v1/members", timeout=timeout)
+            doc = call(leader_addr, "GET", "/v1/members", timeout=timeout, access=access)
         except (AdminError, OSError):
             pass  # the member's own view will do
     return doc
 
 
+def secured(config: ClusterConfig, security: ClusterConfig | None, node_id: str) -> ClusterConfig:
+    """``config`` (a joined node's) with the ``auth:``/``tls:`` of the cluster file ``security``."""
+    if security is None:
+        return config
+    if security.cluster_id != config.cluster_id:
+        raise JoinRefused(
+            f"{security.path} is for cluster {security.cluster_id}, but this node joins cluster "
+            f"{config.cluster_id}; pass that cluster's file as --config"
+        )
+    tls: dict[str, TlsConfig] | None = None
+    if security.tls:
+        mine = security.tls.get(node_id) or security.tls.get(TLS_ANY_NODE)
+        if mine is None:
+            raise JoinRefused(
+                f"{security.path}: tls.cert/tls.key list files per node but none for {node_id}; "
+                f"add {node_id}: PATH under both (a certificate for its address, from the cluster's CA)"
+            )
+        tls = {node_id: mine}
+    return dataclasses.replace(config, path=security.path, auth=security.auth, tls=tls)
+
+
 def prepare_join(
-    member: str | None, node_id: str, address: str | None, data_dir: Path
+    member: str | None,
+    node_id: str,
+    address: str | None,
+    data_dir: Path,
+    security: ClusterConfig | None = None,
 ) -> tuple[ClusterConfig, Membership, str | None]:
-    """The config, bootstrap membership and a waiting hint for ``raftstate node --join``."""
+    """The config, bootstrap membership and a waiting hint for ``raftstate node --join``;
+    ``security``: the cluster file given with --config (only its auth/tls are used)."""
     rec = read_record(data_dir)
     if rec is not None:
         if rec.node_id != node_id:
             raise JoinRefused(f"{data_dir} belongs to node {rec.node_id}, not {node_id}")
         if address is not None and address != rec.address:
             raise JoinRefused(f"{data_dir} is node {node_id} at {rec.address}; it cannot move to {address}")
-        return rec.cluster_config(data_dir), rec.membership, None
+        return secured(rec.cluster_config(data_dir), security, node_id), rec.membership, None
     if member is None or address is None:
         raise JoinRefused(
             f"{data_dir} has no bootstrap record: a first start needs --join MEMBER_ADDRESS and --address"
@@ -128,10 +176,21 @@ def prepare_join(
         parse_address(address)
     except ValueError as exc:
         raise JoinRefused(f"--address: {exc}") from None
+    access = node_access(security, node_id) if security is not None else NodeAccess()
     try:
-        doc = fetch_view(member)
+        doc = fetch_view(member, access=access)
     except (AdminError, OSError) as exc:
-        raise JoinRefused(f"cannot ask {member} about its cluster ({exc}); is it a running member?") from None
+        hint = "is it a running member?"
+        if isinstance(exc, AdminError) and exc.code in ("unauthorized", "forbidden"):
+            hint = (
+                "the cluster requires auth: pass --config with the cluster's file (its auth: and tls: "
+                "are used) and the same cluster secret in the environment"
+                if security is None
+                else f"check that {security.path} has this cluster's cluster_id and auth.cluster_secret"
+            )
+        elif security is None or not security.tls:
+            hint += " (if the cluster uses TLS, pass --config with the cluster's file and its tls: section)"
+        raise JoinRefused(f"cannot ask {member} about its cluster ({exc}); {hint}") from None
     plan = plan_join(doc, node_id, address, member)
     config = ClusterConfig(
         path=Path(f"--join {member}"),
@@ -139,7 +198,7 @@ def prepare_join(
         nodes=(NodeConfig(node_id, address, data_dir.resolve()),),
         settings=settings_from_wire(doc["settings"]),
     )
-    return config, plan.membership, plan.waiting_hint
+    return secured(config, security, node_id), plan.membership, plan.waiting_hint
 
 
 def wiped_voter_problem(docs: dict[str, dict[str, Any]], node_id: str) -> str | None:
@@ -169,12 +228,13 @@ def wiped_voter_problem(docs: dict[str, dict[str, Any]], node_id: str) -> str | 
 def check_not_wiped_voter(config: ClusterConfig, node_id: str) -> None:
     """Refuse (JoinRefused) to start ``node_id`` from an empty data dir if the cluster knew it."""
     docs: dict[str, dict[str, Any]] = {}
+    access = node_access(config, node_id)
     for n in config.nodes:
         if n.id == node_id:
             continue
         for attempt in range(3):
             try:
-                docs[n.id] = call(n.address, "GET", "/v1/members", timeout=3.0)
+                docs[n.id] = call(n.address, "GET", "/v1/members", timeout=3.0, access=access)
                 break
             except (AdminError, OSError, ValueError) as exc:
                 if isinstance(getattr(exc, "reason", exc), ConnectionRefusedError):
@@ -195,11 +255,12 @@ def prepare_start(args: argparse.Namespace) -> tuple[ClusterConfig, Membership |
         data_dir = Path(args.data_dir) if args.data_dir else None
         if data_dir is None:
             raise JoinRefused("--join needs --data-dir (and --address at the first start)")
-        config, membership, hint = prepare_join(args.join, args.id, args.address, data_dir)
+        security = load_config(args.config) if args.config else None
+        config, membership, hint = prepare_join(args.join, args.id, args.address, data_dir, security)
         if hint:
             log.warning("%s", hint)
         return config, membership
-    config = load_config(args.config)
+    config = load_config(args.config or DEFAULT_CONFIG)
     try:
         me = config.node(args.id)  # unknown id: ConfigError before anything touches a data dir
     except ConfigError as exc:

@@ -8,7 +8,9 @@
     raftstate snapshot inspect FILE                        verify; counts, index, term, size
     raftstate snapshot restore FILE --config new.yaml      seed the data dirs of a new cluster
 
-Every command but inspect/restore takes ``--config cluster.yaml`` or ``--endpoints host:port,...``.
+Every command but inspect/restore takes ``--config cluster.yaml`` or ``--endpoints host:port,...``,
+and, on a secured cluster, ``--token`` (default $RAFTSTATE_TOKEN; admin for changes and backups, read
+for ``member list``) and ``--ca FILE`` (default $RAFTSTATE_CA, or the ``tls.ca`` of --config).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from typing import Any
 
 from raftstate.node.admin_http import AdminError, call, call_leader, open_leader
 from raftstate.node.backup_file import BackupError
-from raftstate.node.config import ConfigError, load_config
+from raftstate.node.config import ClusterConfig, ConfigError, load_config
 from raftstate.node.data_dir import atomic_write, fsync_dir
+from raftstate.node.node_access import NodeAccess
 
 __all__ = ["add_ops_commands", "membership_note", "run_ops_command"]
 
@@ -39,6 +42,8 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         g.add_argument("--endpoints", help="comma-separated node addresses host:port (any members)")
         sp.add_argument("--timeout", type=float, default=30.0, help="seconds to find a leader (default 30)")
         sp.add_argument("--json", action="store_true", help="machine-readable JSON output")
+        sp.add_argument("--token", help="token when auth is on (default $RAFTSTATE_TOKEN)")
+        sp.add_argument("--ca", help="CA file to verify https nodes (default $RAFTSTATE_CA or tls.ca)")
 
     def leaf(parent: Any, name: str, help_: str, handler: Handler) -> argparse.ArgumentParser:
         sp: argparse.ArgumentParser = parent.add_parser(name, help=help_, description=help_)
@@ -91,10 +96,24 @@ def run_ops_command(args: argparse.Namespace) -> int:
         return 1
 
 
+def _config(args: argparse.Namespace) -> ClusterConfig | None:
+    return None if getattr(args, "endpoints", None) else load_config(args.config or "cluster.yaml")
+
+
 def _endpoints(args: argparse.Namespace) -> list[str]:
     if getattr(args, "endpoints", None):
         return [e.strip() for e in args.endpoints.split(",") if e.strip()]
-    return list(load_config(args.config or "cluster.yaml").addresses.values())
+    config = _config(args)
+    assert config is not None
+    return list(config.addresses.values())
+
+
+def _access(args: argparse.Namespace) -> NodeAccess:
+    """Token and TLS trust for this command (built once per command)."""
+    if not hasattr(args, "_access"):
+        args._access = NodeAccess.for_operator(_config(args), args.token, args.ca)
+    access: NodeAccess = args._access
+    return access
 
 
 def _leader_view(args: argparse.Namespace) -> dict[str, Any]:
@@ -102,12 +121,14 @@ def _leader_view(args: argparse.Namespace) -> dict[str, Any]:
     eps = _endpoints(args)
     deadline = time.monotonic() + args.timeout
     while True:
-        doc: dict[str, Any] = call_leader(eps, "GET", "/v1/members", timeout=args.timeout)
+        doc: dict[str, Any] = call_leader(
+            eps, "GET", "/v1/members", timeout=args.timeout, access=_access(args)
+        )
         if doc["role"] == "leader":
             return doc
         if doc.get("leader_address"):
             try:
-                doc = call(doc["leader_address"], "GET", "/v1/members")
+                doc = call(doc["leader_address"], "GET", "/v1/members", access=_access(args))
                 if doc["role"] == "leader":
                     return doc
             except (AdminError, OSError):
@@ -151,7 +172,7 @@ def _member_add(args: argparse.Namespace) -> int:
     eps = _endpoints(args)
     body = {"id": args.id, "address": args.address}
     try:
-        call_leader(eps, "POST", "/v1/members", body, timeout=args.timeout)
+        call_leader(eps, "POST", "/v1/members", body, timeout=args.timeout, access=_access(args))
         print(f"{args.id} added as a learner at {args.address}", flush=True)
     except AdminError as exc:
         row = _row(_leader_view(args), args.id)
@@ -178,7 +199,8 @@ def _member_add(args: argparse.Namespace) -> int:
         lag = row["lag"]
         if row["match"] and lag is not None and lag <= doc["settings"]["max_entries_per_msg"]:
             try:
-                call_leader(eps, "POST", f"/v1/members/{args.id}/promote", timeout=args.timeout)
+                path = f"/v1/members/{args.id}/promote"
+                call_leader(eps, "POST", path, timeout=args.timeout, access=_access(args))
                 print(f"{args.id} caught up (lag {lag}); promoted to voter", flush=True)
                 break
             except AdminError as exc:
@@ -208,7 +230,8 @@ def _row(doc: dict[str, Any], node_id: str) -> dict[str, Any] | None:
 
 
 def _member_remove(args: argparse.Namespace) -> int:
-    doc = call_leader(_endpoints(args), "DELETE", f"/v1/members/{args.id}", timeout=args.timeout)
+    path = f"/v1/members/{args.id}"
+    doc = call_leader(_endpoints(args), "DELETE", path, timeout=args.timeout, access=_access(args))
     print(f"{args.id} removed", flush=True)
     _print_members(args, doc)
     return 0
@@ -216,7 +239,9 @@ def _member_remove(args: argparse.Namespace) -> int:
 
 def _transfer(args: argparse.Namespace) -> int:
     body = {"to": args.to} if args.to else {}
-    doc = call_leader(_endpoints(args), "POST", "/v1/leader/transfer", body, timeout=args.timeout)
+    doc = call_leader(
+        _endpoints(args), "POST", "/v1/leader/transfer", body, timeout=args.timeout, access=_access(args)
+    )
     if args.to and doc.get("leader") != args.to:
         raise AdminError(f"leadership did not move to {args.to} (leader now: {doc.get('leader')}); retry")
     print(json.dumps(doc) if args.json else f"leader: {doc.get('leader')}")
@@ -227,7 +252,7 @@ def _snapshot_save(args: argparse.Namespace) -> int:
     path: Path = args.file
     part = path.with_name(path.name + ".download")
     t0 = time.monotonic()
-    with open_leader(_endpoints(args), "/v1/snapshot", timeout=args.timeout) as resp:
+    with open_leader(_endpoints(args), "/v1/snapshot", timeout=args.timeout, access=_access(args)) as resp:
 
         def chunks() -> Iterator[bytes]:
             while chunk := resp.read(1 << 20):

@@ -5,37 +5,31 @@ $RAFTSTATE_TOKEN when auth is on."""
 from __future__ import annotations
 
 import json
-import os
-import ssl
 import urllib.error
 import urllib.request
 from typing import Any
 
-from raftstate.client._config import TOKEN_ENV
 from raftstate.node.config import ClusterConfig
+from raftstate.node.node_access import NodeAccess
 
 __all__ = ["StatusFetcher"]
 
 
 class StatusFetcher:
     def __init__(self, config: ClusterConfig, token: str | None = None) -> None:
-        self.token = token if token is not None else os.environ.get(TOKEN_ENV)
-        tls = next(iter(config.tls.values())) if config.tls else None
-        self.scheme = "https" if tls else "http"
-        self._ctx = ssl.create_default_context(cafile=str(tls.ca)) if tls else None
+        self.access = NodeAccess.for_operator(config, token)
         #: why the last fetch was refused (e.g. "401 unauthorized"), for the status table
         self.refusals: dict[str, str] = {}
 
     def url(self, address: str, path: str = "") -> str:
-        return f"{self.scheme}://{address}{path}"
+        return self.access.url(address, path)
 
     def fetch(self, address: str, timeout: float) -> dict[str, Any] | None:
         """The node's /status document, or None (down, or refused: see :attr:`refusals`)."""
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        req = urllib.request.Request(self.url(address, "/status"), headers=headers)
+        req = urllib.request.Request(self.url(address, "/status"), headers=self.access.headers())
         self.refusals.pop(address, None)
         try:
-            with urllib.request.urlopen(req, timeout=timeout, context=self._ctx) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.access.ssl_context) as resp:
                 body: dict[str, Any] = json.loads(resp.read())
                 return body
         except urllib.error.HTTPError as exc:

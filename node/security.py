@@ -17,11 +17,12 @@ from typing import Any
 
 from aiohttp import web
 
-from raftstate.node.auth import AUTHENTICATOR, Authenticator, auth_middleware
+from raftstate.node.auth import AUTHENTICATOR, MEMBERS_PROOF, Authenticator, auth_middleware
 from raftstate.node.config import ClusterConfig
 from raftstate.node.driver import RaftDriver
 from raftstate.node.http_codec import BODY_DONE, BODY_TIMEOUT_S
 from raftstate.node.http_guard import GuardedTCPSite, HttpGuard
+from raftstate.node.members_auth import members_proof_checker
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.peer_auth import PeerAuth
 from raftstate.node.security_config import resolve_auth
@@ -52,6 +53,9 @@ class NodeSecurity:
             if auth.enabled
             else None
         )
+        self._members_proof = (
+            members_proof_checker(auth.cluster_secret, config.cluster_id) if auth.enabled else None
+        )
         tls = config.tls.get(node_id) if config.tls else None
         where = str(config.path)
         self.server_ssl: ssl.SSLContext | None = server_context(tls, where) if tls else None
@@ -69,6 +73,8 @@ class NodeSecurity:
     def install(self, app: web.Application) -> None:
         """Call before any route is added: these middlewares run first, in this order."""
         app[AUTHENTICATOR] = self.authenticator
+        if self._members_proof is not None:
+            app[MEMBERS_PROOF] = self._members_proof
         app[BODY_TIMEOUT_S] = self.guard.body_timeout_s
         app[BODY_DONE] = self.guard.body_done
         app.middlewares.append(self.guard.middleware)

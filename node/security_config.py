@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 
 __all__ = [
     "MIN_SECRET_CHARS",
+    "TLS_ANY_NODE",
     "AuthConfig",
     "ResolvedAuth",
     "Role",
@@ -42,6 +43,9 @@ __all__ = [
     "parse_tls",
     "resolve_auth",
 ]
+
+#: key of ``parse_tls``'s result for the files every node uses (not a valid node id)
+TLS_ANY_NODE = "*"
 
 #: shortest token or cluster secret accepted: 16 characters (e.g. ``openssl rand -hex 16`` gives 32)
 MIN_SECRET_CHARS = 16
@@ -177,7 +181,9 @@ def parse_tls(raw: object, base_dir: Path, node_ids: tuple[str, ...], fail: Fail
             fail(f"tls.{k}", "required key is missing", "give cert, key and ca (scripts/make_certs.py)")
     ca = _path(raw["ca"], "tls.ca", base_dir, fail)
     out: dict[str, TlsConfig] = {}
-    for nid in node_ids:
+    # Per-node files may also name nodes not (yet) in nodes:, e.g. one that joins with --join.
+    extra = [k for k in raw["cert"] if k not in node_ids] if isinstance(raw["cert"], dict) else []
+    for nid in (*node_ids, *extra):
         parts = []
         for k in ("cert", "key"):
             v = raw[k]
@@ -187,6 +193,11 @@ def parse_tls(raw: object, base_dir: Path, node_ids: tuple[str, ...], fail: Fail
                 v = v[nid]
             parts.append(_path(v, f"tls.{k}", base_dir, fail))
         out[nid] = TlsConfig(parts[0], parts[1], ca)
+    if not isinstance(raw["cert"], dict) and not isinstance(raw["key"], dict):
+        # One pair for every node: also for a node that joins later (node/join.py).
+        out[TLS_ANY_NODE] = TlsConfig(
+            _path(raw["cert"], "tls.cert", base_dir, fail), _path(raw["key"], "tls.key", base_dir, fail), ca
+        )
     return out
 
 

@@ -13,6 +13,10 @@ file (held by the running node); it is restarted as ``python -m raftstate.node n
 --id ID`` in a new session, its output appended to ``<data_dir>/../<id>.out``. (Nodes on other
 hosts: run the same loop with your service manager; the waits are what matter.)
 
+On a secured cluster the script sends the token of --token / $RAFTSTATE_TOKEN (read role is enough
+for its /status and /ready calls; the workload increments need write) and uses https with the CA
+of --ca / $RAFTSTATE_CA or the file's ``tls.ca`` (node/node_access.py, as the operator commands).
+
 The workload is the real client library (``raftstate.client.Client``): one thread of increments
 with exactly-once sessions. Reported: writes acknowledged, failed writes (any exception), the
 longest stall (the largest gap between two consecutive acknowledged writes), worst write latency,
@@ -31,30 +35,49 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from workload import Workload
 
-from procs import LocalCluster, http, wait_until
+from procs import LocalCluster, wait_until
+from raftstate.client import Client
+from raftstate.node.admin_http import AdminError, call
 from raftstate.node.config import ClusterConfig, load_config
+from raftstate.node.node_access import NodeAccess
+
+PLAIN = NodeAccess()
 
 
-def leader_of(addresses: dict[str, str]) -> tuple[str, int] | None:
+def _get(addr: str, path: str, access: NodeAccess) -> Any:
+    """The node's answer, or None (down, or refused: a refusal other than 401/403 is transient)."""
+    try:
+        return call(addr, "GET", path, timeout=1.0, access=access)
+    except AdminError as exc:
+        if exc.code in ("unauthorized", "forbidden"):
+            raise  # no point waiting: the token is wrong
+        return None
+    except OSError:
+        return None
+
+
+def leader_of(addresses: dict[str, str], access: NodeAccess = PLAIN) -> tuple[str, int] | None:
     for nid, addr in addresses.items():
-        with contextlib.suppress(Exception):
-            st = http("GET", f"http://{addr}/status", timeout=1.0)
-            if st["role"] == "leader":
-                return nid, int(st["commit_index"])
+        st = _get(addr, "/status", access)
+        if st and st["role"] == "leader":
+            return nid, int(st["commit_index"])
     return None
 
 
-def wait_caught_up(nid: str, addr: str, addresses: dict[str, str], timeout: float) -> None:
-    _, commit = wait_until(lambda: leader_of(addresses), timeout, "a leader")
+def wait_caught_up(
+    nid: str, addr: str, addresses: dict[str, str], timeout: float, access: NodeAccess = PLAIN
+) -> None:
+    _, commit = wait_until(lambda: leader_of(addresses, access), timeout, "a leader")
     wait_until(
         lambda: (
-            http("GET", f"http://{addr}/ready", timeout=1.0)["ready"]
-            and http("GET", f"http://{addr}/status", timeout=1.0)["applied_index"] >= commit
+            (_get(addr, "/ready", access) or {}).get("ready")
+            and (_get(addr, "/status", access) or {}).get("applied_index", -1) >= commit
         ),
         timeout,
         f"{nid} to be ready and caught up",
@@ -95,19 +118,25 @@ def _alive(pid: int) -> bool:
 
 
 def roll(
-    addresses: dict[str, str], restart: Callable[[str], None], rounds: int, settle_s: float
+    addresses: dict[str, str],
+    restart: Callable[[str], None],
+    rounds: int,
+    settle_s: float,
+    access: NodeAccess = PLAIN,
+    client: Client | None = None,
 ) -> dict[str, float]:
-    work = Workload(list(addresses.values()), f"rolling-restart:{int(time.time())}")
+    leader_of(addresses, access)  # a refused token stops here, with the node's message
+    work = Workload(list(addresses.values()), f"rolling-restart:{int(time.time())}", client)
     t_start = time.monotonic()
     with work.running():
         wait_until(lambda: work.acked > 20, 30, "the workload to start")
         for r in range(rounds):
-            leader = wait_until(lambda: leader_of(addresses), 30, "a leader")[0]
+            leader = wait_until(lambda: leader_of(addresses, access), 30, "a leader")[0]
             order = [n for n in addresses if n != leader] + [leader]
             for nid in order:
                 t0 = time.monotonic()
                 restart(nid)
-                wait_caught_up(nid, addresses[nid], addresses, timeout=60)
+                wait_caught_up(nid, addresses[nid], addresses, timeout=60, access=access)
                 print(
                     f"round {r + 1}: restarted {nid}{' (leader)' if nid == leader else ''} in "
                     f"{time.monotonic() - t0:5.2f} s; writes so far {work.acked}, failed {len(work.failed)}, "
@@ -136,10 +165,25 @@ def main() -> int:
     where.add_argument("--nodes", type=int, choices=(3, 5), help="start a temp cluster of 3 or 5 nodes")
     ap.add_argument("--rounds", type=int, default=1, help="times to restart every node (default 1)")
     ap.add_argument("--settle", type=float, default=1.0, help="seconds between two restarts (default 1)")
+    ap.add_argument("--token", help="with --config, when auth is on (default $RAFTSTATE_TOKEN)")
+    ap.add_argument("--ca", help="with --config: CA to verify https nodes (default tls.ca of the file)")
     args = ap.parse_args()
     if args.config:
         config = load_config(args.config)
-        report = roll(config.addresses, config_restarter(config), args.rounds, args.settle)
+        access = NodeAccess.for_operator(config, args.token, args.ca)
+        kw: dict[str, Any] = {"timeout": 30}
+        if args.token:
+            kw["token"] = args.token
+        if args.ca:
+            kw["ca"] = args.ca
+        client = Client.from_config(args.config, **kw)
+        try:
+            report = roll(
+                config.addresses, config_restarter(config), args.rounds, args.settle, access, client
+            )
+        except AdminError as exc:
+            print(f"rolling_restart.py: {exc}", file=sys.stderr)
+            return 1
     else:
         with (
             tempfile.TemporaryDirectory(prefix="raftstate-roll-") as tmp,

@@ -57,9 +57,10 @@ def http(
     *,
     token: str | None = None,
     context: ssl.SSLContext | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Any:
     data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **(headers or {})}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
@@ -137,15 +138,38 @@ class LocalCluster:
     def start(self, nid: str | None = None, env: dict[str, str] | None = None) -> None:
         """Start one node (or all); ``env`` adds environment variables (fault-injection hooks)."""
         for i in [nid] if nid else self.ids:
-            log = self.root / f"{i}.log"
-            self.logs[i] = log
-            with open(log, "ab") as out:
-                self.procs[i] = subprocess.Popen(
-                    [sys.executable, "-m", "raftstate.node", "node", "--config", str(self.config), "--id", i],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env, **(env or {})},
-                )
+            self._spawn(i, ["--config", str(self.config), "--id", i], env)
+
+    def join(
+        self, nid: str, member: str, data_dir: Path, env: dict[str, str] | None = None, *extra: str
+    ) -> subprocess.Popen[bytes]:
+        """``raftstate node --join`` through ``member`` (an id of this cluster), serving on
+        ``self.addr[nid]`` (set it first for a new id); kill/stop_all/log_text work on it."""
+        if nid not in self.ids:
+            self.ids.append(nid)
+        argv = [
+            "--join",
+            self.addr[member],
+            "--id",
+            nid,
+            "--address",
+            self.addr[nid],
+            "--data-dir",
+            str(data_dir),
+        ]
+        return self._spawn(nid, [*argv, *extra], env)
+
+    def _spawn(self, nid: str, argv: list[str], env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+        log = self.root / f"{nid}.log"
+        self.logs[nid] = log
+        with open(log, "ab") as out:
+            self.procs[nid] = subprocess.Popen(
+                [sys.executable, "-m", "raftstate.node", "node", *argv],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env, **(env or {})},
+            )
+        return self.procs[nid]
 
     @contextlib.contextmanager
     def running(self, leader_timeout: float = 30.0) -> Iterator[LocalCluster]:

@@ -64,3 +64,16 @@ def test_an_injected_bug_makes_the_run_fail(
         if must_fail <= failed:
             return
     pytest.fail(f"--inject-bug {bug} was not caught by {sorted(must_fail)}: " + "; ".join(tried))
+
+
+def test_membership_fault_run_passes_every_check(tmp_path: Path) -> None:
+    """The replace procedure under load (member remove, wipe, --join, member add) next to kill -9:
+    the workload's endpoints stay valid (same address) and every check still passes."""
+    cfg = RunConfig(
+        seed=_seed(), duration_s=20, faults=("membership", "kill"), report_dir=tmp_path / "report"
+    )
+    res = run(cfg)
+    assert res.passed, _explain(res)
+    assert res.fault_counts["membership"] >= 1 and res.fault_counts["kill"] >= 1, dict(res.fault_counts)
+    timeline = (tmp_path / "report" / "faults.json").read_text()
+    assert "re-added as voter" in timeline, timeline

@@ -5,7 +5,6 @@ wiped node, refusals, back up / wipe everything / restore. Commands run as opera
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -35,17 +34,7 @@ def start_joiner(c: LocalCluster, nid: str, member: str, port: int | None = None
     """``raftstate node --join`` as a LocalCluster member (kill/stop_all/log_text work on it)."""
     if nid not in c.addr:
         c.addr[nid] = f"127.0.0.1:{port or free_ports(1)[0]}"
-    if nid not in c.ids:
-        c.ids.append(nid)
-    log = c.root / f"{nid}.log"
-    c.logs[nid] = log
-    data_dir = c.root / "data" / (data or f"{nid}-joined")
-    cmd = [sys.executable, "-m", "raftstate.node", "node", "--join", c.addr[member], "--id", nid]
-    cmd += ["--address", c.addr[nid], "--data-dir", str(data_dir)]
-    with open(log, "ab") as out:
-        c.procs[nid] = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
+    c.join(nid, member, c.root / "data" / (data or f"{nid}-joined"))
 
 
 def members(c: LocalCluster, nid: str) -> dict[str, Any]:

@@ -12,8 +12,9 @@ from raftstate.client import Client
 
 
 class Workload:
-    def __init__(self, endpoints: list[str], key: str) -> None:
-        self.client = Client([f"http://{e}" for e in endpoints], timeout=30)
+    def __init__(self, endpoints: list[str], key: str, client: Client | None = None) -> None:
+        """``client``: one already configured (token, TLS); default plain http to ``endpoints``."""
+        self.client = client or Client([f"http://{e}" for e in endpoints], timeout=30)
         self.key = key
         self.acked = 0
         self.failed: list[str] = []

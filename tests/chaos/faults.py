@@ -13,7 +13,11 @@ partition      proxied peer links cut: majority/minority, isolated leader, bridg
                still talks to both sides), or one-way (a node cannot send, or cannot receive)
 clock          the leader's clock jumps forward, later backward, by seconds; then back to 0
 restart-all    every node kill -9'd at once, then all restarted
-membership     not available yet (needs the membership API): see ``MEMBERSHIP_UNAVAILABLE``
+membership     the operator's replace procedure (docs/operations.md) on a live cluster, through the
+               CLI: ``raftstate member remove`` of the leader or a follower, kill -9 it, wipe
+               its data dir, start it again with ``raftstate node --join`` at the SAME address
+               (the workload's endpoint list stays valid), ``raftstate member add`` (learner ->
+               caught up -> voter). A refused remove skips the fault; a failed re-add fails the run
 =============  ==============================================================================
 
 Adding a kind is one function ``(injector, rng, duration_s) -> description`` in ``FAULTS``.
@@ -21,8 +25,12 @@ Adding a kind is one function ``(injector, rng, duration_s) -> description`` in 
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -73,6 +81,10 @@ class Injector:
         self.paused: set[str] = set()
 
     # ------------------------------------------------------------------ primitives
+
+    def cluster_env(self) -> dict[str, str]:
+        """The environment for operator commands (the cluster's, e.g. a token)."""
+        return {**os.environ, **self.cluster.env}
 
     @property
     def ids(self) -> list[str]:
@@ -128,7 +140,6 @@ class Injector:
             if self.stop.wait(max(0.0, t0 + fault.at_s - time.monotonic())):
                 return
             fn = FAULTS[fault.kind]
-            assert fn is not None, f"fault {fault.kind} is not available"
             start, detail = time.monotonic(), "(failed to inject)"
             try:
                 detail = fn(self, random.Random(fault.seed), fault.duration_s)
@@ -192,7 +203,7 @@ def partition(inj: Injector, rng: random.Random, duration_s: float) -> str:
     else:
         rng.shuffle(ids)
         minority = ids[: (len(ids) - 1) // 2]
-        majority = ids[len(minority):]
+        majority = ids[len(minority) :]
         links, detail = _both(minority, majority), f"{','.join(minority)} | {','.join(majority)}"
     inj.proxy.cut(links)
     inj.wait(duration_s)
@@ -220,19 +231,53 @@ def restart_all(inj: Injector, rng: random.Random, duration_s: float) -> str:
     return "kill -9 all, restart all"
 
 
-#: ``None``: known, but not available yet
-FAULTS: dict[str, Callable[[Injector, random.Random, float], str] | None] = {
+def _ops(inj: Injector, timeout_s: float, *argv: str) -> tuple[int, str]:
+    """One ``raftstate`` operator command, as an operator runs it, against the cluster's addresses."""
+    eps = ",".join(inj.cluster.addr[n] for n in inj.ids)
+    cmd = [sys.executable, "-m", "raftstate.node", *argv, "--endpoints", eps, "--timeout", "20"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=inj.cluster_env())
+    except subprocess.TimeoutExpired:
+        return 124, f"{' '.join(argv)}: no answer within {timeout_s:.0f}s"
+    return done.returncode, (done.stdout + done.stderr).strip()
+
+
+def membership(inj: Injector, rng: random.Random, duration_s: float) -> str:
+    leader = inj.cluster.leader()
+    followers = [n for n in inj.ids if n != leader]
+    nid = leader if leader is not None and rng.random() < 0.4 else rng.choice(followers)
+    how = "leader" if nid == leader else "follower"
+    deadline = time.monotonic() + 30
+    while True:  # refused while a quorum of the rest is not reachable (a previous fault healing)
+        rc, out = _ops(inj, 40, "member", "remove", "--id", nid)
+        if rc == 0:
+            break
+        if time.monotonic() > deadline:
+            return f"membership: remove of {how} {nid} refused, skipped: {out.splitlines()[-1:]}"
+        time.sleep(1.0)
+    inj.kill9(nid)
+    shutil.rmtree(inj.cluster.root / "data" / nid, ignore_errors=True)
+    inj.wait(duration_s)
+    member = next(n for n in inj.ids if n != nid and inj.cluster.alive(n))
+    # Same data dir as cluster.yaml names: later faults restart it with --config like any node.
+    inj.cluster.join(nid, member, inj.cluster.root / "data" / nid, inj.node_env[nid])
+    for _ in range(3):  # `member add` resumes an interrupted add
+        rc, out = _ops(
+            inj, 150, "member", "add", "--id", nid, "--address", inj.cluster.addr[nid], "--wait", "90"
+        )
+        if rc == 0:
+            return f"membership: removed {how} {nid}, wiped it, --join via {member}, re-added as voter"
+    raise RuntimeError(f"membership fault: `member add --id {nid}` failed after the node was wiped: {out}")
+
+
+FAULTS: dict[str, Callable[[Injector, random.Random, float], str]] = {
     "kill": kill,
     "pause": pause,
     "partition": partition,
     "clock": clock,
     "restart-all": restart_all,
-    "membership": None,
+    "membership": membership,
 }
-MEMBERSHIP_UNAVAILABLE = (
-    "--faults membership is not available yet: it needs the membership API (member add/remove), "
-    "which is being built separately; run without it for now"
-)
 #: how long each kind's window lasts, (min, max) seconds
 DURATION_S: dict[str, tuple[float, float]] = {
     "kill": (1.0, 4.0),
@@ -240,6 +285,7 @@ DURATION_S: dict[str, tuple[float, float]] = {
     "partition": (2.0, 6.0),
     "clock": (3.0, 6.0),
     "restart-all": (0.2, 1.0),
+    "membership": (0.5, 2.0),  #: how long the wiped node stays down; remove/add take seconds more
 }
 
 
