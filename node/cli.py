@@ -83,7 +83,9 @@ def _cmd_node(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from raftstate.node import event_loop
+    from raftstate.node import event_loop, log_filters
+
+    log_filters.install()  # a malformed request is one warning line, not an ERROR traceback
     from raftstate.node.join import JoinRefused, prepare_start  # imported late: `status` needs none
     from raftstate.node.server import serve
     from raftstate.node.storage_errors import StorageError
