@@ -142,6 +142,12 @@ class StreamConnection:
             raise StreamUnsupported(
                 f"{self.endpoint} refused a stream ({exc.status} {exc.message})", node=self.endpoint
             ) from None
+        except aiohttp.ClientConnectorCertificateError as exc:  # TLS: the node's cert is not trusted
+            raise ConnectFailed(
+                f"cannot open a stream to {self.endpoint}: its TLS certificate is not trusted "
+                f"({exc.certificate_error}); pass ca= the cluster's CA file",
+                node=self.endpoint,
+            ) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise ConnectFailed(
                 f"cannot open a stream to {self.endpoint}: {exc}", node=self.endpoint
