@@ -33,8 +33,10 @@ __all__ = [
     "atomic_write",
     "fsync_dir",
     "fsync_fd",
+    "publish",
     "remove_leftover_tmp",
     "write_all",
+    "write_tmp",
 ]
 
 #: Called with the duration in seconds of every fsync (file or directory), from the calling thread.
@@ -84,6 +86,13 @@ def atomic_write(path: Path, chunks: Iterable[bytes], on_fsync: FsyncHook) -> No
     A leftover ``.tmp`` (crash before the rename) is garbage; readers ignore or delete it.
     """
     tmp = path.with_name(path.name + _TMP_SUFFIX)
+    write_tmp(tmp, chunks, on_fsync)
+    publish(tmp, path, on_fsync)
+
+
+def write_tmp(tmp: Path, chunks: Iterable[bytes], on_fsync: FsyncHook) -> None:
+    """First half of :func:`atomic_write`: write ``tmp`` (a name ending in ``.tmp``) and fsync it."""
+    assert tmp.name.endswith(_TMP_SUFFIX), tmp
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         for chunk in chunks:
@@ -91,6 +100,10 @@ def atomic_write(path: Path, chunks: Iterable[bytes], on_fsync: FsyncHook) -> No
         fsync_fd(fd, on_fsync)
     finally:
         os.close(fd)
+
+
+def publish(tmp: Path, path: Path, on_fsync: FsyncHook) -> None:
+    """Second half of :func:`atomic_write`: rename the fsynced ``tmp`` over ``path``, durably."""
     os.replace(tmp, path)
     fsync_dir(path.parent, on_fsync)
 

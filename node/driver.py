@@ -44,6 +44,9 @@ from raftstate.raft import (
 
 log = logging.getLogger("raftstate.node")
 
+#: the persist worker yields to the event loop after this many applied entries (heartbeats go out)
+APPLY_YIELD_EVERY = 2000
+
 
 class Transport(Protocol):
     def send(self, msg: Message) -> None: ...
@@ -298,7 +301,7 @@ class RaftDriver:
                     batch = self._take_batch()
                     await self._persist(batch)
                     for rd in batch:
-                        self._after_persist(rd)
+                        await self._after_persist(rd)
                     # advance() just told the core what is durable here, and a leader counts its
                     # own fsync towards commit: entries may have committed without any input. Wake
                     # the ready loop to hand them out now, not at the next tick or message (a whole
@@ -344,7 +347,13 @@ class RaftDriver:
         if self.on_fsync is not None:
             self.on_fsync(time.perf_counter() - t0)
 
-    def _after_persist(self, rd: Ready) -> None:
+    async def _after_persist(self, rd: Ready) -> None:
+        """Install, send, apply, answer reads, advance — in that order, one Ready at a time (only
+        the persist worker calls this). Yields to the loop every APPLY_YIELD_EVERY applied entries:
+        a backlog (after a stall) applied in one pass would hold heartbeats for as long. Safe: later
+        Readys (the ready loop may queue more meanwhile) are persisted and applied only after this
+        one's advance(); reads are answered only after this Ready's entries are applied; and what
+        runs meanwhile sees the state after a whole entry, as between any two Readys."""
         if rd.snapshot is not None:
             self.sm.restore(rd.snapshot.data)
             self.snapshot_index = rd.snapshot.meta.index
@@ -357,8 +366,10 @@ class RaftDriver:
             self._term_changes_in_flight -= 1
         for out in rd.messages:
             self._send(out.msg)
-        for e in rd.committed:
+        for k, e in enumerate(rd.committed, 1):
             self._apply(e)
+            if k % APPLY_YIELD_EVERY == 0:
+                await asyncio.sleep(0)
         for rs in rd.reads:
             fut = self._reads.get(rs.ctx)
             if fut is not None and not fut.done():

@@ -8,8 +8,10 @@ File format (big-endian)::
     crc32 of everything above, u32
 
 Invariants:
-    - a ``.snap`` file is complete when it appears: written as ``.snap.tmp``, fsynced, renamed,
-      directory fsynced; leftover ``.tmp`` files are deleted on open;
+    - a ``.snap`` file is complete when it appears: written as ``.snap.<tag>.tmp``, fsynced,
+      renamed, directory fsynced; leftover ``.tmp`` files are deleted on open;
+    - a ``.snap`` file is immutable once named (only ever deleted by pruning or renamed
+      ``.corrupt``), so it may be read without the writer's lock;
     - its name agrees with its meta (index, term), and its size with its header;
     - at most ``retain`` (2) snapshots are kept, the newest by index: the older one is a fallback
       should the newest ever fail validation (see DiskStorage.load for when that fallback is legal);
@@ -28,11 +30,11 @@ from pathlib import Path
 
 import msgpack
 
-from raftstate.node.data_dir import FsyncHook, atomic_write, remove_leftover_tmp
+from raftstate.node.data_dir import FsyncHook, publish, remove_leftover_tmp, write_tmp
 from raftstate.node.storage_errors import StorageCorruption
 from raftstate.raft.messages import SnapshotMeta, meta_from_wire, meta_to_wire
 
-__all__ = ["SnapshotRef", "SnapshotStore"]
+__all__ = ["SnapshotRef", "SnapshotStore", "StagedSnapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +55,21 @@ class SnapshotRef:
     path: Path
 
 
+@dataclass(frozen=True, slots=True)
+class StagedSnapshot:
+    """A snapshot written and fsynced under a temporary name, not yet published as ``ref``."""
+
+    ref: SnapshotRef
+    tmp: Path
+
+
 def snapshot_name(index: int, term: int) -> str:
     return f"snap-{index:020d}-{term}.snap"
 
 
 class SnapshotStore:
-    """Writes, lists, reads and prunes snapshot files. Not thread-safe (DiskStorage serializes)."""
+    """Writes, lists, reads and prunes snapshot files. Not thread-safe (DiskStorage serializes),
+    except :meth:`stage` (distinct tags) and :meth:`read`, which touch no shared state."""
 
     __slots__ = ("_on_fsync", "directory", "retain")
 
@@ -84,14 +95,32 @@ class SnapshotStore:
 
     def write(self, meta: SnapshotMeta, data: bytes) -> SnapshotRef:
         """Store a snapshot durably, then delete all but the newest ``retain`` snapshots."""
+        staged = self.stage(meta, data, tag="install")
+        return self.publish(staged)
+
+    def stage(self, meta: SnapshotMeta, data: bytes, *, tag: str) -> StagedSnapshot:
+        """The slow half of :meth:`write`: the whole file written and fsynced under a temporary
+        name no reader lists (``<name>.<tag>.tmp``; callers staging at the same time use different
+        tags). Safe without the caller's lock: it touches no file :meth:`list` returns."""
         meta_bytes: bytes = msgpack.packb(meta_to_wire(meta), use_bin_type=True)
         header = _HEADER.pack(_MAGIC, _VERSION, len(meta_bytes), len(data))
         crc = zlib.crc32(data, zlib.crc32(meta_bytes, zlib.crc32(header)))
         ref = self.ref(meta.index, meta.term)
+        tmp = ref.path.with_name(f"{ref.path.name}.{tag}.tmp")
         # Chunks, not one concatenation: the application's data may be large.
-        atomic_write(ref.path, [header, meta_bytes, data, _TRAILER.pack(crc)], self._on_fsync)
+        write_tmp(tmp, [header, meta_bytes, data, _TRAILER.pack(crc)], self._on_fsync)
+        return StagedSnapshot(ref, tmp)
+
+    def publish(self, staged: StagedSnapshot) -> SnapshotRef:
+        """The quick half of :meth:`write`: rename the staged file to its name (durably), then
+        delete all but the newest ``retain`` snapshots. From here on the file is immutable."""
+        publish(staged.tmp, staged.ref.path, self._on_fsync)
         self._prune()
-        return ref
+        return staged.ref
+
+    def discard(self, staged: StagedSnapshot) -> None:
+        """Delete a staged file that will not be published (superseded, or its write failed)."""
+        staged.tmp.unlink(missing_ok=True)
 
     def read(self, ref: SnapshotRef) -> tuple[SnapshotMeta, bytes]:
         """Read and fully validate one snapshot file; :class:`StorageCorruption` if anything is off."""

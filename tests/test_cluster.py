@@ -215,6 +215,8 @@ def _terms(c: LocalCluster) -> dict[str, int]:
 
 def test_load_alone_never_triggers_an_election(cluster: LocalCluster) -> None:
     leader = cluster.wait_leader()
+    # A follower may not have heard from the new leader yet (still at term 0): that is no election.
+    wait_until(lambda: len(set(_terms(cluster).values())) == 1, 20, "every node in the leader's term")
     before = _terms(cluster)
     deadline = time.monotonic() + 4.0
 
