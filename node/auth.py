@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -178,10 +177,16 @@ def granted_role(request: web.Request) -> Role:
     return who[1] if who is not None else Role.READ  # None only for an auth.open route: least role
 
 
+def _table_need(method: str, canonical: str) -> Need:
+    """The one lookup of :data:`ROUTE_ROLES`: admin for anything it does not list (deny by default)."""
+    return ROUTE_ROLES.get((method, canonical), Role.ADMIN)
+
+
 def need_of_route(method: str, route: str) -> Role:
-    """The role the table asks of ``method route`` (a route as registered; regexes allowed)."""
-    canonical = re.sub(r"\{(\w+):[^}]*\}", r"{\1}", route)
-    need = ROUTE_ROLES.get((method, canonical), Role.ADMIN)
+    """The role the table asks of ``method route``, a route as registered (``{key:.+}`` allowed):
+    aiohttp's own resource gives the canonical form, the same one :func:`route_need` looks up."""
+    resource = web.DynamicResource(route) if "{" in route else web.PlainResource(route)
+    need = _table_need(method, resource.canonical)
     return need if isinstance(need, Role) else Role.READ
 
 
@@ -205,7 +210,7 @@ def route_need(request: web.Request) -> Need:
     resource = info.route.resource if info.http_exception is None else None
     canonical = resource.canonical if resource is not None else ""
     method = "GET" if request.method == "HEAD" else request.method
-    need = ROUTE_ROLES.get((method, canonical), Role.ADMIN)
+    need = _table_need(method, canonical)
     auth = request.app.get(AUTHENTICATOR)
     if auth is not None and _OPENABLE.get(canonical) in auth.open_endpoints:
         return PUBLIC
