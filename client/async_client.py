@@ -38,16 +38,15 @@ from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
 from raftstate.client import protocol as p
-from raftstate.client._config import client_args
 from raftstate.client._leader import LeaderTracker
 from raftstate.client._lock import Lock, LockContext
 from raftstate.client._once import OnceContext
 from raftstate.client._retry import Backoff, Clock, Deadline
 from raftstate.client._session import Registration, SessionManager, Ticket
-from raftstate.client._stream import StreamingTransport
 from raftstate.client._time import Ttl, When, expiry_fields, from_epoch, ttl_seconds
 from raftstate.client._transport import Request, Response, Transport, key_path
 from raftstate.client._types import Consistency, Entry, Fence, LockInfo, LockLease
+from raftstate.client.config import client_args
 from raftstate.client.errors import (
     ClientClosed,
     ConnectFailed,
@@ -63,6 +62,7 @@ from raftstate.client.errors import (
     VersionMismatch,
     error_from_body,
 )
+from raftstate.client.stream import StreamingTransport
 
 __all__ = ["AsyncClient"]
 

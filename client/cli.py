@@ -34,8 +34,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from raftstate.client._config import TOKEN_ENV
 from raftstate.client._types import Entry, LockInfo
+from raftstate.client.config import TOKEN_ENV
 from raftstate.client.errors import InvalidRequest, RaftStateError, VersionMismatch
 from raftstate.client.sync_client import Client
 

@@ -18,11 +18,11 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from raftstate.client._config import client_args
 from raftstate.client._lock import Lock
 from raftstate.client._time import Ttl, When
 from raftstate.client._types import Consistency, Entry, Fence, LockInfo, LockLease
 from raftstate.client.async_client import AsyncClient
+from raftstate.client.config import client_args
 from raftstate.client.errors import ClientClosed
 
 __all__ = ["Client", "SyncLock"]

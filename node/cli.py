@@ -20,8 +20,8 @@ from typing import Any
 
 from raftstate.client.cli import add_client_commands
 from raftstate.node.config import ClusterConfig, ConfigError, load_config
-from raftstate.node.ops_cli import add_ops_commands, membership_note, run_ops_command
-from raftstate.node.ops_http import StatusFetcher
+from raftstate.node.ops.cli import add_ops_commands, membership_note, run_ops_command
+from raftstate.node.ops.status_fetcher import StatusFetcher
 
 DEFAULT_CONFIG = "cluster.yaml"
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p_status.add_argument("--token", help="token of role read or higher (default $RAFTSTATE_TOKEN)")
 
     add_client_commands(sub)  # get | set | delete | incr | keys | lock (client/cli.py)
-    add_ops_commands(sub)  # member | leader | snapshot (node/ops_cli.py)
+    add_ops_commands(sub)  # member | leader | snapshot (node/ops/cli.py)
     args = parser.parse_args(argv)
     if "ops_command" in args:
         return run_ops_command(args)
@@ -83,12 +83,12 @@ def _cmd_node(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from raftstate.node import event_loop, log_filters
+    from raftstate.node.runtime import event_loop, log_filters
 
     log_filters.install()  # a malformed request is one warning line, not an ERROR traceback
-    from raftstate.node.join import JoinRefused, prepare_start  # imported late: `status` needs none
+    from raftstate.node.peers.join import JoinRefused, prepare_start  # imported late: `status` needs none
     from raftstate.node.server import serve
-    from raftstate.node.storage_errors import StorageError
+    from raftstate.node.storage.errors import StorageError
 
     try:
         config, joining = prepare_start(args)

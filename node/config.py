@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from raftstate.node.security_config import AuthConfig, TlsConfig, parse_auth, parse_tls
+from raftstate.node.security.config import AuthConfig, TlsConfig, parse_auth, parse_tls
 from raftstate.raft.settings import RaftSettings
 
 __all__ = [

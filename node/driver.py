@@ -23,9 +23,9 @@ from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from raftstate.node.deadlines import Deadlines
-from raftstate.node.state_machine import CommandError, KVStateMachine
-from raftstate.node.storage import Storage
+from raftstate.node.runtime.deadlines import Deadlines
+from raftstate.node.state.machine import CommandError, KVStateMachine
+from raftstate.node.storage.store import Storage
 from raftstate.raft import (
     ConfChange,
     Entry,

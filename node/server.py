@@ -15,21 +15,21 @@ from typing import Any
 
 from aiohttp import web
 
-from raftstate.node.admin_api import AdminApi
-from raftstate.node.api import Api
-from raftstate.node.api_schema import ApiLimits
-from raftstate.node.bootstrap import resolve_bootstrap
-from raftstate.node.clock import NodeClock
-from raftstate.node.cluster_time import ClusterTime
+from raftstate.node.api.admin import AdminApi
+from raftstate.node.api.handlers import Api
+from raftstate.node.api.schema import ApiLimits
+from raftstate.node.api.stream import StreamApi
 from raftstate.node.config import ClusterConfig
 from raftstate.node.driver import DriverSettings, RaftDriver
-from raftstate.node.inject_bug import ACK_BEFORE_FSYNC, STALE_READS, LateWriteStorage, injected_bug
 from raftstate.node.metrics import NodeMetrics
-from raftstate.node.security import NodeSecurity
-from raftstate.node.storage import DiskStorage, Storage
-from raftstate.node.stream_api import StreamApi
-from raftstate.node.sweeper import ExpirySweeper
-from raftstate.node.transport import PeerTransport, StreamReceiver, TransportOptions
+from raftstate.node.peers.bootstrap import resolve_bootstrap
+from raftstate.node.peers.transport import PeerTransport, StreamReceiver, TransportOptions
+from raftstate.node.runtime.clock import NodeClock
+from raftstate.node.runtime.cluster_time import ClusterTime
+from raftstate.node.runtime.inject_bug import ACK_BEFORE_FSYNC, STALE_READS, LateWriteStorage, injected_bug
+from raftstate.node.runtime.sweeper import ExpirySweeper
+from raftstate.node.security.node_security import NodeSecurity
+from raftstate.node.storage.store import DiskStorage, Storage
 from raftstate.raft import Membership, Role
 
 log = logging.getLogger("raftstate.node")
@@ -62,7 +62,8 @@ class NodeServer:
             cluster_id=cfg.cluster_id,
             on_fsync=self.metrics.fsync_seconds.observe,
         )
-        bug = injected_bug()  # TEST-ONLY deliberate bugs for chaos runs (node/inject_bug.py); None normally
+        # TEST-ONLY deliberate bugs for chaos runs (node/runtime/inject_bug.py); None normally
+        bug = injected_bug()
         if bug == ACK_BEFORE_FSYNC:
             self.storage = LateWriteStorage(self.storage)
         options = TransportOptions(max_frame_bytes=s.max_peer_frame_bytes)

@@ -20,18 +20,16 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
 import yaml
 
-from procs import LocalCluster
 from raftstate.client import Client
-from raftstate.node.backup_file import BackupHeader, read_backup, stream_backup
-from raftstate.node.backup_state import backup_payload
 from raftstate.node.cli import main as raftstate
-from raftstate.node.commands import Command, SetKey, encode
-from raftstate.node.state_machine import KVStateMachine
-from raftstate.node.storage import MemoryStorage
+from raftstate.node.ops.backup_file import BackupHeader, read_backup, stream_backup
+from raftstate.node.ops.backup_state import backup_payload
+from raftstate.node.ops.local_cluster import LocalCluster
+from raftstate.node.state.commands import Command, SetKey, encode
+from raftstate.node.state.machine import KVStateMachine
+from raftstate.node.storage.store import MemoryStorage
 from raftstate.raft import Membership, SnapshotMeta
 from raftstate.raft.ready import SnapshotToInstall
 

@@ -30,14 +30,13 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE / "benchlib"))
 
 from clusters import ETCD_MISSING, EtcdCluster, etcd_binary, raftstate_endpoints, wait_ready  # noqa: E402
 from report import check_counters, plot, print_table  # noqa: E402
 from targets import WORKLOADS  # noqa: E402
 
-from procs import LocalCluster  # noqa: E402
+from raftstate.node.ops.local_cluster import LocalCluster  # noqa: E402
 
 LOADGEN = HERE / "benchlib" / "loadgen.py"
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Break a real cluster on purpose and check that nothing was lost or reordered (tests/chaos).
+"""Break a real cluster on purpose and check that nothing was lost or reordered (node/chaos).
 
     python scripts/chaos.py --nodes 3 --duration 60 --faults kill,pause,partition,clock,restart-all
     python scripts/chaos.py --seed 17                               replay one run
@@ -21,12 +21,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from chaos.faults import FAULTS
-from chaos.report import verdict_table
-from chaos.run import RunConfig, RunResult, replay_command, run
-from raftstate.node.inject_bug import BUGS
+from raftstate.node.chaos.faults import FAULTS
+from raftstate.node.chaos.report import verdict_table
+from raftstate.node.chaos.run import RunConfig, RunResult, replay_command, run
+from raftstate.node.runtime.inject_bug import BUGS
 
 
 def main(argv: list[str] | None = None) -> int:

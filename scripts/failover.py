@@ -18,9 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from procs import HttpError, LocalCluster, http
+from raftstate.node.ops.local_cluster import HttpError, LocalCluster, http
 
 
 def first_write_after(c: LocalCluster, key: str, deadline_s: float) -> float:

@@ -26,9 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from procs import HttpError, LocalCluster, http
+from raftstate.node.ops.local_cluster import HttpError, LocalCluster, http
 
 HOLDER = textwrap.dedent(
     """

@@ -15,7 +15,7 @@ hosts: run the same loop with your service manager; the waits are what matter.)
 
 On a secured cluster the script sends the token of --token / $RAFTSTATE_TOKEN (read role is enough
 for its /status and /ready calls; the workload increments need write) and uses https with the CA
-of --ca / $RAFTSTATE_CA or the file's ``tls.ca`` (node/node_access.py, as the operator commands).
+of --ca / $RAFTSTATE_CA or the file's ``tls.ca`` (node/security/node_access.py, as the operator commands).
 
 The workload is the real client library (``raftstate.client.Client``): one thread of increments
 with exactly-once sessions. Reported: writes acknowledged, failed writes (any exception), the
@@ -37,15 +37,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from workload import Workload
-
-from procs import LocalCluster, wait_until
 from raftstate.client import Client
-from raftstate.node.admin_http import AdminError, call
 from raftstate.node.config import ClusterConfig, load_config
-from raftstate.node.node_access import NodeAccess
+from raftstate.node.ops.admin_http import AdminError, call
+from raftstate.node.ops.local_cluster import LocalCluster, wait_until
+from raftstate.node.ops.workload import Workload
+from raftstate.node.security.node_access import NodeAccess
 
 PLAIN = NodeAccess()
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run the deterministic cluster simulator (tests/sim) for soaks and replays.
+"""Run the deterministic cluster simulator (raft/sim) for soaks and replays.
 
     python scripts/simulate.py --seed 17 --steps 2000 --mix chaos         replay one seed (verbose)
     python scripts/simulate.py --seeds 1000 --steps 5000                   soak every mix, 3 nodes
@@ -16,13 +16,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from sim import MIXES, SimConfig, SimulationFailure, run_seed
-from sim.mutants import MUTANTS
-from sim.summary import ClassSummary
+from raftstate.raft.sim import MIXES, SimConfig, SimulationFailure, run_seed
+from raftstate.raft.sim.mutants import MUTANTS
+from raftstate.raft.sim.summary import ClassSummary
 
 
 def main(argv: list[str] | None = None) -> int:

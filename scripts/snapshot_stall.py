@@ -23,8 +23,8 @@ import threading
 import time
 from typing import Any
 
-from raftstate.node.state_machine import KVStateMachine, encode_command
-from raftstate.node.storage import DiskStorage
+from raftstate.node.state.machine import KVStateMachine, encode_command
+from raftstate.node.storage.store import DiskStorage
 from raftstate.raft.messages import Entry, Membership, SnapshotMeta
 
 

@@ -1,6 +1,6 @@
 """A farm of real :class:`RaftDriver` instances in one asyncio loop, with seeded faults.
 
-The seeded simulator in tests/sim/ checks the pure core under a Ready driver of its own; this farm
+The seeded simulator in raft/sim/ checks the pure core under a Ready driver of its own; this farm
 checks the *real* driver's asyncio pipeline (ready loop, persist worker, group commit, background
 snapshot writes and sends) with the real core and the real state machine:
 
@@ -58,8 +58,8 @@ from raftstate.node.driver import (
     RaftDriver,
     ReadAborted,
 )
-from raftstate.node.state_machine import KVStateMachine, encode_command
-from raftstate.node.storage import LoadedState, MemoryStorage
+from raftstate.node.state.machine import KVStateMachine, encode_command
+from raftstate.node.storage.store import LoadedState, MemoryStorage
 from raftstate.raft import (
     AppendEntries,
     AppendEntriesResp,

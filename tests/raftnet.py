@@ -1,6 +1,6 @@
 """A tiny synchronous network of RaftNodes for rule-by-rule unit tests (like etcd's raft_test.go
 ``network``). Persistence is instant and perfect; messages are delivered when the test says so.
-The seeded simulator in tests/sim/ is the place for faults and randomness.
+The seeded simulator in raft/sim/ is the place for faults and randomness.
 
 Beyond the basics (``elect``, ``propose``, ``tick``, ``deliver``, ``isolate``/``cut``, ``restart``)
 the net offers the knobs the rule tests need, all deterministic:

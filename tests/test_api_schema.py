@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 
 from raftstate.client import protocol as p
-from raftstate.node import api_schema as schema
-from raftstate.node.api_schema import ApiLimits
-from raftstate.node.commands import (
+from raftstate.node.api import schema
+from raftstate.node.api.codec import ApiError
+from raftstate.node.api.schema import ApiLimits
+from raftstate.node.state.commands import (
     AcquireLock,
     Command,
     Fence,
@@ -21,7 +22,6 @@ from raftstate.node.commands import (
     SetKey,
     encode,
 )
-from raftstate.node.http_codec import ApiError
 
 LIM = ApiLimits(max_key_bytes=16, max_value_bytes=64, session_idle_timeout_ms=60_000, max_session_results=7)
 

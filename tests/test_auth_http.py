@@ -14,10 +14,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from raftstate.node.auth import AUTHENTICATOR, ROUTE_ROLES, Authenticator, auth_middleware, authorize
-from raftstate.node.http_codec import ApiError, error_response
+from raftstate.node.api.codec import ApiError, error_response
 from raftstate.node.metrics import NodeMetrics
-from raftstate.node.security_config import ResolvedAuth, Role
+from raftstate.node.security.auth import AUTHENTICATOR, ROUTE_ROLES, Authenticator, auth_middleware, authorize
+from raftstate.node.security.config import ResolvedAuth, Role
 
 TOKENS = {Role.READ: "r-token-0123456789", Role.WRITE: "w-token-0123456789", Role.ADMIN: "a-token-0123456789"}
 
@@ -113,7 +113,7 @@ async def test_the_401_says_what_to_send_and_the_log_never_holds_the_token(
     server: tuple[TestServer, NodeMetrics], caplog: pytest.LogCaptureFixture
 ) -> None:
     srv, _ = server
-    caplog.set_level(logging.WARNING, logger="raftstate.node.auth")
+    caplog.set_level(logging.WARNING, logger="raftstate.node.security.auth")
     async with aiohttp.ClientSession() as s:
         async with s.put(srv.make_url("/v1/kv/a"), headers={"Authorization": "Bearer wrong-secret-xyz"}) as r:
             body = await r.json()
@@ -156,7 +156,7 @@ def unlisted_client_routes(app: web.Application) -> set[tuple[str, str]]:
 
 
 def test_every_client_route_of_the_api_has_an_explicit_role() -> None:
-    from raftstate.node.api import Api
+    from raftstate.node.api.handlers import Api
 
     app = web.Application()
     Api.install(object.__new__(Api), app)  # only registers routes

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from chaos.report import verdict_table
-from chaos.run import RunConfig, RunResult, replay_command, run
+from raftstate.node.chaos.report import verdict_table
+from raftstate.node.chaos.run import RunConfig, RunResult, replay_command, run
 
 pytestmark = [pytest.mark.chaos, pytest.mark.cluster]
 

@@ -10,8 +10,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chaos.checkers import counters, dedupe, durability, linearizable, locks, ttl
-from chaos.history import INFINITY, History, Op, Status, load
+from raftstate.node.chaos.checkers import counters, dedupe, durability, linearizable, locks, ttl
+from raftstate.node.chaos.history import INFINITY, History, Op, Status, load
 
 _ids = itertools.count()
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from chaos.faults import DURATION_S, plan
-from chaos.proxy import ProxyLayer
-from raftstate.node.fault_dial import DialMap
-from raftstate.node.inject_bug import BUG_ENV, LateWriteStorage, injected_bug
-from raftstate.node.storage import MemoryStorage
+from raftstate.node.chaos.faults import DURATION_S, plan
+from raftstate.node.chaos.proxy import ProxyLayer
+from raftstate.node.peers.fault_dial import DialMap
+from raftstate.node.runtime.inject_bug import BUG_ENV, LateWriteStorage, injected_bug
+from raftstate.node.storage.store import MemoryStorage
 from raftstate.raft.messages import Entry, HardState
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,9 +12,8 @@ from pathlib import Path
 import msgpack
 import pytest
 from aiohttp import web
-from fake_cluster import FakeCluster
 
-from procs import free_ports
+from fake_cluster import FakeCluster
 from raftstate.client import (
     AiohttpTransport,
     AsyncClient,
@@ -31,12 +30,13 @@ from raftstate.client import (
     VersionMismatch,
 )
 from raftstate.client import errors as errors_module
-from raftstate.client._config import endpoints_from_config
 from raftstate.client._leader import normalize_endpoint
 from raftstate.client._transport import key_path
 from raftstate.client.cli import add_client_commands, run_client_command
+from raftstate.client.config import endpoints_from_config
 from raftstate.client.errors import error_from_body
 from raftstate.client.sync_client import Client
+from raftstate.node.ops.local_cluster import free_ports
 
 
 def client(fc: FakeCluster, **kw: object) -> AsyncClient:

@@ -1,4 +1,4 @@
-"""The client against a real 3-node cluster (tests/procs.py): real processes, sockets, fsync,
+"""The client against a real 3-node cluster (node/ops/local_cluster.py): real processes, sockets, fsync,
 kill -9 and SIGSTOP. What issue #5 promises, checked end to end:
 
 - 8 workers x 500 increments while the leader is kill -9'ed twice: the counter equals the number
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from procs import LocalCluster
 from raftstate.client import AsyncClient, Client, LockLease, LockLost, OutcomeUnknown, TooLarge
+from raftstate.node.ops.local_cluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
 

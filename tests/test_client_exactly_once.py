@@ -8,8 +8,8 @@ import asyncio
 import random
 
 import pytest
-from fake_cluster import FakeCluster, ManualClock
 
+from fake_cluster import FakeCluster, ManualClock
 from raftstate.client import (
     AsyncClient,
     InvalidRequest,

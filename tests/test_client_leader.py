@@ -8,8 +8,8 @@ import random
 import time
 
 import pytest
-from fake_cluster import FakeCluster, Record
 
+from fake_cluster import FakeCluster, Record
 from raftstate.client import AsyncClient, ConnectFailed, Unavailable
 
 

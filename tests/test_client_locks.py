@@ -9,8 +9,8 @@ import random
 import time
 
 import pytest
-from fake_cluster import FakeCluster, FakeLock
 
+from fake_cluster import FakeCluster, FakeLock
 from raftstate.client import AsyncClient, LockHeld, LockLost
 
 

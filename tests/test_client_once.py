@@ -7,8 +7,8 @@ import asyncio
 import random
 
 import pytest
-from fake_cluster import FakeCluster
 
+from fake_cluster import FakeCluster
 from raftstate.client import AsyncClient, LockHeld
 
 

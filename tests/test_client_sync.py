@@ -9,8 +9,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from fake_cluster import FakeCluster
 
+from fake_cluster import FakeCluster
 from raftstate.client import ClientClosed, LockLost, SyncLock
 from raftstate.client.sync_client import Client
 

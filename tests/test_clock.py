@@ -9,9 +9,9 @@ from typing import Any, cast
 
 import pytest
 
-from raftstate.node.clock import NodeClock
-from raftstate.node.cluster_time import ClusterTime
 from raftstate.node.driver import RaftDriver
+from raftstate.node.runtime.clock import NodeClock
+from raftstate.node.runtime.cluster_time import ClusterTime
 
 
 class Fake:

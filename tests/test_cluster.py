@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from procs import HttpError, LocalCluster, http, wait_until
+from raftstate.node.ops.local_cluster import HttpError, LocalCluster, http, wait_until
 
 pytestmark = pytest.mark.cluster
 

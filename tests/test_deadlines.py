@@ -1,4 +1,4 @@
-"""node/deadlines.py: one loop timer times out many futures — each at its own deadline, never one
+"""node/runtime/deadlines.py: one loop timer times out many futures — each at its own deadline, never one
 that completed, and it re-arms for the rest."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from raftstate.node.deadlines import Deadlines
+from raftstate.node.runtime.deadlines import Deadlines
 
 
 async def test_each_future_times_out_at_its_own_deadline_and_done_ones_are_untouched() -> None:

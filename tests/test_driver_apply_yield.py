@@ -8,7 +8,7 @@ import asyncio
 from test_driver_random import THREE, NullTransport, _commands
 
 from raftstate.node.driver import APPLY_YIELD_EVERY, DriverSettings, RaftDriver
-from raftstate.node.storage import MemoryStorage
+from raftstate.node.storage.store import MemoryStorage
 from raftstate.raft import AppendEntries
 
 BACKLOG = 3 * APPLY_YIELD_EVERY + 7

@@ -1,5 +1,5 @@
-"""Property tests of every decoder that reads bytes from outside: peer frames (node/wire.py and the
-core's message_from_wire), log commands (node/commands.py), and the on-disk log reader under random
+"""Property tests of every decoder that reads bytes from outside: peer frames (node/peers/wire.py and the
+core's message_from_wire), log commands (node/state/commands.py), and the on-disk log reader under random
 corruption. Each may refuse its input, only in its own documented way, and never crash."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from raftstate.node.commands import SCHEMA, CommandError, decode
-from raftstate.node.log_store import SegmentedLog
-from raftstate.node.storage_errors import StorageCorruption
-from raftstate.node.wire import FrameError, decode_frame, encode_frame, encode_one
+from raftstate.node.peers.wire import FrameError, decode_frame, encode_frame, encode_one
+from raftstate.node.state.commands import SCHEMA, CommandError, decode
+from raftstate.node.storage.errors import StorageCorruption
+from raftstate.node.storage.log_store import SegmentedLog
 from raftstate.raft.messages import AppendEntries, Entry, Heartbeat, RequestVote, message_from_wire
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

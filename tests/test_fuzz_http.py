@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from procs import LocalCluster
+from raftstate.node.ops.local_cluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
 

@@ -8,7 +8,7 @@ import msgpack
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from raftstate.node.http_codec import ApiError, error_response, read_body, respond
+from raftstate.node.api.codec import ApiError, error_response, read_body, respond
 
 LIMIT = 1 << 20
 

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from procs import free_ports
-from raftstate.node.http_codec import BODY_DONE, BODY_TIMEOUT_S, ApiError, error_response, read_body
-from raftstate.node.http_guard import GuardedTCPSite, HttpGuard
+from raftstate.node.api.codec import BODY_DONE, BODY_TIMEOUT_S, ApiError, error_response, read_body
+from raftstate.node.api.guard import GuardedTCPSite, HttpGuard
 from raftstate.node.metrics import NodeMetrics
+from raftstate.node.ops.local_cluster import free_ports
 
 DEADLINE_S = 0.5
 

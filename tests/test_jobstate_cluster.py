@@ -1,8 +1,8 @@
 """Keys, TTLs, counters, fenced locks and exactly-once writes through the HTTP API of a real
-3-node cluster (tests/procs.py): real processes, sockets, fsync, kill -9, SIGSTOP, skewed clocks.
+3-node cluster (node/ops/local_cluster.py): real processes, sockets, fsync, kill -9, SIGSTOP, skewed clocks.
 
 One cluster serves the whole module (each test uses its own keys); every node's wall clock is
-offset by the file named in RAFTSTATE_CLOCK_OFFSET_FILE (node/clock.py), which tests rewrite to skew
+offset by the file named in RAFTSTATE_CLOCK_OFFSET_FILE (node/runtime/clock.py), which tests rewrite to skew
 a follower by minutes or step the leader's clock back. Small limits make the size errors cheap,
 a low snapshot threshold makes snapshot installs happen, a short session idle timeout makes
 session expiry testable.
@@ -24,7 +24,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from procs import LocalCluster, wait_until
+from raftstate.node.ops.local_cluster import LocalCluster, wait_until
 
 pytestmark = pytest.mark.cluster
 

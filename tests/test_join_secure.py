@@ -1,5 +1,6 @@
 """Unit rules of operating a secured cluster: what a joining node takes from --config FILE
-(node/join.py ``secured``), and how an operator command decides token and TLS (node/node_access.py)."""
+(node/peers/join.py ``secured``), and how an operator command decides token and TLS
+(node/security/node_access.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
-from raftstate.node.bootstrap import settings_from_wire
 from raftstate.node.config import ClusterConfig, NodeConfig, Settings, load_config
-from raftstate.node.join import JoinRefused, secured
-from raftstate.node.node_access import MEMBERS_RECEIVER, NodeAccess
-from raftstate.node.peer_auth import PROOF_HEADER, PeerAuth
+from raftstate.node.peers.bootstrap import settings_from_wire
+from raftstate.node.peers.join import JoinRefused, secured
+from raftstate.node.peers.peer_auth import PROOF_HEADER, PeerAuth
+from raftstate.node.security.node_access import MEMBERS_RECEIVER, NodeAccess
 
 
 def cluster_file(

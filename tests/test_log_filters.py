@@ -6,7 +6,7 @@ import logging
 
 from aiohttp.http_exceptions import InvalidURLError
 
-from raftstate.node.log_filters import MalformedRequestFilter
+from raftstate.node.runtime.log_filters import MalformedRequestFilter
 
 
 def _record(exc: BaseException | None) -> logging.LogRecord:

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 import yaml
-from workload import Workload
 
-from procs import HttpError, LocalCluster, free_ports, http, wait_until
 from raftstate.client import Client
 from raftstate.node.cli import main as raftstate
+from raftstate.node.ops.local_cluster import HttpError, LocalCluster, free_ports, http, wait_until
+from raftstate.node.ops.workload import Workload
 
 pytestmark = pytest.mark.cluster
 

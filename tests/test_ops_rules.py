@@ -11,18 +11,18 @@ from typing import Any
 import pytest
 
 from raftstate.client import protocol as p
-from raftstate.node.backup_file import MAGIC, BackupError, BackupHeader, read_backup, stream_backup
-from raftstate.node.backup_restore import describe, restore
-from raftstate.node.backup_state import SnapshotMovedOn, backup_payload, decode_payload, rebuild_state
-from raftstate.node.bootstrap import read_record, resolve_bootstrap
-from raftstate.node.commands import AcquireLock, Command, SetKey, encode
+from raftstate.node.api.codec import ApiError
 from raftstate.node.config import ClusterConfig, ConfigError, NodeConfig, Settings
-from raftstate.node.http_codec import ApiError
-from raftstate.node.join import JoinRefused, plan_join, wiped_voter_problem
-from raftstate.node.membership import check_add, check_promote, check_remove, reachable
-from raftstate.node.peer_memory import HeardFrom
-from raftstate.node.state_machine import KVStateMachine
-from raftstate.node.storage import DiskStorage, MemoryStorage
+from raftstate.node.ops.backup_file import MAGIC, BackupError, BackupHeader, read_backup, stream_backup
+from raftstate.node.ops.backup_restore import describe, restore
+from raftstate.node.ops.backup_state import SnapshotMovedOn, backup_payload, decode_payload, rebuild_state
+from raftstate.node.peers.bootstrap import read_record, resolve_bootstrap
+from raftstate.node.peers.join import JoinRefused, plan_join, wiped_voter_problem
+from raftstate.node.peers.membership import check_add, check_promote, check_remove, reachable
+from raftstate.node.peers.peer_memory import HeardFrom
+from raftstate.node.state.commands import AcquireLock, Command, SetKey, encode
+from raftstate.node.state.machine import KVStateMachine
+from raftstate.node.storage.store import DiskStorage, MemoryStorage
 from raftstate.raft import Entry, EntryKind, Membership, SnapshotMeta
 from raftstate.raft.ready import SnapshotToInstall
 

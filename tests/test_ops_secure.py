@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from procs import HttpError, LocalCluster, free_ports, http, wait_until
 from raftstate.node.cli import main as raftstate
-from raftstate.node.node_access import MEMBERS_RECEIVER
-from raftstate.node.peer_auth import PeerAuth
-from raftstate.node.transport import CLUSTER_HEADER, NODE_HEADER
+from raftstate.node.ops.local_cluster import HttpError, LocalCluster, free_ports, http, wait_until
+from raftstate.node.peers.peer_auth import PeerAuth
+from raftstate.node.peers.transport import CLUSTER_HEADER, NODE_HEADER
+from raftstate.node.security.node_access import MEMBERS_RECEIVER
 
 pytestmark = pytest.mark.cluster
 

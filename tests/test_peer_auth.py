@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from raftstate.node.peer_auth import PROOF_HEADER, PeerAuth
+from raftstate.node.peers.peer_auth import PROOF_HEADER, PeerAuth
 
 SECRET = b"k" * 32
 

@@ -19,11 +19,11 @@ import aiohttp
 import pytest
 import yaml
 
-from procs import HttpError, LocalCluster, free_ports, http, wait_until
 from raftstate.client import AsyncClient, AuthError, LimitExceeded
-from raftstate.node.peer_auth import PeerAuth
-from raftstate.node.transport import CLUSTER_HEADER, NODE_HEADER, STREAM_PATH, TARGET_HEADER
-from raftstate.node.wire import encode_frame, encode_one
+from raftstate.node.ops.local_cluster import HttpError, LocalCluster, free_ports, http, wait_until
+from raftstate.node.peers.peer_auth import PeerAuth
+from raftstate.node.peers.transport import CLUSTER_HEADER, NODE_HEADER, STREAM_PATH, TARGET_HEADER
+from raftstate.node.peers.wire import encode_frame, encode_one
 from raftstate.raft.messages import AppendEntries, Message, RequestVote
 
 pytestmark = pytest.mark.cluster

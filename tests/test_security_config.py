@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from raftstate.node.config import ConfigError, load_config
-from raftstate.node.security_config import Role, resolve_auth
+from raftstate.node.security.config import Role, resolve_auth
 
 NODES = """\
 cluster_id: test

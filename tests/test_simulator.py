@@ -17,18 +17,14 @@ from pathlib import Path
 
 import pytest
 
-# tests/sim is imported as the top-level package ``sim`` (as scripts/simulate.py does), whatever
-# pytest's import mode.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from raftstate.raft import Entry, EntryKind, HardState, Membership, RaftLog, SnapshotMeta
-from sim import MIXES, Cluster, SimConfig, SimulationFailure, run_seed
-from sim import invariants as inv
-from sim.disk import DiskContractError, SimDisk, WriteBatch
-from sim.mutants import MUTANTS
-from sim.network import NetConfig, Network, bridge, isolate, one_way, symmetric
-from sim.statemachine import KVStateMachine
-from sim.summary import ClassSummary
+from raftstate.raft.sim import MIXES, Cluster, SimConfig, SimulationFailure, run_seed
+from raftstate.raft.sim import invariants as inv
+from raftstate.raft.sim.disk import DiskContractError, SimDisk, WriteBatch
+from raftstate.raft.sim.mutants import MUTANTS
+from raftstate.raft.sim.network import NetConfig, Network, bridge, isolate, one_way, symmetric
+from raftstate.raft.sim.statemachine import KVStateMachine
+from raftstate.raft.sim.summary import ClassSummary
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -244,7 +240,7 @@ def test_same_seed_same_run() -> None:
 def test_replay_is_independent_of_hash_randomization() -> None:
     """Set iteration order changes with PYTHONHASHSEED; neither the core nor the driver may depend on it."""
     code = (
-        "from sim import Cluster, SimConfig\n"
+        "from raftstate.raft.sim import Cluster, SimConfig\n"
         "from test_simulator import _digest\n"
         "c = Cluster(SimConfig(seed=5, steps=1500, mix='membership', nodes=5, check_idle_traffic=False))\n"
         "c.run(); print(_digest(c))\n"

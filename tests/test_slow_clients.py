@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from procs import LocalCluster, wait_until
 from raftstate.client import AsyncClient
+from raftstate.node.ops.local_cluster import LocalCluster, wait_until
 
 pytestmark = pytest.mark.cluster
 

@@ -4,7 +4,7 @@ applied in between (node/driver.py builds snapshots this way to keep heartbeats 
 
 from __future__ import annotations
 
-from raftstate.node.state_machine import KVStateMachine, encode_command
+from raftstate.node.state.machine import KVStateMachine, encode_command
 
 
 def test_snapshot_later_encodes_the_state_of_the_call_not_of_the_encoding() -> None:

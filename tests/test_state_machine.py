@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from raftstate.client import protocol as p
-from raftstate.node.commands import (
+from raftstate.node.state.commands import (
     AcquireLock,
     Command,
     CommandError,
@@ -32,8 +32,8 @@ from raftstate.node.commands import (
     decode,
     encode,
 )
-from raftstate.node.sm_expiry import ExpiryIndex
-from raftstate.node.state_machine import KVStateMachine, encode_command
+from raftstate.node.state.expiry import ExpiryIndex
+from raftstate.node.state.machine import KVStateMachine, encode_command
 
 T0 = 1_700_000_000_000  # an arbitrary cluster time (ms)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from raftstate.node.snapshot_store import SnapshotStore
-from raftstate.node.storage import DiskStorage, LoadedState, MemoryStorage, Storage
-from raftstate.node.storage_errors import DataDirLocked, StorageCorruption, StorageIOError
+from raftstate.node.storage.errors import DataDirLocked, StorageCorruption, StorageIOError
+from raftstate.node.storage.snapshot_store import SnapshotStore
+from raftstate.node.storage.store import DiskStorage, LoadedState, MemoryStorage, Storage
 from raftstate.raft.messages import Entry, HardState, Membership, SnapshotMeta
 from raftstate.raft.ready import PersistedState, SnapshotToInstall
 
@@ -314,7 +314,7 @@ def test_two_storages_on_one_data_dir_are_refused(tmp_path: Path) -> None:
 
 _WRITER = """
 import sys
-from raftstate.node.storage import DiskStorage
+from raftstate.node.storage.store import DiskStorage
 from raftstate.raft.messages import Entry, HardState
 
 def data(j):

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from raftstate.node.data_dir import DataDir, atomic_write
-from raftstate.node.hard_state import HardStateFile
-from raftstate.node.snapshot_store import SnapshotStore, snapshot_name
-from raftstate.node.storage_errors import DataDirLocked, DataDirMismatch, StorageCorruption
+from raftstate.node.storage.data_dir import DataDir, atomic_write
+from raftstate.node.storage.errors import DataDirLocked, DataDirMismatch, StorageCorruption
+from raftstate.node.storage.hard_state import HardStateFile
+from raftstate.node.storage.snapshot_store import SnapshotStore, snapshot_name
 from raftstate.raft.messages import HardState, Membership, SnapshotMeta
 
 
@@ -142,7 +142,7 @@ def test_a_data_dir_locked_by_another_process_is_refused(tmp_path: Path) -> None
             sys.executable,
             "-c",
             "import sys\n"
-            "from raftstate.node.data_dir import DataDir\n"
+            "from raftstate.node.storage.data_dir import DataDir\n"
             "d = DataDir.open(sys.argv[1], node_id='n1')\n"
             "print('locked', flush=True)\n"
             "sys.stdin.read()\n",

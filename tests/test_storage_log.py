@@ -1,4 +1,4 @@
-"""The segmented on-disk log (raftstate.node.log_store): records, rotation, truncation, recovery.
+"""The segmented on-disk log (raftstate.node.storage.log_store): records, rotation, truncation, recovery.
 
 Every test uses real files in a temp dir and real fsyncs. Corruption tests damage the bytes the
 way disks and crashes do, then check the one rule: a torn tail of the last segment is repaired with
@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from raftstate.node.log_store import SegmentedLog, encode_record, segment_name
-from raftstate.node.storage_errors import StorageCorruption
+from raftstate.node.storage.errors import StorageCorruption
+from raftstate.node.storage.log_store import SegmentedLog, encode_record, segment_name
 from raftstate.raft.messages import Entry
 
-LOGGER = "raftstate.node.log_store"
+LOGGER = "raftstate.node.storage.log_store"
 
 
 def ent(index: int, term: int = 1, size: int = 20) -> Entry:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import raftstate.node.data_dir as data_dir
-from raftstate.node.storage import DiskStorage
-from raftstate.node.storage_errors import StorageIOError
+import raftstate.node.storage.data_dir as data_dir
+from raftstate.node.storage.errors import StorageIOError
+from raftstate.node.storage.store import DiskStorage
 from raftstate.raft.messages import Entry, Membership, SnapshotMeta
 from raftstate.raft.ready import SnapshotToInstall
 

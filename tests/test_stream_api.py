@@ -1,7 +1,7 @@
 """``/v1/stream`` on a real 3-node cluster: many operations per WebSocket frame, answered by id,
 through the same validation as HTTP; bad frames answered or refused with a reason while the node
 (and, for a bad frame, the connection) stays up; kill -9 of the leader fails the calls in flight
-and a new stream to the new leader works (client/_stream.py)."""
+and a new stream to the new leader works (client/stream.py)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import aiohttp
 import msgpack
 import pytest
 
-from procs import LocalCluster
-from raftstate.client._stream import StreamConnection
 from raftstate.client.errors import ConnectFailed, InvalidRequest, ResponseLost
+from raftstate.client.stream import StreamConnection
+from raftstate.node.ops.local_cluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
 

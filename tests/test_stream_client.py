@@ -1,4 +1,4 @@
-"""The client's default transport (client/_stream.py): every client operation of docs/api.md maps
+"""The client's default transport (client/stream.py): every client operation of docs/api.md maps
 to its stream op (checked against the node's own route table, so the two cannot drift), other
 requests stay HTTP, and a node without /v1/stream is used over HTTP instead."""
 
@@ -9,9 +9,9 @@ from urllib.parse import quote
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from raftstate.client._stream import StreamingTransport, stream_op
 from raftstate.client._transport import Request, key_path
-from raftstate.node.api import ROUTES
+from raftstate.client.stream import StreamingTransport, stream_op
+from raftstate.node.api.handlers import ROUTES
 
 
 def test_every_node_route_maps_to_its_stream_op_with_the_decoded_name() -> None:

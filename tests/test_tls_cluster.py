@@ -14,10 +14,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from procs import LocalCluster, wait_until
 from raftstate.client import AsyncClient, ConnectFailed, Unavailable
-from raftstate.node.peer_auth import PeerAuth
-from raftstate.node.transport import CLUSTER_HEADER, NODE_HEADER, STREAM_PATH, TARGET_HEADER
+from raftstate.node.ops.local_cluster import LocalCluster, wait_until
+from raftstate.node.peers.peer_auth import PeerAuth
+from raftstate.node.peers.transport import CLUSTER_HEADER, NODE_HEADER, STREAM_PATH, TARGET_HEADER
 
 pytestmark = pytest.mark.cluster
 

@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 
 from raftstate.node.metrics import NodeMetrics
-from raftstate.node.transport import (
+from raftstate.node.peers.transport import (
     CLUSTER_HEADER,
     NODE_HEADER,
     STREAM_PATH,
@@ -29,7 +29,7 @@ from raftstate.node.transport import (
     StreamReceiver,
     TransportOptions,
 )
-from raftstate.node.wire import decode_frame, encode_frame, encode_one
+from raftstate.node.peers.wire import decode_frame, encode_frame, encode_one
 from raftstate.raft.messages import (
     AppendEntries,
     AppendEntriesResp,
@@ -387,7 +387,7 @@ async def test_a_malformed_frame_is_rejected_counted_and_logged(
             f"http://{n2.address}{STREAM_PATH}", headers={NODE_HEADER: "n1", CLUSTER_HEADER: CLUSTER}
         ) as ws,
     ):
-        with caplog.at_level(logging.WARNING, logger="raftstate.node.transport"):
+        with caplog.at_level(logging.WARNING, logger="raftstate.node.peers.transport"):
             await ws.send_bytes(BAD_FRAMES[case])
             await ws.send_bytes(frame(hb("n1", "n2", 7)))  # the same stream still works
             await eventually(lambda: len(n2.got["n1"]) == 1)
@@ -417,7 +417,7 @@ async def test_a_foreign_cluster_is_refused_with_a_clear_log_line(
 ) -> None:
     n2 = await node(cleanup, "n2")
     assert n2.receiver is not None
-    with caplog.at_level(logging.ERROR, logger="raftstate.node.transport"):
+    with caplog.at_level(logging.ERROR, logger="raftstate.node.peers.transport"):
         t = await transport(cleanup, "n1", {"n2": n2.address}, cluster_id="other-cluster")
         t.send(hb("n1", "n2", 1))
         await eventually(lambda: n2.receiver is not None and n2.receiver.handshakes_rejected >= 3)

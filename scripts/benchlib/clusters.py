@@ -1,5 +1,5 @@
-"""The systems under test, started fresh in a temp dir: raftstate (tests/procs.LocalCluster) and a
-3-member etcd on loopback (Debian's etcd-server, default fsync)."""
+"""The systems under test, started fresh in a temp dir: raftstate (raftstate.node.ops.local_cluster)
+and a 3-member etcd on loopback (Debian's etcd-server, default fsync)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from procs import LocalCluster, free_ports, wait_until
+from raftstate.node.ops.local_cluster import LocalCluster, free_ports, wait_until
 
 ETCD_MISSING = (
     "etcd not found: install it with `apt-get install -y etcd-server` (Debian/Ubuntu, etcd 3.4) "

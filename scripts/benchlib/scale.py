@@ -16,7 +16,7 @@ from typing import Any
 
 from clusters import raftstate_endpoints, wait_ready
 
-from procs import LocalCluster, http, wait_until
+from raftstate.node.ops.local_cluster import LocalCluster, http, wait_until
 
 _SNAP_LOG = re.compile(r"took a snapshot at index (\d+) \((\d+) bytes, (\d+) ms\)")
 
@@ -34,8 +34,8 @@ def newest_snapshot(data_dir: Path) -> Path | None:
 
 
 def restore_seconds(path: Path) -> float:
-    from raftstate.node.snapshot_store import SnapshotStore
-    from raftstate.node.state_machine import KVStateMachine
+    from raftstate.node.state.machine import KVStateMachine
+    from raftstate.node.storage.snapshot_store import SnapshotStore
 
     store = SnapshotStore(path.parent)
     ref = store.list()[-1]

@@ -22,8 +22,8 @@ from typing import Any
 import aiohttp
 import msgpack
 
-from raftstate.client._stream import StreamConnection
 from raftstate.client.errors import ConnectFailed, RaftStateError
+from raftstate.client.stream import StreamConnection
 
 MSGPACK = "application/msgpack"
 VALUE_100B = "v" * 100

@@ -1,0 +1,237 @@
+"""The admin route group: membership changes and backups. Attach an admin role/auth HERE.
+
+    GET    /v1/members                  this node's view: cluster id, leader, members with address,
+                                        role, match and lag (on the leader), settings (for --join)
+    POST   /v1/members                  {"id", "address"}: add as a LEARNER (promote once caught up)
+    POST   /v1/members/{id}/promote     learner -> voter (refused while it lags or without quorum)
+    DELETE /v1/members/{id}             remove a voter or learner; removing the leader first hands
+                                        leadership to another voter and answers 421 naming it
+    GET    /v1/snapshot                 a backup file (node/ops/backup_file.py) of the state at a
+                                        linearizable point (ReadIndex barrier), streamed
+
+Changes go to the leader (421 ``not_leader`` elsewhere) and return once the config entry is
+committed and applied on the leader. Refusals (node/peers/membership.py) change nothing; their codes
+are in client/protocol.py. ``raftstate member ...`` (node/ops/cli.py) drives these endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from raftstate.client import protocol as p
+from raftstate.node.api.codec import ApiError, read_body, respond
+from raftstate.node.api.handlers import Api
+from raftstate.node.config import _ID_RE, _ID_RULE, Settings, parse_address
+from raftstate.node.driver import RaftDriver
+from raftstate.node.ops.backup_file import BackupHeader, stream_backup
+from raftstate.node.ops.backup_state import SnapshotMovedOn, backup_payload
+from raftstate.node.peers import membership as rules
+from raftstate.node.peers.peer_memory import HeardFrom
+from raftstate.node.storage.store import Storage
+from raftstate.raft import (
+    ConfChange,
+    ConfChangeInProgress,
+    ConfChangeOp,
+    Entry,
+    EntryKind,
+    Role,
+)
+
+__all__ = ["AdminApi"]
+
+
+class AdminApi:
+    def __init__(self, api: Api, *, cluster_id: str, settings: Settings, data_dir: Path) -> None:
+        self.api = api  # the client API's leader checks, timeouts and error handling, reused
+        self.driver: RaftDriver = api.driver
+        self.heard_from = HeardFrom(data_dir, lambda: self.driver.last_contact_ms.keys())
+        self.cluster_id = cluster_id
+        self.settings = settings
+        #: a learner within this many entries of the leader's log may be promoted
+        self.max_promote_lag = settings.max_entries_per_msg
+
+    def install(self, app: web.Application) -> None:
+        r, t = app.router, self.api._timed
+        r.add_get("/v1/members", t("members_list", self.members_list))
+        r.add_post("/v1/members", t("member_add", self.member_add))
+        r.add_post("/v1/members/{id}/promote", t("member_promote", self.member_promote))
+        r.add_delete("/v1/members/{id}", t("member_remove", self.member_remove))
+        r.add_get("/v1/snapshot", t("snapshot_save", self.snapshot_save))
+        app.cleanup_ctx.append(self.heard_from.background)
+
+    # ----------------------------------------------------------------- membership
+
+    def members_doc(self) -> dict[str, Any]:
+        d, r = self.driver, self.driver.raft
+        m = r.membership
+        now = d.clock_ms()
+        leading = r.role == Role.LEADER
+        rows = []
+        for nid in sorted(m.members):
+            match = (r.last_index if nid == d.id else r.progress[nid].match) if leading else None
+            seen = d.last_contact_ms.get(nid)
+            rows.append(
+                {
+                    "id": nid,
+                    "address": m.address_of(nid),
+                    "role": "voter" if nid in m.voters else "learner",
+                    "match": match,
+                    "lag": None if match is None else max(0, r.last_index - match),
+                    "last_contact_ms_ago": None if seen is None else now - seen,
+                }
+            )
+        return {
+            "cluster_id": self.cluster_id,
+            "node": d.id,
+            "role": r.role.value,
+            "term": r.term,
+            "leader": r.leader,
+            "leader_address": d.addresses.get(r.leader) if r.leader else None,
+            "commit_index": r.commit_index,
+            "last_index": r.last_index,
+            "pending_change": self._pending_change(),
+            "members": rows,
+            #: peers heard from since this process started, and how long ago
+            "heard_from_ms_ago": {n: now - t for n, t in sorted(d.last_contact_ms.items())},
+            #: every peer this node ever heard from, across restarts (the wiped-voter check uses it)
+            "heard_from": sorted(self.heard_from.ids()),
+            "settings": dataclasses.asdict(self.settings),
+        }
+
+    async def members_list(self, request: web.Request) -> web.Response:
+        return respond(request, self.members_doc())
+
+    async def member_add(self, request: web.Request) -> web.Response:
+        body = await read_body(request, self.api.max_request_bytes)
+        node_id = _field(body, "id")
+        if not _ID_RE.fullmatch(node_id):
+            msg = f'POST /v1/members: "id": {node_id!r}: {_ID_RULE}'
+            raise ApiError(p.INVALID_REQUEST, msg, field="id")
+        address = _field(body, "address")
+        try:
+            parse_address(address)
+        except ValueError as exc:
+            msg = f'POST /v1/members: "address": {exc}'
+            raise ApiError(p.INVALID_REQUEST, msg, field="address") from None
+        self.api._require_leader()
+        rules.check_add(self.driver.raft.membership, node_id, address)
+        await self._change(ConfChange(ConfChangeOp.ADD_LEARNER, node_id, address), request)
+        return respond(request, self.members_doc())
+
+    async def member_promote(self, request: web.Request) -> web.Response:
+        node_id = request.match_info["id"]
+        self.api._require_leader()
+        r = self.driver.raft
+        pr = r.progress.get(node_id)
+        match = pr.match if pr is not None else 0
+        up = self._reachable()
+        rules.check_promote(r.membership, node_id, match, r.last_index - match, self.max_promote_lag, up)
+        await self._change(ConfChange(ConfChangeOp.PROMOTE, node_id), request)
+        return respond(request, self.members_doc())
+
+    async def member_remove(self, request: web.Request) -> web.Response:
+        node_id = request.match_info["id"]
+        self.api._require_leader()
+        d = self.driver
+        rules.check_remove(d.raft.membership, node_id, self._reachable())
+        if node_id == d.id:
+            # Leadership moves first, so the cluster never waits out an election timeout; the
+            # client retries on the new leader, which removes us (a follower, by then).
+            voters = d.raft.membership.voters - {d.id}
+            target = max(voters, key=lambda v: (d.raft.progress[v].match, v))
+            await d.transfer_leadership(target, timeout_s=self.api._timeout(request.query))
+            raise self.api._not_leader()
+        await self._change(ConfChange(ConfChangeOp.REMOVE, node_id), request)
+        return respond(request, self.members_doc())
+
+    def _reachable(self) -> set[str]:
+        d = self.driver
+        now = d.clock_ms()
+        ago = {n: now - t for n, t in d.last_contact_ms.items()}
+        return rules.reachable(d.raft.membership, d.id, ago, self.settings.election_timeout_ms)
+
+    def _pending_change(self) -> bool:
+        r = self.driver.raft
+        if r.commit_index >= r.last_index:
+            return False
+        return any(e.kind == EntryKind.CONFIG for e in r.log.slice(r.commit_index + 1, r.last_index))
+
+    async def _change(self, cc: ConfChange, request: web.Request) -> None:
+        try:
+            proposal = self.driver.propose_conf_change(cc, self.api._timeout(request.query))
+            await self.api._outcome(proposal, "check `raftstate member list` before retrying")
+        except ConfChangeInProgress as exc:
+            raise ApiError(
+                p.CHANGE_IN_PROGRESS,
+                f"{exc}; one membership change at a time: wait for it (`raftstate member list`) and retry",
+            ) from None
+
+    # ----------------------------------------------------------------- backup
+
+    async def snapshot_save(self, request: web.Request) -> web.StreamResponse:
+        self.api._require_leader()
+        await self.api._read_barrier(self.api._timeout(request.query))
+        data, sha, point = await self._state_at_a_point()
+        header = BackupHeader(
+            cluster_id=self.cluster_id,
+            index=point.index,
+            term=point.term,
+            time_ms=point.time_ms,
+            base_index=point.base_index,
+            data_bytes=len(data),
+            data_sha256=sha,
+            node=self.driver.id,
+            created_at=time.time(),
+        )
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await resp.prepare(request)
+        for chunk in stream_backup(header, data):
+            await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+
+    async def _state_at_a_point(self) -> tuple[bytes, str, _Point]:
+        """What the backup holds for the applied index right after the read barrier: the stored
+        snapshot and the log entries after it (node/ops/backup_state.py), prepared in a thread."""
+        d = self.driver
+        for _ in range(3):
+            # One step with no await: the index, its term and the entries up to it belong together.
+            index, log = d.sm.applied_index, d.raft.log
+            term = log.term_at(index) or 0
+            entries = log.slice(log.snapshot_index + 1, index) if index > log.snapshot_index else []
+            try:
+                return await asyncio.to_thread(_payload, d.storage, entries, index, term)
+            except SnapshotMovedOn:
+                continue  # a local snapshot was stored meanwhile: take a new point
+        raise ApiError(p.UNAVAILABLE, f"node {d.id}: snapshots kept moving past the backup point; retry")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Point:
+    index: int
+    term: int
+    time_ms: int
+    base_index: int
+
+
+def _payload(storage: Storage, entries: list[Entry], index: int, term: int) -> tuple[bytes, str, _Point]:
+    data, time_ms, base_index = backup_payload(storage, entries, index)
+    return data, hashlib.sha256(data).hexdigest(), _Point(index, term, time_ms, base_index)
+
+
+def _field(body: Any, name: str) -> str:
+    value = body.get(name) if isinstance(body, dict) else None
+    if not isinstance(value, str) or not value:
+        raise ApiError(
+            p.INVALID_REQUEST,
+            f'POST /v1/members: "{name}" must be a non-empty string, got {value!r}',
+            field=name,
+        )
+    return value

@@ -1,0 +1,348 @@
+"""HTTP API of a node: the v1 client endpoints (docs/api.md) and the operations endpoints.
+
+    GET    /health, /ready, /status[?digest=1], /metrics
+    GET    /v1/kv/{key}                      [?consistency=stale]
+    PUT    /v1/kv/{key}                      {"value", "ttl"?, "expires_at"?, "if_absent"?, "if_version"?}
+    DELETE /v1/kv/{key}                      {"if_version"?, ...}
+    POST   /v1/kv/{key}/increment            {"by"?, "ttl"?, "expires_at"?, ...}
+    GET    /v1/keys?prefix=&after=&limit=    [&consistency=stale]
+    POST   /v1/locks/{name}/acquire|renew|release
+    GET    /v1/locks/{name}                  [?consistency=stale]
+    POST   /v1/sessions, /v1/sessions/{id}/keepalive
+    POST   /v1/leader/transfer               {"to"?}
+
+Every /v1/ endpoint also takes ``?timeout=S`` (seconds, at most the node's request timeout).
+
+A write is validated and size-checked (node/api/schema.py) before it is proposed; the state
+machine's outcome comes back once the entry is applied on this node. Writes and linearizable reads
+on a follower are answered ``not_leader`` (421) naming the leader's id and address. Reads compute
+expiry at this node's read time (node/runtime/cluster_time.py) and never change state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from raftstate.client import protocol as p
+from raftstate.node.api import schema
+from raftstate.node.api.admission import check_room
+from raftstate.node.api.codec import ApiError, error_response, read_body, respond
+from raftstate.node.api.schema import ApiLimits
+from raftstate.node.driver import OutcomeUnknown, ProposalLost, RaftDriver, ReadAborted
+from raftstate.node.metrics import NodeMetrics
+from raftstate.node.runtime.cluster_time import ClusterTime
+from raftstate.node.state.commands import Command, CommandError, encode, to_seconds
+from raftstate.raft import LeadershipTransferInProgress, NotLeader, Role
+
+log = logging.getLogger("raftstate.node")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: one client operation: (raw name, decoded body, query parameters) -> response body; raises ApiError
+Operation = Callable[[str, Any, Mapping[str, str]], Awaitable[Any]]
+
+
+class Api:
+    def __init__(
+        self,
+        driver: RaftDriver,
+        metrics: NodeMetrics,
+        *,
+        cluster_time: ClusterTime,
+        limits: ApiLimits,
+        max_request_bytes: int,
+        request_timeout_s: float = 5.0,
+        extra_status: Callable[[], dict[str, Any]] = dict,
+        stale_reads_bug: bool = False,
+    ) -> None:
+        self.driver = driver
+        self.metrics = metrics
+        self.cluster_time = cluster_time
+        self.limits = limits
+        self.max_request_bytes = max_request_bytes
+        self.timeout_s = request_timeout_s
+        self.extra_status = extra_status
+        self.stale_reads_bug = stale_reads_bug  # TEST-ONLY (node/runtime/inject_bug.py): skip ReadIndex
+
+    def install(self, app: web.Application) -> None:
+        app.middlewares.append(_unknown_routes_as_errors)
+        r = app.router
+        r.add_get("/health", self.health)
+        r.add_get("/ready", self.ready)
+        r.add_get("/status", self.status)
+        r.add_get("/metrics", self.metrics_text)
+        # {key} is one path segment (a '/' inside it travels as %2F); {key:.+} also takes raw slashes.
+        ops = self.operations()
+        for method, path, op, param in ROUTES:
+            r.add_route(method, path, self._timed(op, self._http(ops[op], param)))
+        r.add_post("/v1/leader/transfer", self._timed("transfer", self.leader_transfer))
+
+    # ----------------------------------------------------------------- operations endpoints
+
+    async def health(self, request: web.Request) -> web.Response:
+        return respond(request, {"ok": True, "id": self.driver.id})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        r = self.driver.raft
+        ok = r.leader is not None and r.applied_index >= r.commit_index
+        body = {"ready": ok, "id": self.driver.id, "leader": r.leader, "applied_index": r.applied_index}
+        return respond(request, body, 200 if ok else 503)
+
+    async def status(self, request: web.Request) -> web.Response:
+        sm = self.driver.sm
+        body = {
+            **self.driver.status(),
+            **self.extra_status(),
+            "cluster_time_ms": self.cluster_time.now_ms(),
+            "state": {"keys": len(sm.keys), "locks": len(sm.locks), "sessions": len(sm.sessions)},
+        }
+        if request.query.get("digest") == "1":
+            # The whole state's canonical bytes, hashed: replicas at one applied index must agree.
+            body["state_digest"] = {
+                "applied_index": sm.applied_index,
+                "sha256": hashlib.sha256(sm.snapshot()).hexdigest(),
+            }
+        return respond(request, body)
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        r = self.driver.raft
+        self.metrics.set_indexes(committed=r.commit_index, applied=r.applied_index)
+        resp = web.Response(body=self.metrics.render())
+        resp.content_type = "text/plain"
+        resp.charset = "utf-8"
+        return resp
+
+    async def leader_transfer(self, request: web.Request) -> web.Response:
+        body = await read_body(request, self.max_request_bytes)
+        target = body.get("to") if isinstance(body, dict) else None
+        if target is not None and target not in self.driver.raft.membership.voters:
+            raise ApiError(
+                p.INVALID_REQUEST,
+                f"{target!r} is not a voter",
+                voters=sorted(self.driver.raft.membership.voters),
+            )
+        self._require_leader()
+        leader = await self.driver.transfer_leadership(target, timeout_s=self._timeout(request.query))
+        return respond(request, {"leader": leader})
+
+    # ----------------------------------------------------------------- client operations
+    #
+    # ONE function per operation, shared by HTTP (the handlers below) and the multiplexed stream
+    # (node/api/stream.py): ``(name, body, query) -> response body``, raising ApiError. ``name`` is
+    # the raw key / lock name / session id (validated here), ``body`` the decoded request body
+    # ({} when none), ``query`` the HTTP query parameters (?timeout=, ?consistency=, listing).
+
+    async def op_get(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        key = schema.name_from_path(name, self.limits, "key")
+        now = await self._read_time(query)
+        rec = self.driver.sm.get(key, now)
+        if rec is None:
+            raise ApiError(p.NOT_FOUND, f"key {key!r} does not exist (or has expired)", key=key)
+        return {
+            "key": key,
+            "value": rec.value,
+            "version": rec.version,
+            "expires_at": to_seconds(rec.expires_at_ms),
+        }
+
+    async def op_set(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        key = schema.name_from_path(name, self.limits, "key")
+        return await self._write(query, lambda: schema.put(key, body, self.limits))
+
+    async def op_delete(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        key = schema.name_from_path(name, self.limits, "key")
+        return await self._write(query, lambda: schema.delete(key, body, self.limits))
+
+    async def op_increment(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        key = schema.name_from_path(name, self.limits, "key")
+        return await self._write(query, lambda: schema.increment(key, body, self.limits))
+
+    async def op_list(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        q = schema.list_query(query, self.limits)
+        now = await self._read_time(query)
+        keys, nxt = self.driver.sm.list_keys(q.prefix, q.after, q.limit, now)
+        return {"keys": keys, "next": nxt}
+
+    async def op_lock_acquire(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        lock = schema.name_from_path(name, self.limits, "lock name")
+        return await self._write(query, lambda: schema.acquire(lock, body, self.limits))
+
+    async def op_lock_renew(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        lock = schema.name_from_path(name, self.limits, "lock name")
+        return await self._write(query, lambda: schema.renew(lock, body, self.limits))
+
+    async def op_lock_release(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        lock = schema.name_from_path(name, self.limits, "lock name")
+        return await self._write(query, lambda: schema.release(lock, body, self.limits))
+
+    async def op_lock_get(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        lock = schema.name_from_path(name, self.limits, "lock name")
+        now = await self._read_time(query)
+        lk = self.driver.sm.lock(lock, now)
+        if lk is None:
+            raise ApiError(
+                p.NOT_FOUND, f"lock {lock!r} is free (never acquired, released, or expired)", name=lock
+            )
+        return {
+            "name": lock,
+            "owner": lk.owner,
+            "token": lk.token,
+            "expires_at": to_seconds(lk.expires_at_ms),
+        }
+
+    async def op_session_open(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        return await self._write(query, lambda: schema.open_session(body, self.limits))
+
+    async def op_session_keepalive(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        return await self._write(query, lambda: schema.keepalive(name, body, self.limits))
+
+    def operations(self) -> dict[str, Operation]:
+        """Operation name (also its metrics label) -> its function."""
+        return {
+            "get": self.op_get,
+            "set": self.op_set,
+            "delete": self.op_delete,
+            "increment": self.op_increment,
+            "list": self.op_list,
+            "lock_acquire": self.op_lock_acquire,
+            "lock_renew": self.op_lock_renew,
+            "lock_release": self.op_lock_release,
+            "lock_get": self.op_lock_get,
+            "session_open": self.op_session_open,
+            "session_keepalive": self.op_session_keepalive,
+        }
+
+    def _http(self, op: Operation, param: str | None = None) -> Handler:
+        """The HTTP face of an operation: path parameter, body and query in, response out."""
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            name = request.match_info[param] if param else ""
+            body = {} if request.method == "GET" else await read_body(request, self.max_request_bytes)
+            return respond(request, await op(name, body, request.query))
+
+        return handler
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _timeout(self, query: Mapping[str, str]) -> float:
+        return schema.timeout_s(query, self.timeout_s)
+
+    async def _write(self, query: Mapping[str, str], build: Callable[[], Command]) -> Any:
+        timeout = self._timeout(query)
+        cmd = build()
+        check_room(cmd, self.driver.sm, self.cluster_time.now_ms())  # before proposing, not only at apply
+        try:
+            data = encode(cmd)
+        except CommandError as exc:  # api_schema missed something: still never propose it
+            raise ApiError(exc.code, exc.message, **exc.details) from None
+        return await self._propose(data, timeout)
+
+    async def _read_time(self, query: Mapping[str, str]) -> int:
+        """Wait until a linearizable read is safe (unless ?consistency=stale); return the read time."""
+        stale = schema.stale_read(query)
+        if not stale and not self.stale_reads_bug:  # the injected bug: any node answers, no ReadIndex
+            await self._read_barrier(self._timeout(query))
+        return self.cluster_time.now_ms()
+
+    def _not_leader(self) -> ApiError:
+        leader = self.driver.raft.leader
+        addr = self.driver.addresses.get(leader) if leader else None
+        where = f"the leader is {leader} at {addr}" if leader else "no leader is known yet; retry shortly"
+        return ApiError(
+            p.NOT_LEADER,
+            f"node {self.driver.id} is not the leader; {where}",
+            leader=leader,
+            leader_address=addr,
+        )
+
+    def _require_leader(self) -> None:
+        if self.driver.raft.role != Role.LEADER:
+            raise self._not_leader()
+
+    async def _read_barrier(self, timeout_s: float) -> None:
+        try:
+            await self.driver.read_barrier(timeout_s)
+        except NotLeader:
+            raise self._not_leader() from None
+        except ReadAborted as exc:
+            raise ApiError(p.UNAVAILABLE, f"{exc}; retry on the new leader") from None
+        except TimeoutError as exc:
+            raise ApiError(p.TIMEOUT, f"node {self.driver.id}: {exc}") from None
+
+    async def _propose(self, cmd: bytes, timeout_s: float) -> Any:
+        self.metrics.proposals_total.inc()
+        return await self._outcome(self.driver.propose(cmd, timeout_s))
+
+    async def _outcome(
+        self,
+        proposal: Awaitable[Any],
+        unknown_hint: str = "retry only with the same session and seq (exactly-once)",
+    ) -> Any:
+        """Await a proposal, turning the driver's and the core's refusals into API errors."""
+        try:
+            result = await proposal
+        except NotLeader:
+            raise self._not_leader() from None
+        except LeadershipTransferInProgress as exc:
+            raise ApiError(p.UNAVAILABLE, f"{exc}; nothing was applied: retry shortly") from None
+        except ProposalLost as exc:
+            raise ApiError(p.UNAVAILABLE, f"{exc}; it was not applied: retry") from None
+        except OutcomeUnknown as exc:
+            raise ApiError(p.OUTCOME_UNKNOWN, f"{exc}; {unknown_hint}") from None
+        except CommandError as exc:
+            raise ApiError(exc.code, exc.message, **exc.details) from None
+        return result
+
+    def _timed(self, op: str, handler: Handler) -> Handler:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            t0 = time.perf_counter()
+            status = "ok"
+            try:
+                return await handler(request)
+            except ApiError as err:
+                status = err.code
+                return error_response(request, err)
+            except Exception as exc:  # a bug: answer it, keep serving
+                status = p.INTERNAL
+                log.exception("%s %s failed", request.method, request.path)
+                return error_response(request, ApiError(p.INTERNAL, f"internal error: {exc!r}"))
+            finally:
+                self.metrics.observe_request(op, status, time.perf_counter() - t0)
+
+        return wrapped
+
+
+#: HTTP method, path, operation, path parameter carrying the name
+ROUTES: tuple[tuple[str, str, str, str | None], ...] = (
+    # {key} is one path segment (a '/' inside it travels as %2F); {key:.+} also takes raw slashes.
+    ("POST", "/v1/kv/{key}/increment", "increment", "key"),
+    ("GET", "/v1/kv/{key:.+}", "get", "key"),
+    ("PUT", "/v1/kv/{key:.+}", "set", "key"),
+    ("DELETE", "/v1/kv/{key:.+}", "delete", "key"),
+    ("GET", "/v1/keys", "list", None),
+    ("POST", "/v1/locks/{name}/acquire", "lock_acquire", "name"),
+    ("POST", "/v1/locks/{name}/renew", "lock_renew", "name"),
+    ("POST", "/v1/locks/{name}/release", "lock_release", "name"),
+    ("GET", "/v1/locks/{name:.+}", "lock_get", "name"),
+    ("POST", "/v1/sessions", "session_open", None),
+    ("POST", "/v1/sessions/{id}/keepalive", "session_keepalive", "id"),
+)
+
+
+@web.middleware
+async def _unknown_routes_as_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An unknown path or method gets a structured error, not aiohttp's plain-text 404/405 (which a
+    client could mistake for a missing key)."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        err = ApiError(
+            p.INVALID_REQUEST,
+            f"no endpoint {request.method} {request.path} ({exc.reason}); see docs/api.md",
+        )
+        return error_response(request, err)

@@ -1,0 +1,229 @@
+"""Client authentication and the one authorization point of the HTTP API.
+
+Every request passes :func:`auth_middleware`, which looks the route up in :data:`ROUTE_ROLES` and
+calls :func:`authorize`. DENY BY DEFAULT: a route missing from the table needs ``admin``, so a new
+endpoint is closed until someone decides otherwise (add it to the table, or call
+``authorize(request, Role.X)`` from the handler for a finer rule).
+
+    no token, or not a token of this cluster   401 unauthorized   (WWW-Authenticate: Bearer)
+    a token whose role is too weak             403 forbidden
+
+Tokens travel as ``Authorization: Bearer <token>`` and are compared in constant time
+(:func:`hmac.compare_digest` over every configured token, never stopping at the first match).
+Failures are counted in ``raftstate_auth_failures{reason}`` and logged with the remote address and
+the route — never the token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from aiohttp import web
+from prometheus_client import Counter
+
+from raftstate.client import protocol as p
+from raftstate.node.api.codec import ApiError, error_response
+from raftstate.node.metrics import NodeMetrics
+from raftstate.node.security.config import ResolvedAuth, Role
+
+__all__ = [
+    "AUTHENTICATOR",
+    "MEMBERS_PROOF",
+    "PEER",
+    "PUBLIC",
+    "READ_OR_PEER",
+    "ROUTE_ROLES",
+    "Authenticator",
+    "auth_middleware",
+    "authorize",
+    "granted_role",
+    "need_of_route",
+    "refuse_weak_role",
+]
+
+log = logging.getLogger("raftstate.node.security.auth")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+PUBLIC: Final = "public"  #: no token needed
+PEER: Final = "peer"  #: authenticated by the peer handshake (node/peers/peer_auth.py), not by a token
+#: a read token, or a members proof made with the cluster secret (node/peers/members_auth.py)
+READ_OR_PEER: Final = "read_or_peer"
+Need = Role | str
+
+#: (method, route as registered) -> who may call it. Anything not listed needs Role.ADMIN.
+ROUTE_ROLES: Final[dict[tuple[str, str], Need]] = {
+    ("GET", "/health"): PUBLIC,
+    ("GET", "/ready"): PUBLIC,  # a load balancer's probe: says only ready or not, and who leads
+    ("GET", "/status"): Role.READ,  # unless auth.open lists "status"
+    ("GET", "/metrics"): Role.READ,  # unless auth.open lists "metrics"
+    ("GET", "/raft/v1/stream"): PEER,
+    ("GET", "/v1/kv/{key}"): Role.READ,
+    ("GET", "/v1/keys"): Role.READ,
+    ("GET", "/v1/locks/{name}"): Role.READ,
+    ("PUT", "/v1/kv/{key}"): Role.WRITE,
+    ("DELETE", "/v1/kv/{key}"): Role.WRITE,
+    ("POST", "/v1/kv/{key}/increment"): Role.WRITE,
+    ("POST", "/v1/locks/{name}/acquire"): Role.WRITE,
+    ("POST", "/v1/locks/{name}/renew"): Role.WRITE,
+    ("POST", "/v1/locks/{name}/release"): Role.WRITE,
+    ("POST", "/v1/sessions"): Role.WRITE,
+    ("POST", "/v1/sessions/{id}/keepalive"): Role.WRITE,
+    ("POST", "/v1/leader/transfer"): Role.ADMIN,
+    ("GET", "/v1/stream"): Role.READ,  # each operation on it is then checked like its HTTP route
+    ("GET", "/v1/members"): READ_OR_PEER,  # --join and the wiped-voter check ask it with no token
+}
+_OPENABLE: Final = {"/status": "status", "/metrics": "metrics"}
+
+
+class Authenticator:
+    """The resolved tokens of one node, and its failure counter."""
+
+    def __init__(self, auth: ResolvedAuth, metrics: NodeMetrics) -> None:
+        self.enabled = auth.enabled
+        self.open_endpoints = auth.open_endpoints
+        # Keep digests, not tokens: compare_digest then always compares 32 bytes, whatever was sent.
+        self._tokens = [(name, role, hashlib.sha256(tok).digest()) for name, role, tok in auth.tokens]
+        self.failures = Counter(
+            "raftstate_auth_failures",
+            "Client requests refused by authentication (401) or authorization (403), by reason",
+            ["reason"],
+            registry=metrics.registry,
+        )
+        for reason in ("missing_token", "invalid_token", "weak_role"):
+            self.failures.labels(reason=reason)  # export zeros, not gaps
+        self._last_log: dict[tuple[str, str], float] = {}
+
+    def role_of(self, request: web.Request) -> tuple[str, Role] | None:
+        """(token name, role) of the request's bearer token; None if it has none or a wrong one."""
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        digest = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
+        found: tuple[str, Role] | None = None
+        for name, role, want in self._tokens:  # no early exit: time does not depend on which matched
+            if hmac.compare_digest(digest, want) and found is None:
+                found = (name, role)
+        return found
+
+    def refuse(self, request: web.Request, reason: str, code: str, message: str) -> ApiError:
+        self.failures.labels(reason=reason).inc()
+        remote = request.remote or "?"
+        # One line per (address, reason) per second: a flood must not flood the log too.
+        now = time.monotonic()
+        key = (remote, reason)
+        if now - self._last_log.get(key, 0.0) >= 1.0:
+            if len(self._last_log) > 10_000:
+                self._last_log.clear()
+            self._last_log[key] = now
+            log.warning("refused %s %s from %s: %s", request.method, request.path, remote, reason)
+        return ApiError(code, message)
+
+
+AUTHENTICATOR: Final = web.AppKey("raftstate_authenticator", Authenticator)
+#: does this request carry a valid members proof (node/peers/members_auth.py)? Absent: auth is off.
+MEMBERS_PROOF: Final[web.AppKey[Callable[[web.Request], bool]]] = web.AppKey("raftstate_members_proof")
+
+
+def authorize(request: web.Request, need: Need) -> None:
+    """Raise ApiError (401/403) unless the request may do what ``need`` requires. Call it from a
+    handler for a rule finer than its route's; the middleware calls it for every route."""
+    auth = request.app.get(AUTHENTICATOR)
+    if auth is None or not auth.enabled or need in (PUBLIC, PEER):
+        return
+    if need == READ_OR_PEER:
+        proof = request.app.get(MEMBERS_PROOF)
+        if proof is not None and proof(request):
+            return
+        need = Role.READ
+    assert isinstance(need, Role)
+    who = auth.role_of(request)
+    if who is None:
+        missing = "Authorization" not in request.headers
+        reason = "missing_token" if missing else "invalid_token"
+        what = "carries no token" if missing else "carries a token this cluster does not know"
+        raise auth.refuse(
+            request,
+            reason,
+            p.UNAUTHORIZED,
+            f"{request.method} {request.path} {what}; send 'Authorization: Bearer <token>' with a token "
+            f"of role {need.name.lower()} or higher (client: token=..., CLI: --token or RAFTSTATE_TOKEN)",
+        )
+    name, role = who
+    if role < need:
+        raise auth.refuse(
+            request,
+            "weak_role",
+            p.FORBIDDEN,
+            f"{request.method} {request.path} needs role {need.name.lower()}; token {name!r} has role "
+            f"{role.name.lower()}; use a token with that role",
+        )
+
+
+def granted_role(request: web.Request) -> Role:
+    """The role this request's token grants (admin when auth is off). For a connection that carries
+    many operations (the /v1/stream WebSocket): the handshake passed :func:`authorize`, and each
+    operation is then held to its own route's role with :func:`refuse_weak_role`."""
+    auth = request.app.get(AUTHENTICATOR)
+    if auth is None or not auth.enabled:
+        return Role.ADMIN
+    who = auth.role_of(request)
+    return who[1] if who is not None else Role.READ  # None only for an auth.open route: least role
+
+
+def _table_need(method: str, canonical: str) -> Need:
+    """The one lookup of :data:`ROUTE_ROLES`: admin for anything it does not list (deny by default)."""
+    return ROUTE_ROLES.get((method, canonical), Role.ADMIN)
+
+
+def need_of_route(method: str, route: str) -> Role:
+    """The role the table asks of ``method route``, a route as registered (``{key:.+}`` allowed):
+    aiohttp's own resource gives the canonical form, the same one :func:`route_need` looks up."""
+    resource = web.DynamicResource(route) if "{" in route else web.PlainResource(route)
+    need = _table_need(method, resource.canonical)
+    return need if isinstance(need, Role) else Role.READ
+
+
+def refuse_weak_role(request: web.Request, have: Role, need: Role, what: str) -> None:
+    """Raise 403 (counted and logged like the middleware's) when ``have`` is below ``need``."""
+    auth = request.app.get(AUTHENTICATOR)
+    if auth is None or not auth.enabled or have >= need:
+        return
+    raise auth.refuse(
+        request,
+        "weak_role",
+        p.FORBIDDEN,
+        f"{what} needs role {need.name.lower()}; this connection's token has role "
+        f"{have.name.lower()}; use a token with that role",
+    )
+
+
+def route_need(request: web.Request) -> Need:
+    """What the table says for this request's route (admin for anything it does not list)."""
+    info = request.match_info
+    resource = info.route.resource if info.http_exception is None else None
+    canonical = resource.canonical if resource is not None else ""
+    method = "GET" if request.method == "HEAD" else request.method
+    need = _table_need(method, canonical)
+    auth = request.app.get(AUTHENTICATOR)
+    if auth is not None and _OPENABLE.get(canonical) in auth.open_endpoints:
+        return PUBLIC
+    return need
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        authorize(request, route_need(request))
+    except ApiError as err:
+        resp = error_response(request, err)
+        if err.code == p.UNAUTHORIZED:
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="raftstate"'
+        return resp
+    return await handler(request)

@@ -1,0 +1,19 @@
+"""A deterministic, seeded, in-process simulator of a raftstate cluster (issue #2).
+
+One ``random.Random(seed)`` drives network delays, loss, faults and the client workload; each
+node's core gets its own ``random.Random`` derived from it. A run is a fixed number of *steps*
+(events), with the invariants of :mod:`sim.invariants` checked after every step, then a liveness
+phase. A failure raises :class:`SimulationFailure` whose message names the invariant, the seed, the
+step, the last events, and the command that replays it::
+
+    python scripts/simulate.py --seed S --steps M --mix NAME
+
+Modules: network (links, partitions), disk (durable vs in-flight writes), statemachine (the KV
+store), node (one server), cluster (event loop and Ready driver), faults (mixes and the injector),
+invariants (the named checks), mutants (broken cores the tests must catch), summary (soak reports).
+"""
+
+from raftstate.raft.sim.cluster import Cluster, RunStats, SimConfig, SimulationFailure, run_seed
+from raftstate.raft.sim.faults import MIXES, Mix
+
+__all__ = ["MIXES", "Cluster", "Mix", "RunStats", "SimConfig", "SimulationFailure", "run_seed"]
