@@ -3,6 +3,7 @@
 raftstate node    --config cluster.yaml --id n1     run one node in the foreground
 raftstate cluster up [--config cluster.yaml]        run every node of the file as child processes
 raftstate status  [--config cluster.yaml]           one table: every node's role, term, indexes
+raftstate chaos   [--duration 60 --faults ...]      chaos runs against a local cluster (node/chaos)
 """
 
 from __future__ import annotations
@@ -56,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
 
     add_client_commands(sub)  # get | set | delete | incr | keys | lock (client/cli.py)
     add_ops_commands(sub)  # member | leader | snapshot (node/ops/cli.py)
+    # Listed for --help; its options belong to its own parser (node/chaos/cli.py), reached below.
+    sub.add_parser("chaos", help="break a local cluster on purpose and check the history (chaos --help)")
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["chaos"]:
+        from raftstate.node.chaos.cli import main as chaos_main
+
+        return chaos_main(words[1:])
     args = parser.parse_args(argv)
     if "ops_command" in args:
         return run_ops_command(args)

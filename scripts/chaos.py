@@ -1,104 +1,13 @@
 #!/usr/bin/env python3
-"""Break a real cluster on purpose and check that nothing was lost or reordered (node/chaos).
+"""Chaos runs from a checkout: the same as ``raftstate chaos`` (node/chaos/cli.py has the options).
 
     python scripts/chaos.py --nodes 3 --duration 60 --faults kill,pause,partition,clock,restart-all
     python scripts/chaos.py --seed 17                               replay one run
-    python scripts/chaos.py --runs 50 --duration 60                 soak: one seed per run, then a summary
-    python scripts/chaos.py --duration 20 --faults restart-all --inject-bug ack-before-fsync
-    python scripts/chaos.py --runs 3 --duration 40 --faults membership,kill,partition
-
-Each run prints its verdict table and writes a report folder (history, fault timeline, latency
-picture: report.html). Exit status 0 only if every check of every run passed; 2 for a usage error.
-Every failure prints its seed and replay command.
 """
 
-from __future__ import annotations
-
-import argparse
-import random
 import sys
-import time
-from collections import Counter
-from pathlib import Path
 
-from raftstate.node.chaos.faults import FAULTS
-from raftstate.node.chaos.report import verdict_table
-from raftstate.node.chaos.run import RunConfig, RunResult, replay_command, run
-from raftstate.node.runtime.inject_bug import BUGS
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--nodes", type=int, default=3, choices=[3, 5], help="cluster size")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of workload and faults per run")
-    p.add_argument("--faults", default="kill,pause,partition,clock,restart-all",
-                   help=f"comma-separated subset of: {', '.join(FAULTS)}")
-    p.add_argument("--seed", type=int, help="seed of the (first) run; default: random")
-    p.add_argument("--runs", type=int, default=1, help="runs, with seeds seed, seed+1, ...")
-    p.add_argument("--inject-bug", choices=BUGS, help="run every node with this deliberate bug (test-only)")
-    p.add_argument("--report", type=Path, help="report folder (with --runs: one subfolder per seed)")
-    a = p.parse_args(argv)
-
-    kinds = [k.strip() for k in a.faults.split(",") if k.strip()]
-    for k in kinds:
-        if k not in FAULTS:
-            p.error(f"--faults: unknown fault {k!r}; choose from {', '.join(FAULTS)}")
-    if not kinds:
-        p.error("--faults: give at least one fault kind")
-    if a.duration < 5 or a.runs < 1:
-        p.error("--duration must be >= 5 seconds and --runs >= 1")
-    first = a.seed if a.seed is not None else random.randrange(1, 1_000_000)
-
-    results: list[RunResult] = []
-    for seed in range(first, first + a.runs):
-        report = None
-        if a.report is not None:
-            report = a.report / f"seed-{seed}" if a.runs > 1 else a.report
-        cfg = RunConfig(seed=seed, nodes=a.nodes, duration_s=a.duration, faults=tuple(kinds),
-                        inject_bug=a.inject_bug, report_dir=report)
-        print(f"== run seed {seed}: {a.nodes} nodes, {a.duration:g}s, faults {','.join(kinds)}"
-              + (f", injected bug {a.inject_bug}" if a.inject_bug else ""), flush=True)
-        started = time.monotonic()
-        try:
-            res = run(cfg)
-        except Exception as exc:  # the harness itself broke: still name the seed and the replay
-            why = f"{type(exc).__name__}: {exc}"
-            print(f"   FAIL seed {seed}: the run could not complete: {why}")
-            print(f"   replay: {replay_command(cfg)}", flush=True)
-            res = RunResult(cfg, [], Counter(), 0, cfg.report_dir or Path("."), why)
-            results.append(res)
-            continue
-        results.append(res)
-        print(verdict_table(res))
-        faults = ", ".join(f"{k} {n}" for k, n in sorted(res.fault_counts.items())) or "none"
-        print(f"   {'PASS' if res.passed else 'FAIL'} seed {seed}: {res.ops} ops, faults: {faults}, "
-              f"{time.monotonic() - started:.0f}s, report {res.report_dir}/report.html", flush=True)
-        if not res.passed:
-            print(f"   replay: {replay_command(cfg)}", flush=True)
-    if a.runs > 1:
-        print(summary(results))
-    return 0 if all(r.passed for r in results) else 1
-
-
-def summary(results: list[RunResult]) -> str:
-    faults: Counter[str] = Counter()
-    for r in results:
-        faults.update(r.fault_counts)
-    checked = sum(c.ops_checked for r in results for c in r.results)
-    failed = [r for r in results if not r.passed]
-    unknown = sum(1 for r in results for c in r.results if c.verdict == "unknown")
-    lines = [
-        "== summary",
-        f"runs: {len(results)} ({len(results) - len(failed)} passed, {len(failed)} failed)",
-        "faults injected: " + (", ".join(f"{k} {n}" for k, n in sorted(faults.items())) or "none")
-        + f" (total {sum(faults.values())})",
-        f"ops recorded: {sum(r.ops for r in results)}; ops checked: {checked}",
-        f"anomalies: {sum(r.anomalies for r in results)}; undecided checks: {unknown}",
-    ]
-    for r in failed:
-        lines.append(f"FAILED seed {r.cfg.seed}: replay with: {replay_command(r.cfg)}")
-    return "\n".join(lines)
-
+from raftstate.node.chaos.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

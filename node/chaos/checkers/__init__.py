@@ -1,6 +1,9 @@
 """The checkers of a chaos run. Each takes the history (and the state read back after healing) and
 returns a :class:`CheckResult`: ``pass``, ``fail`` with the anomalies it found, or ``unknown``
-when it could not decide within its budget (never a hang)."""
+when it could not decide within its budget (never a hang).
+
+Pure functions of a history: they may import only ``raftstate.node.chaos.history`` and this
+package (tests/test_chaos_checkers.py shows each one catching a known-bad history)."""
 
 from __future__ import annotations
 
