@@ -26,19 +26,29 @@ from raftstate.node.peers.bootstrap import resolve_bootstrap
 from raftstate.node.peers.transport import PeerTransport, StreamReceiver, TransportOptions
 from raftstate.node.runtime.clock import NodeClock
 from raftstate.node.runtime.cluster_time import ClusterTime
-from raftstate.node.runtime.inject_bug import ACK_BEFORE_FSYNC, STALE_READS, LateWriteStorage, injected_bug
 from raftstate.node.runtime.sweeper import ExpirySweeper
 from raftstate.node.security.node_security import NodeSecurity
 from raftstate.node.storage.store import DiskStorage, Storage
+from raftstate.node.test_hooks import TestHooks
 from raftstate.raft import Membership, Role
 
 log = logging.getLogger("raftstate.node")
 
 
 class NodeServer:
-    def __init__(self, config: ClusterConfig, node_id: str, *, joining: Membership | None = None) -> None:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        node_id: str,
+        *,
+        joining: Membership | None = None,
+        hooks: TestHooks | None = None,
+    ) -> None:
         """``joining``: the membership learned from a member by ``raftstate node --join`` (this
-        node is not a voter in it); without it the first start bootstraps from ``config.nodes``."""
+        node is not a voter in it); without it the first start bootstraps from ``config.nodes``.
+        ``hooks``: the TEST-ONLY hooks (node/test_hooks.py); by default read from the environment,
+        here and only here — all off unless a test or chaos run set them."""
+        self.hooks = hooks if hooks is not None else TestHooks.from_env()  # fails fast on a bad value
         self.config = config
         self.joining = joining
         self.node = config.node(node_id)
@@ -52,20 +62,20 @@ class NodeServer:
         self.receiver: StreamReceiver | None = None
         self.driver: RaftDriver | None = None
         self.sweeper: ExpirySweeper | None = None
+        self.clock: NodeClock | None = None  # its offset is a test hook (node/test_hooks.py)
         self._last_leader: str | None = None
 
     async def start(self) -> None:
         cfg, s = self.config, self.config.settings
-        disk = self.storage = DiskStorage(
+        hooks = self.hooks  # TEST-ONLY: each component gets its own hook, explicitly; all off normally
+        disk = DiskStorage(
             Path(self.node.data_dir),
             node_id=self.id,
             cluster_id=cfg.cluster_id,
             on_fsync=self.metrics.fsync_seconds.observe,
+            fsync_delay_s=hooks.fsync_delay_s,
         )
-        # TEST-ONLY deliberate bugs for chaos runs (node/runtime/inject_bug.py); None normally
-        bug = injected_bug()
-        if bug == ACK_BEFORE_FSYNC:
-            self.storage = LateWriteStorage(self.storage)
+        self.storage = hooks.storage(disk)
         options = TransportOptions(max_frame_bytes=s.max_peer_frame_bytes)
         sec = self.security
         self.transport = PeerTransport(
@@ -76,9 +86,10 @@ class NodeServer:
             options=options,
             peer_auth=sec.peer_auth,
             ssl_context=sec.client_ssl,
+            dial_map=hooks.dial_map(),
         )
         # The wall clock (with the test/chaos offset hook), and cluster time for reads and stamps.
-        clock = NodeClock.from_env(reread_s=s.tick_ms / 1000)
+        clock = self.clock = NodeClock(hooks.clock_offset_file, reread_s=s.tick_ms / 1000)
         cluster_time = ClusterTime(clock.now_ms)
         # After the first start the data dir's bootstrap record, then the log/snapshot, rule.
         bootstrap = resolve_bootstrap(disk.path, self.id, cfg, self.joining)
@@ -126,7 +137,7 @@ class NodeServer:
             ),
             max_request_bytes=s.max_request_bytes,
             extra_status=self._extra_status,
-            stale_reads_bug=bug == STALE_READS,
+            read_barrier=hooks.read_barrier(),
         )
         api.install(app)
         AdminApi(api, cluster_id=cfg.cluster_id, settings=s, data_dir=disk.path).install(

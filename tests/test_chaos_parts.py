@@ -17,8 +17,9 @@ import pytest
 from raftstate.node.chaos.faults import DURATION_S, plan
 from raftstate.node.chaos.proxy import ProxyLayer
 from raftstate.node.peers.fault_dial import DialMap
-from raftstate.node.runtime.inject_bug import BUG_ENV, LateWriteStorage, injected_bug
+from raftstate.node.storage.late_write import LateWriteStorage
 from raftstate.node.storage.store import MemoryStorage
+from raftstate.node.test_hooks import BUG_ENV, TestHooks
 from raftstate.raft.messages import Entry, HardState
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,14 +85,14 @@ def test_dial_map_overrides_only_named_peers(tmp_path: Path, caplog: pytest.LogC
 
 def test_bug_switch(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.delenv(BUG_ENV, raising=False)
-    assert injected_bug() is None
+    assert TestHooks.from_env().injected_bug is None
     monkeypatch.setenv(BUG_ENV, "stale-reads")
     with caplog.at_level(logging.ERROR):
-        assert injected_bug() == "stale-reads"
+        assert TestHooks.from_env().injected_bug == "stale-reads"
     assert "TEST-ONLY BUG INJECTED" in caplog.text
     monkeypatch.setenv(BUG_ENV, "typo")
     with pytest.raises(ValueError, match="not a known injected bug; choose one of"):
-        injected_bug()
+        TestHooks.from_env()
 
 
 def test_schedule_is_seeded_and_fits_the_run() -> None:

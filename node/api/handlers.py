@@ -58,8 +58,10 @@ class Api:
         max_request_bytes: int,
         request_timeout_s: float = 5.0,
         extra_status: Callable[[], dict[str, Any]] = dict,
-        stale_reads_bug: bool = False,
+        read_barrier: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
+        """``read_barrier``: what makes a linearizable client read safe, ``(timeout_s) -> None``;
+        by default ReadIndex through the driver. Only a test hook passes another (node/test_hooks.py)."""
         self.driver = driver
         self.metrics = metrics
         self.cluster_time = cluster_time
@@ -67,7 +69,7 @@ class Api:
         self.max_request_bytes = max_request_bytes
         self.timeout_s = request_timeout_s
         self.extra_status = extra_status
-        self.stale_reads_bug = stale_reads_bug  # TEST-ONLY (node/runtime/inject_bug.py): skip ReadIndex
+        self._linearizable_read = read_barrier or self._read_barrier
 
     def install(self, app: web.Application) -> None:
         app.middlewares.append(_unknown_routes_as_errors)
@@ -245,8 +247,8 @@ class Api:
     async def _read_time(self, query: Mapping[str, str]) -> int:
         """Wait until a linearizable read is safe (unless ?consistency=stale); return the read time."""
         stale = schema.stale_read(query)
-        if not stale and not self.stale_reads_bug:  # the injected bug: any node answers, no ReadIndex
-            await self._read_barrier(self._timeout(query))
+        if not stale:
+            await self._linearizable_read(self._timeout(query))
         return self.cluster_time.now_ms()
 
     def _not_leader(self) -> ApiError:

@@ -25,7 +25,7 @@ from pathlib import Path
 from raftstate.node.chaos.faults import FAULTS
 from raftstate.node.chaos.report import verdict_table
 from raftstate.node.chaos.run import RunConfig, RunResult, replay_command, run
-from raftstate.node.runtime.inject_bug import BUGS
+from raftstate.node.test_hooks import BUGS
 
 
 def main(argv: list[str] | None = None) -> int:

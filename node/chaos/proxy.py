@@ -1,7 +1,7 @@
 """Partitions as real loss of TCP traffic: one proxy per directed peer link.
 
 Every node dials every peer itself for its OUTBOUND Raft stream, so the proxy for link i→j (which
-node i dials instead of j: ``RAFTSTATE_FAULT_PEER_DIAL_MAP``, node/peers/fault_dial.py) carries exactly
+node i dials instead of j: the peer-dial-map hook, node/test_hooks.py) carries exactly
 i's messages to j. Cutting both i→j and j→i is a symmetric partition; cutting one is one-way.
 
 A cut link behaves like a dead network path, not like a closed port: its live connections are

@@ -28,6 +28,7 @@ from raftstate.node.chaos.proxy import ProxyLayer
 from raftstate.node.chaos.report import write_report
 from raftstate.node.chaos.workload import Workers, WorkloadConfig
 from raftstate.node.ops.local_cluster import LocalCluster
+from raftstate.node.test_hooks import TestHooks
 
 #: Cluster settings of a chaos run: defaults, but snapshots often enough to be exercised.
 CHAOS_SETTINGS: dict[str, Any] = {"snapshot_threshold": 500}
@@ -87,12 +88,14 @@ def run(cfg: RunConfig) -> RunResult:
             node_env: dict[str, dict[str, str]] = {}
             for nid in cluster.ids:
                 clock_files[nid].write_text("0")
-                node_env[nid] = {
-                    "RAFTSTATE_FAULT_PEER_DIAL_MAP": str(dial_maps[nid]),
-                    "RAFTSTATE_CLOCK_OFFSET_FILE": str(clock_files[nid]),
-                }
-                if cfg.inject_bug:
-                    node_env[nid]["RAFTSTATE_INJECT_BUG"] = cfg.inject_bug
+                # Every node dials its peers through the proxies, reads its clock offset from a file
+                # the injector rewrites, and carries the injected bug, if any (node/test_hooks.py).
+                hooks = TestHooks(
+                    clock_offset_file=clock_files[nid],
+                    peer_dial_map=dial_maps[nid],
+                    injected_bug=cfg.inject_bug or None,
+                )
+                node_env[nid] = hooks.to_env()
                 cluster.start(nid, env=node_env[nid])
             cluster.wait_leader(timeout=HEAL_TIMEOUT_S)
             injector = Injector(cluster, proxy, clock_files, node_env, stop)

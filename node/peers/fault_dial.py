@@ -1,7 +1,7 @@
-"""Test and chaos hook — never set it in production: dial peers at overridden addresses.
+"""TEST-ONLY: dial peers at overridden addresses (node/test_hooks.py, the peer-dial-map hook).
 
-If the environment variable ``RAFTSTATE_FAULT_PEER_DIAL_MAP`` names a JSON file such as
-``{"n2": "127.0.0.1:41873", "n3": "127.0.0.1:41874"}``, this node dials peer ``n2`` at the address
+Given a JSON file such as ``{"n2": "127.0.0.1:41873", "n3": "127.0.0.1:41874"}`` (the hook is off
+in production: the transport then has no DialMap), this node dials peer ``n2`` at the address
 given there instead of its configured one; peers the file does not name are dialled as configured.
 The file is read at every dial (dials are rare: start-up and reconnects), so a chaos run can point
 each directed link i→j at a proxy it controls and cut or heal exactly i's outbound Raft traffic to j
@@ -19,11 +19,9 @@ from pathlib import Path
 
 from raftstate.node.config import parse_address
 
-__all__ = ["DIAL_MAP_ENV", "DialMap"]
+__all__ = ["DialMap"]
 
 log = logging.getLogger("raftstate.node")
-
-DIAL_MAP_ENV = "RAFTSTATE_FAULT_PEER_DIAL_MAP"
 
 
 class DialMap:
@@ -32,13 +30,6 @@ class DialMap:
     def __init__(self, path: str | os.PathLike[str] | None) -> None:
         self.path = Path(path) if path else None
         self._warned = False
-
-    @classmethod
-    def from_env(cls) -> DialMap:
-        path = os.environ.get(DIAL_MAP_ENV) or None
-        if path:
-            log.warning("%s=%s: peers are dialled at overridden addresses for testing", DIAL_MAP_ENV, path)
-        return cls(path)
 
     def address(self, peer_id: str, configured: str) -> str:
         if self.path is None:

@@ -152,6 +152,7 @@ class PeerTransport:
         clock: Callable[[], float] = time.time,
         peer_auth: PeerAuth | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        dial_map: DialMap | None = None,
     ) -> None:
         self.node_id = node_id
         self.cluster_id = cluster_id
@@ -165,7 +166,7 @@ class PeerTransport:
         self._retired: set[asyncio.Task[None]] = set()  # tasks of removed peers, still closing
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
-        self._dial_map = DialMap.from_env()
+        self._dial_map = dial_map or DialMap(None)  # TEST-ONLY overrides (node/test_hooks.py)
         self.update_peers(peers)
 
     async def start(self) -> None:

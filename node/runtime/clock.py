@@ -5,11 +5,11 @@
 It may jump either way, like the system clock; node/runtime/cluster_time.py keeps the times derived from it
 (read times, entry stamps) from ever going backwards.
 
-Test and chaos hook — never set it in production: if the environment variable
-``RAFTSTATE_CLOCK_OFFSET_FILE`` names a file, its content (an integer or decimal number of
-milliseconds, e.g. ``-300000``) is added to the wall clock. The file is re-read at most once per
-``reread_s`` (a tick), so tests can skew or jump a running node's clock by rewriting it. A missing or
-unreadable file means offset 0, with one warning (repeated only after the file was valid again).
+TEST-ONLY offset (node/test_hooks.py, the clock-offset hook; None in production): given an
+``offset_file``, its content (an integer or decimal number of milliseconds, e.g. ``-300000``) is
+added to the wall clock. The file is re-read at most once per ``reread_s`` (a tick), so tests can
+skew or jump a running node's clock by rewriting it. A missing or unreadable file means offset 0,
+with one warning (repeated only after the file was valid again).
 """
 
 from __future__ import annotations
@@ -20,11 +20,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["OFFSET_FILE_ENV", "NodeClock"]
+__all__ = ["NodeClock"]
 
 log = logging.getLogger("raftstate.node")
-
-OFFSET_FILE_ENV = "RAFTSTATE_CLOCK_OFFSET_FILE"
 
 
 class NodeClock:
@@ -43,13 +41,6 @@ class NodeClock:
         self.offset_ms = 0
         self._read_at: float | None = None
         self._warned = False
-
-    @classmethod
-    def from_env(cls, reread_s: float = 0.05) -> NodeClock:
-        path = os.environ.get(OFFSET_FILE_ENV) or None
-        if path:
-            log.warning("%s=%s: this node's clock is offset for testing", OFFSET_FILE_ENV, path)
-        return cls(path, reread_s=reread_s)
 
     def now_ms(self) -> int:
         if self.offset_file is not None:

@@ -235,8 +235,14 @@ class DiskStorage:
         cluster_id: str | None = None,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         on_fsync: FsyncHook = None,
+        fsync_delay_s: float = 0.0,
     ) -> None:
-        """Lock and check the data dir (DataDirLocked, DataDirMismatch); call :meth:`load` next."""
+        """Lock and check the data dir (DataDirLocked, DataDirMismatch); call :meth:`load` next.
+
+        ``fsync_delay_s``: TEST-ONLY slow disk (node/test_hooks.py): every log fsync takes this
+        many extra seconds, to show that a slow disk delays commits but never a leader's heartbeats.
+        0.0, the default, in production."""
+        assert fsync_delay_s >= 0, fsync_delay_s
         self._dir = DataDir.open(data_dir, node_id=node_id, cluster_id=cluster_id, on_fsync=on_fsync)
         self._segment_bytes = segment_bytes
         self._on_fsync = on_fsync
@@ -247,7 +253,7 @@ class DiskStorage:
         self._snapshot: SnapshotMeta | None = None  # the current snapshot (newest valid)
         self._hard_state: HardState | None = None  # the durable hard state, to skip rewriting it
         self._failed: OSError | None = None
-        self._slow_fsync_s = _slow_fsync_from_env()
+        self.fsync_delay_s = fsync_delay_s  #: TEST-ONLY (see __init__); 0.0 in production
 
     @property
     def path(self) -> Path:
@@ -326,8 +332,8 @@ class DiskStorage:
                 log_.reset(snapshot.meta.index + 1)
             if entries:
                 log_.append(entries)
-                if self._slow_fsync_s:
-                    time.sleep(self._slow_fsync_s)  # fault injection: a slow disk (see SLOW_FSYNC_ENV)
+                if self.fsync_delay_s:
+                    time.sleep(self.fsync_delay_s)  # TEST-ONLY: a slow disk (node/test_hooks.py)
                 log_.sync()
             if hard_state is not None and hard_state != self._hard_state:
                 self._hard.save(hard_state)
@@ -487,21 +493,3 @@ def _entries_after_snapshot(
         )
         return None
     return recovered[snap_index - first + 1 :]
-
-
-#: Fault injection for tests and chaos runs: every log fsync takes this many extra milliseconds,
-#: to show that a slow disk delays commits but never a leader's heartbeats (no spurious elections).
-SLOW_FSYNC_ENV = "RAFTSTATE_FAULT_SLOW_FSYNC_MS"
-
-
-def _slow_fsync_from_env() -> float:
-    raw = os.environ.get(SLOW_FSYNC_ENV, "")
-    if not raw:
-        return 0.0
-    try:
-        ms = float(raw)
-    except ValueError:
-        log.warning("ignoring %s=%r: not a number of milliseconds", SLOW_FSYNC_ENV, raw)
-        return 0.0
-    log.warning("fault injection: every log fsync is delayed by %.0f ms (%s)", ms, SLOW_FSYNC_ENV)
-    return max(0.0, ms / 1000)

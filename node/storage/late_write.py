@@ -1,19 +1,8 @@
-"""TEST-ONLY deliberate bugs, so a chaos run can prove its checkers catch them. Never in production.
+"""TEST-ONLY: the ``ack-before-fsync`` injected bug — a Storage that says "durable" before writing.
 
-``RAFTSTATE_INJECT_BUG=<name>`` in a node's environment turns one bug on for that process (logged
-at ERROR level at start-up); ``scripts/chaos.py --inject-bug NAME`` sets it on every node.
-
-================  ===========================================================================
-name              what the node then does wrong
-================  ===========================================================================
-stale-reads       a linearizable read is answered at once from the local state of whichever
-                  node gets it, without ReadIndex (as if it were ``consistency=stale``): a deposed
-                  or cut-off leader, or a lagging follower a client still takes for the leader,
-                  serves old values
-ack-before-fsync  every Ready batch counts as durable at once (the driver acknowledges, votes and
-                  commits on it); a background thread writes it ~1 s later. A crash of every node
-                  within that second (restart-all) loses acknowledged writes
-================  ===========================================================================
+Never in production: only ``TestHooks.storage`` (node/test_hooks.py) wraps the node's storage in it,
+when that bug is injected, so a chaos run can prove its durability checker catches acknowledged
+writes lost by a crash of every node.
 """
 
 from __future__ import annotations
@@ -24,31 +13,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Final
 
 from raftstate.node.storage.store import LoadedState, Storage
 from raftstate.raft.messages import Entry, HardState, SnapshotMeta
 from raftstate.raft.ready import SnapshotToInstall
 
-__all__ = ["ACK_BEFORE_FSYNC", "BUGS", "BUG_ENV", "STALE_READS", "LateWriteStorage", "injected_bug"]
+__all__ = ["LateWriteStorage"]
 
 log = logging.getLogger("raftstate.node")
-
-BUG_ENV: Final = "RAFTSTATE_INJECT_BUG"
-STALE_READS: Final = "stale-reads"
-ACK_BEFORE_FSYNC: Final = "ack-before-fsync"
-BUGS: Final = (STALE_READS, ACK_BEFORE_FSYNC)
-
-
-def injected_bug() -> str | None:
-    """The bug named by the environment, or None. An unknown name stops start-up (ValueError)."""
-    name = os.environ.get(BUG_ENV, "").strip()
-    if not name:
-        return None
-    if name not in BUGS:
-        raise ValueError(f"{BUG_ENV}={name!r} is not a known injected bug; choose one of {', '.join(BUGS)}")
-    log.error("!!! TEST-ONLY BUG INJECTED (%s=%s): this node is deliberately broken !!!", BUG_ENV, name)
-    return name
 
 
 class LateWriteStorage:
