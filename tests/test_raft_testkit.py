@@ -4,7 +4,9 @@ are held to the contract of raft/ready.py on their own."""
 
 from __future__ import annotations
 
+import ast
 import random
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +39,7 @@ from raftstate.raft.testing import (
 )
 
 AB = Membership(frozenset({"a", "b"}))
+RAFT = Path(__file__).resolve().parent.parent / "raft"
 
 
 def E(index: int, term: int, data: bytes = b"", time_ms: int = 0) -> Entry:
@@ -231,3 +234,29 @@ def test_driver_fills_install_snapshot_from_the_disk_by_index() -> None:
     with pytest.raises(DiskContractError) as ei:
         h.driver.take(rd, h.persist_now)
     assert ei.value.rule == "snapshot_contract"
+
+
+# ============================================================================ the kit's place
+
+
+def _imports(path: Path) -> set[str]:
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+    return out
+
+
+def test_the_kit_is_pure_and_the_core_never_imports_it() -> None:
+    """The kit may import the standard library's pure parts and raftstate.raft (not the simulator,
+    not node/); the core (raft/*.py) imports neither the kit nor the simulator."""
+    pure_stdlib = {"__future__", "collections", "collections.abc", "dataclasses", "typing"}
+    for path in sorted((RAFT / "testing").glob("*.py")):
+        for mod in _imports(path):
+            ok = mod in pure_stdlib or mod == "raftstate.raft" or mod.startswith("raftstate.raft.")
+            assert ok and not mod.startswith("raftstate.raft.sim"), f"{path.name} imports {mod}"
+    for path in sorted(RAFT.glob("*.py")):
+        for mod in _imports(path):
+            assert not mod.startswith(("raftstate.raft.testing", "raftstate.raft.sim")), (path.name, mod)

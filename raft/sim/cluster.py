@@ -6,15 +6,18 @@ operation, a fault, a restart or a heal. Every step is followed by the increment
 of the node it touched (see invariants.py); whole logs are re-checked every ``FULL_CHECK_EVERY``
 steps and at the end.
 
-The Ready contract as this driver honours it (raft/ready.py): on ``ready()`` the batch to persist
-is queued for the node's simulated disk; ``after_persist=False`` messages leave at once. One fsync
-(group commit) covers every batch queued when it starts and completes after a random delay
-(sometimes at once, sometimes a long stall); then, batch by batch in the order taken, the data
-reaches the disk, the held messages leave, a received snapshot is installed into the state machine,
-committed entries are applied, reads are served, and ``advance()`` is called. In a *pipelined* run
-(most seeds, like node/driver.py) the driver keeps taking Readys while an fsync is running; in a
-serial run it takes the next Ready only after the previous one is finished. A crash loses every
-unsynced batch (or, with torn writes, keeps a prefix of the batches being written).
+Each node's Readys go through the test kit's driver (raft/testing/driver.py, shared with
+tests/raftnet.py), which honours the Ready contract (raft/ready.py); what is the simulator's own is
+*when* a persist step completes. With nothing in flight, a Ready is sometimes persisted at once
+(then sent, applied and advanced in the same step); otherwise it is queued for the node's disk and
+its ``after_persist=False`` messages leave at once. One fsync (group commit) covers every batch
+queued when it starts and completes after a random delay (sometimes a long stall); then, batch by
+batch in the order taken, the data reaches the disk, the held messages leave, a received snapshot
+is installed into the state machine, committed entries are applied, reads are served, and
+``advance()`` is called. In a *pipelined* run (most seeds, like node/driver.py) the driver keeps
+taking Readys while an fsync is running; in a serial run it takes the next Ready only after the
+previous one is finished. A crash loses every unsynced batch (or, with torn writes, keeps a prefix
+of the batches being written).
 
 Run :func:`run_seed` (or scripts/simulate.py) rather than building a Cluster by hand.
 """
