@@ -9,8 +9,7 @@ InstallSnapshot filled from the disk), and partitions are the kit's :class:`Part
 clock, and the state machine (every applied entry, in order).
 
 Beyond the basics (``elect``, ``propose``, ``tick``, ``deliver``, ``block``/``isolate``/``heal``,
-``restart``)
-the net offers the knobs the rule tests need, all deterministic:
+``restart``) the net offers the knobs the rule tests need, all deterministic:
 
 * ``crash``/``restart``: a crashed node loses everything not on its :class:`MemDisk`, including a
   Ready whose persistence was held back; ``restart`` rebuilds the core *and* the state machine
