@@ -1,6 +1,6 @@
 """A farm of real :class:`RaftDriver` instances in one asyncio loop, with seeded faults.
 
-The seeded simulator in raft/sim/ checks the pure core under a Ready driver of its own; this farm
+The seeded simulator in raft/sim/ checks the pure core under the test kit's Ready driver; this farm
 checks the *real* driver's asyncio pipeline (ready loop, persist worker, group commit, background
 snapshot writes and sends) with the real core and the real state machine:
 
@@ -17,6 +17,12 @@ its driver is stopped, and later a new driver is built from the same storage. Ti
 of ~10 ms), and the thread pool makes interleavings vary from run to run, so a replay with the
 same seed is best-effort: it draws the same fault schedule but not necessarily the same
 interleaving.
+
+What it shares with the other harnesses (raft/testing/): the partitions (the kit's
+:class:`Partition` builders, as the simulator's and raftnet's). Not the disk or the Ready driver:
+the point here is the real driver over the node's own ``Storage`` protocol, so each node's disk is
+the node's ``MemoryStorage`` (the twin of ``DiskStorage``) behind a slow, fenceable
+:class:`DiskView`.
 
 Checks (a violation is recorded with the time and node; the run stops early and raises
 :class:`FarmFailure` with the seed, a replay command and the tail of the event trace):
@@ -81,6 +87,7 @@ from raftstate.raft import (
     encode_message,
 )
 from raftstate.raft.ready import SnapshotToInstall
+from raftstate.raft.testing import Partition, isolate, one_way, symmetric
 
 REPLAY = (
     "RAFTSTATE_DRIVER_SEED={seed} RAFTSTATE_DRIVER_CHAOS_S={chaos_s} "
@@ -460,7 +467,8 @@ class Farm:
         )
         skew = config.clock_skew_ms
         self.clock_offset_ms = {nid: self.fault_rng.uniform(-skew, skew) for nid in self.ids}
-        self.blocked: set[tuple[str, str]] = set()
+        #: the partition in place, if any (one at a time; it heals on a timer)
+        self.cut: Partition | None = None
         self.loss = config.loss
         self.dup = config.dup
         self._link_free_at: dict[tuple[str, str], float] = {}
@@ -580,7 +588,7 @@ class Farm:
         chatty = isinstance(msg, (Heartbeat, HeartbeatResp))
         self.stats["sent"] += 1
         link = (src, msg.dst)
-        if link in self.blocked:
+        if not self.link_up(src, msg.dst):
             self.stats["cut"] += 1
             return
         if self.net_rng.random() < self.loss:
@@ -601,7 +609,7 @@ class Farm:
 
     def _deliver(self, src: str, dst: str, blob: bytes, traced: bool) -> None:
         slot = self.slots[dst]
-        if slot.driver is None or (src, dst) in self.blocked:
+        if slot.driver is None or not self.link_up(src, dst):
             return
         msg = decode_message(blob)
         if traced:
@@ -635,14 +643,17 @@ class Farm:
         if isinstance(msg, InstallSnapshotResp) and msg.index > last_index:
             self.fail(f"{src} acknowledged a snapshot at {msg.index}; it stores up to {last_index}")
 
-    def partition(self, blocked: set[tuple[str, str]], what: str, heal_after_s: float) -> None:
-        self.blocked = blocked
+    def link_up(self, src: str, dst: str) -> bool:
+        return self.cut is None or not self.cut.blocks(src, dst)
+
+    def partition(self, p: Partition, heal_after_s: float) -> None:
+        self.cut = p
         self.stats["partitions"] += 1
-        self.trace.add("net", f"partition {what} for {heal_after_s * 1000:.0f}ms")
+        self.trace.add("net", f"{p.kind} partition {p.describe} for {heal_after_s * 1000:.0f}ms")
 
         def heal() -> None:
-            if self.blocked is blocked:
-                self.blocked = set()
+            if self.cut is p:
+                self.cut = None
                 self.trace.add("net", "partition healed")
 
         asyncio.get_running_loop().call_later(heal_after_s, heal)
@@ -708,18 +719,15 @@ class Farm:
                 ids = self.ids[:]
                 rng.shuffle(ids)
                 k = rng.randint(1, len(ids) - 1)
-                a, b = set(ids[:k]), set(ids[k:])
-                blocked = {(x, y) for x in a for y in b} | {(y, x) for x in a for y in b}
-                self.partition(blocked, f"{sorted(a)} | {sorted(b)}", rng.uniform(0.05, 0.4))
+                self.partition(symmetric([ids[:k], ids[k:]]), rng.uniform(0.05, 0.4))
             elif action == "isolate_leader":
                 ld = self.leader(rng)
                 if ld is not None:
                     others = [n for n in self.ids if n != ld.id]
-                    blocked = {(ld.id, o) for o in others} | {(o, ld.id) for o in others}
-                    self.partition(blocked, f"isolate leader {ld.id}", rng.uniform(0.05, 0.4))
+                    self.partition(isolate(ld.id, others), rng.uniform(0.05, 0.4))
             elif action == "one_way":
                 x, y = rng.sample(self.ids, 2)
-                self.partition({(x, y)}, f"{x} -/-> {y}", rng.uniform(0.05, 0.4))
+                self.partition(one_way(x, y), rng.uniform(0.05, 0.4))
             elif action == "transfer":
                 ld = self.leader(rng)
                 if ld is not None:
@@ -824,7 +832,7 @@ class Farm:
         for task in list(self._bg):
             task.cancel()
         await asyncio.gather(*self._bg, return_exceptions=True)
-        self.blocked = set()
+        self.cut = None
         self.loss = self.dup = 0.0
         for s in self.slots.values():
             if s.driver is None:

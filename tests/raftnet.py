@@ -2,10 +2,16 @@
 ``network``). Persistence is instant and perfect; messages are delivered when the test says so.
 The seeded simulator in raft/sim/ is the place for faults and randomness.
 
-Beyond the basics (``elect``, ``propose``, ``tick``, ``deliver``, ``isolate``/``cut``, ``restart``)
-the net offers the knobs the rule tests need, all deterministic:
+Built on the shared raft test kit (raft/testing/), as the simulator is: each node's disk is a
+:class:`MemDisk`, its Readys go through a :class:`ReadyDriver` (persist → send → apply → advance;
+InstallSnapshot filled from the disk), and partitions are the kit's :class:`Partition` builders
+(``net.block(one_way("a", ["b", "c"]))``). What is left here is the net itself: the inbox, the
+clock, and the state machine (every applied entry, in order).
 
-* ``crash``/``restart``: a crashed node loses everything not on its :class:`Disk`, including a
+Beyond the basics (``elect``, ``propose``, ``tick``, ``deliver``, ``block``/``isolate``/``heal``,
+``restart``) the net offers the knobs the rule tests need, all deterministic:
+
+* ``crash``/``restart``: a crashed node loses everything not on its :class:`MemDisk`, including a
   Ready whose persistence was held back; ``restart`` rebuilds the core *and* the state machine
   (from the snapshot on disk, then by re-applying what the core hands out).
 * ``hold``/``release``: hold back one node's persist step, as if its fsync were slow. Messages that
@@ -26,7 +32,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import msgpack
 
@@ -34,11 +40,8 @@ from raftstate.raft import (
     AppendEntries,
     Entry,
     EntryKind,
-    HardState,
-    InstallSnapshot,
     Membership,
     Message,
-    PersistedState,
     RaftNode,
     RaftSettings,
     ReadState,
@@ -47,21 +50,9 @@ from raftstate.raft import (
     SnapshotMeta,
 )
 from raftstate.raft.messages import entry_from_wire, entry_to_wire
+from raftstate.raft.testing import Link, MemDisk, Partition, ReadyDriver, WriteBatch, isolate
 
 SETTINGS = RaftSettings(heartbeat_ticks=1, election_ticks=10)
-
-
-@dataclass
-class Disk:
-    """What one node has durably stored."""
-
-    hard_state: HardState = HardState()
-    snapshot: SnapshotMeta | None = None
-    snapshot_data: bytes = b""
-    entries: list[Entry] = field(default_factory=list)
-
-    def persisted(self) -> PersistedState:
-        return PersistedState(self.hard_state, self.snapshot, tuple(self.entries))
 
 
 def encode_sm(applied: list[Entry]) -> bytes:
@@ -79,14 +70,30 @@ def decode_sm(data: bytes) -> list[Entry]:
 @dataclass
 class Peer:
     node: RaftNode
-    disk: Disk
+    disk: MemDisk
+    driver: ReadyDriver = field(init=False)
     #: the state machine: every entry applied, in order (rebuilt from the snapshot on restart/install)
     applied: list[Entry] = field(default_factory=list)
     reads: list[ReadState] = field(default_factory=list)
     dropped_reads: list[object] = field(default_factory=list)
-    #: Readies handed out while persistence is held (see Net.hold); persisted by Net.release
-    held: list[Ready] = field(default_factory=list)
+    #: persistence is held (see Net.hold): every Ready waits in the driver until Net.release
     holding: bool = False
+
+    @property
+    def held(self) -> list[Ready]:
+        """Readies taken while persistence is held, not yet persisted."""
+        return [fl.ready for fl in self.driver.queue]
+
+    def apply(self, rd: Ready) -> None:
+        """The harness state machine's step of a Ready (see :meth:`Net.process`)."""
+        if rd.snapshot is not None:
+            self.applied = decode_sm(rd.snapshot.data)
+        self.applied.extend(rd.committed)
+        self.reads.extend(rd.reads)
+        self.dropped_reads.extend(rd.dropped_reads)
+
+    def persist_now(self, batch: WriteBatch) -> bool:
+        return not self.holding
 
 
 class Net:
@@ -107,8 +114,8 @@ class Net:
         self.bootstrap = Membership(frozenset(self.ids), frozenset(learners))
         self.peers: dict[str, Peer] = {}
         self.inbox: list[Message] = []
-        #: (src, dst) pairs whose messages are dropped
-        self.cut: set[tuple[str, str]] = set()
+        #: (src, dst) pairs whose messages are dropped (see :meth:`block`)
+        self.cut: set[Link] = set()
         #: crashed nodes: they neither tick nor receive until restarted
         self.down: set[str] = set()
         self.now_ms = 0
@@ -129,19 +136,21 @@ class Net:
     def clock(self, nid: str) -> int:
         return self.now_ms + self.clock_offset_ms.get(nid, 0)
 
-    def start(self, nid: str, disk: Disk | None = None, bootstrap: Membership | None = None) -> Peer:
-        disk = disk or Disk()
+    def start(self, nid: str, disk: MemDisk | None = None, bootstrap: Membership | None = None) -> Peer:
+        disk = disk or MemDisk()
         node = self.factory(
             nid,
             bootstrap=bootstrap or self.bootstrap,
-            state=disk.persisted(),
+            state=disk.persisted_state(),
             settings=self.settings,
             rng=random.Random(f"{self.seed}-{nid}"),
             now_ms=self.clock(nid),
         )
-        self.peers[nid] = Peer(node, disk, applied=decode_sm(disk.snapshot_data) if disk.snapshot else [])
+        p = Peer(node, disk, applied=decode_sm(disk.latest_snapshot_data() or b""))
+        p.driver = ReadyDriver(node, disk, send=self._send, apply=p.apply, emitted=self.core_sent.append)
+        self.peers[nid] = p
         self.down.discard(nid)
-        return self.peers[nid]
+        return p
 
     def restart(self, nid: str, bootstrap: Membership | None = None) -> Peer:
         return self.start(nid, self.peers[nid].disk, bootstrap)
@@ -149,7 +158,7 @@ class Net:
     def crash(self, nid: str) -> None:
         """Stop ``nid``: whatever it has not persisted is gone; messages to it are lost."""
         p = self.peers[nid]
-        p.held.clear()
+        p.driver.crash()
         p.holding = False
         self.down.add(nid)
         self.inbox = [m for m in self.inbox if m.dst != nid]
@@ -160,47 +169,19 @@ class Net:
     # ------------------------------------------------------------- the Ready loop
 
     def process(self, nid: str) -> None:
-        """Run one node's Ready loop until it has nothing more to say."""
+        """Run one node's Ready loop until it has nothing more to say. Each Ready is persisted at
+        once, then its messages leave, then it is applied — unless persistence is held (:meth:`hold`):
+        then messages that may leave before the fsync go now, and the rest waits for :meth:`release`."""
         p = self.peers[nid]
         if nid in self.down:
             return
-        while p.node.has_ready():
-            rd = p.node.ready()
-            if p.holding:
-                # Messages that may leave before the fsync go now; the rest wait for release().
-                self._send(p, [o.msg for o in rd.messages if not o.after_persist])
-                p.held.append(rd)
-                continue
-            self._complete(p, rd)
+        while p.driver.wants_ready():
+            p.driver.take(p.node.ready(), p.persist_now)
 
-    def _complete(self, p: Peer, rd: Ready, *, sent_early: bool = False) -> None:
-        self._persist(p, rd)
-        self._send(p, [o.msg for o in rd.messages if not (sent_early and not o.after_persist)])
-        p.applied.extend(rd.committed)
-        p.reads.extend(rd.reads)
-        p.dropped_reads.extend(rd.dropped_reads)
-        p.node.advance(rd)
-
-    def _persist(self, p: Peer, rd: Ready) -> None:
-        if rd.snapshot is not None:
-            p.disk.snapshot = rd.snapshot.meta
-            p.disk.snapshot_data = rd.snapshot.data
-            p.disk.entries = []
-            p.applied = decode_sm(rd.snapshot.data)
-        if rd.entries:
-            first = rd.entries[0].index
-            p.disk.entries = [e for e in p.disk.entries if e.index < first] + list(rd.entries)
-        if rd.hard_state is not None:
-            p.disk.hard_state = rd.hard_state
-
-    def _send(self, p: Peer, msgs: list[Message]) -> None:
-        for msg in msgs:
-            self.core_sent.append(msg)
-            if isinstance(msg, InstallSnapshot):
-                msg = replace(msg, data=p.disk.snapshot_data)
-            self.sent.append(msg)
-            if (msg.src, msg.dst) not in self.cut:
-                self.inbox.append(msg)
+    def _send(self, msg: Message) -> None:
+        self.sent.append(msg)
+        if (msg.src, msg.dst) not in self.cut:
+            self.inbox.append(msg)
 
     def hold(self, nid: str) -> None:
         """From now on ``nid``'s persist step does not finish until :meth:`release`."""
@@ -210,9 +191,7 @@ class Net:
         """Finish every held persist step of ``nid`` (in order), then run its Ready loop normally."""
         p = self.peers[nid]
         p.holding = False
-        held, p.held = p.held, []
-        for rd in held:
-            self._complete(p, rd, sent_early=True)
+        p.driver.finish()
         self.process(nid)
 
     # ------------------------------------------------------------- delivery
@@ -301,18 +280,12 @@ class Net:
         self.deliver()
         return idx
 
-    def isolate(self, nid: str) -> None:
-        for o in self.peers:
-            if o != nid:
-                self.cut |= {(nid, o), (o, nid)}
+    def block(self, p: Partition) -> None:
+        """Cut the links of ``p`` (adds to any cut already in place; :meth:`heal` undoes all)."""
+        self.cut |= p.blocked
 
-    def partition(self, *groups: Iterable[str]) -> None:
-        """Nodes talk only within their group (adds to any cut already in place)."""
-        gs = [set(g) for g in groups]
-        for i, ga in enumerate(gs):
-            for j, gb in enumerate(gs):
-                if i != j:
-                    self.cut |= {(a, b) for a in ga for b in gb}
+    def isolate(self, nid: str) -> None:
+        self.block(isolate(nid, [o for o in self.peers if o != nid]))
 
     def heal(self) -> None:
         self.cut.clear()
@@ -322,9 +295,7 @@ class Net:
         p = self.peers[nid]
         index = p.node.applied_index if index is None else index
         meta = p.node.snapshot_meta(index)
-        p.disk.snapshot = meta
-        p.disk.snapshot_data = encode_sm([e for e in p.applied if e.index <= index])
-        p.disk.entries = [e for e in p.disk.entries if e.index > index]
+        p.disk.store_snapshot(meta, encode_sm([e for e in p.applied if e.index <= index]), drop_log=False)
         p.node.compact(index)
         return meta
 

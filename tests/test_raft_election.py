@@ -26,6 +26,7 @@ from raftstate.raft import (
     RequestVoteResp,
     Role,
 )
+from raftstate.raft.testing import bridge, isolate, one_way
 
 E = SETTINGS.election_ticks
 
@@ -232,7 +233,7 @@ def test_current_leaders_own_prevote_can_be_granted() -> None:
     lease protects the leader they follow, not against it."""
     net = settled()
     net.run(2)
-    net.cut |= {("b", "a"), ("c", "a")}  # a's messages arrive; the replies do not
+    net.block(one_way(["b", "c"], "a"))  # a's messages arrive; the replies do not
     for _ in range(3 * E):
         net.tick()
         net.deliver()
@@ -436,7 +437,7 @@ def test_line_partition_settles_on_a_stable_leader(first_leader: str | None) -> 
     net = Net()
     if first_leader:
         net.elect(first_leader)
-    net.cut |= {("a", "c"), ("c", "a")}
+    net.block(bridge("a", "b", "c"))
     observe_leaders(net, 6 * E)  # settle
     window = observe_leaders(net, 20 * E)
     assert len(set(window)) == 1 and window[0][0] is not None, sorted(set(window), key=str)
@@ -452,9 +453,7 @@ def test_five_nodes_two_seeing_one_peer_each_settle_on_a_stable_leader(first_lea
     if first_leader:
         net.elect(first_leader)
     for x, seen in (("d", "a"), ("e", "b")):
-        for o in net.ids:
-            if o not in (x, seen):
-                net.cut |= {(x, o), (o, x)}
+        net.block(isolate(x, [o for o in net.ids if o not in (x, seen)]))
     observe_leaders(net, 8 * E)
     window = observe_leaders(net, 20 * E)
     assert len(set(window)) == 1, sorted(set(window), key=str)

@@ -16,6 +16,7 @@ from raftstate.raft import (
     Role,
     TimeoutNow,
 )
+from raftstate.raft.testing import isolate, one_way
 
 E = 10
 ABC = Membership(frozenset("abc"))
@@ -81,7 +82,7 @@ def test_learner_does_not_count_toward_the_commit_quorum() -> None:
     net = Net()
     net.elect("a")
     add_learner(net)
-    net.cut |= {("a", "b"), ("b", "a"), ("a", "c"), ("c", "a")}
+    net.block(isolate("a", ["b", "c"]))
     a = net.node("a")
     idx = a.propose(b"x")
     net.deliver()
@@ -249,7 +250,7 @@ def test_truncated_config_entry_is_rolled_back_on_the_follower() -> None:
     previous configuration (and reports it)."""
     net = Net(("a", "b", "c", "d", "e"))
     net.elect("a")
-    net.cut |= {("a", x) for x in "cde"} | {("b", "a")}
+    net.block(one_way("a", ["c", "d", "e"]) | one_way("b", "a"))
     net.start("f", bootstrap=net.bootstrap)
     net.node("a").propose_conf_change(ConfChange(ConfChangeOp.ADD_LEARNER, "f"))
     net.deliver()
@@ -275,7 +276,7 @@ def test_add_and_remove_with_a_leader_change_never_elect_two_leaders_in_a_term()
     log = LeaderLog(net)
     net.elect("s1")
     net.start("s5", bootstrap=net.bootstrap)
-    net.cut |= {("s1", x) for x in ("s2", "s3", "s4")}
+    net.block(one_way("s1", ["s2", "s3", "s4"]))
     net.node("s1").propose_conf_change(ConfChange(ConfChangeOp.PROMOTE, "s5"))
     net.tick("s1")  # the new member is contacted with the next heartbeat
     net.deliver()
@@ -287,7 +288,7 @@ def test_add_and_remove_with_a_leader_change_never_elect_two_leaders_in_a_term()
     net.deliver()
     s2 = net.node("s2")
     assert s2.log.term_at(s2.commit_index) == s2.term, "the no-op committed (s2, s3, s4)"
-    net.cut |= {("s2", "s4"), ("s2", "s5")}
+    net.block(one_way("s2", ["s4", "s5"]))
     idx = s2.propose_conf_change(ConfChange(ConfChangeOp.REMOVE, "s1"))
     net.deliver()
     assert s2.commit_index == idx

@@ -19,6 +19,7 @@ from raftstate.raft import (
     RaftError,
     Role,
 )
+from raftstate.raft.testing import one_way, symmetric
 
 E = 10
 FIVE = ("a", "b", "c", "d", "e")
@@ -87,7 +88,8 @@ def test_every_promise_of_durability_leaves_only_after_the_fsync() -> None:
             rd = node.ready()
             for o in rd.messages:
                 flags.setdefault(type(o.msg).__name__, set()).add(o.after_persist)
-            net._complete(net.peers[nid], rd)  # the harness's own persist/send/apply step
+            p = net.peers[nid]
+            p.driver.take(rd, p.persist_now)  # the harness's own persist/send/apply step
 
     net.process = spy  # type: ignore[method-assign]
     net.elect("a")
@@ -300,7 +302,7 @@ def test_removed_node_does_not_disrupt_the_cluster() -> None:
     PreVote and the followers' lease (§9.6, §4.2.3) keep it from deposing the leader."""
     net = Net()
     net.elect("a")
-    net.cut |= {("a", "c")}  # c never receives its removal
+    net.block(one_way("a", "c"))  # c never receives its removal
     net.node("a").propose_conf_change(ConfChange(ConfChangeOp.REMOVE, "c"))
     net.deliver()
     net.heal()
@@ -323,7 +325,7 @@ def test_random_partitions_and_crashes_keep_election_safety_and_applied_entries(
         net.heal()
         for _ in range(rng.randrange(0, 3)):
             x, y = rng.sample(FIVE, 2)
-            net.cut |= {(x, y), (y, x)}
+            net.block(symmetric([x, y]))
         if rng.random() < 0.2:
             victim = rng.choice(FIVE)
             net.crash(victim)

@@ -14,6 +14,7 @@ from raftstate.raft import (
     RequestVoteResp,
     Role,
 )
+from raftstate.raft.testing import one_way
 
 E = 10
 
@@ -31,7 +32,7 @@ def test_read_index_waits_for_a_heartbeat_quorum() -> None:
     net.elect("a")
     net.propose("a", b"x")
     a = net.node("a")
-    net.cut |= {(f, "a") for f in "bcde"}
+    net.block(one_way(["b", "c", "d", "e"], "a"))
     a.read_index("r1")
     net.deliver()
     assert net.peers["a"].reads == []

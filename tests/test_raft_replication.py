@@ -8,7 +8,7 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from raftnet import Disk, Net, is_msg
+from raftnet import Net, is_msg
 from raftstate.raft import (
     AppendEntries,
     AppendEntriesResp,
@@ -26,6 +26,7 @@ from raftstate.raft import (
     Role,
     SnapshotMeta,
 )
+from raftstate.raft.testing import MemDisk, one_way
 
 ABC = Membership(frozenset("abc"))
 votes = is_msg(RequestVote, RequestVoteResp)
@@ -345,7 +346,7 @@ def test_figure8_old_term_entry_on_a_majority_is_not_committed() -> None:
     and X disappears from every log without ever being applied."""
     net = Net(("s1", "s2", "s3", "s4", "s5"), settings=RaftSettings(max_entries_per_msg=1))
     net.elect("s1")  # 1: no-op, everywhere
-    net.cut |= {("s1", x) for x in ("s3", "s4", "s5")}
+    net.block(one_way("s1", ["s3", "s4", "s5"]))
     x_index = net.node("s1").propose(b"X")  # 2: X (term 1), on S1 and S2 only
     net.deliver()
     net.heal()
@@ -390,7 +391,7 @@ def test_figure8_old_term_entry_commits_with_a_current_term_entry() -> None:
     an older log can win an election to overwrite it."""
     net = Net(("s1", "s2", "s3", "s4", "s5"))
     net.elect("s1")
-    net.cut |= {("s1", x) for x in ("s3", "s4", "s5")}
+    net.block(one_way("s1", ["s3", "s4", "s5"]))
     x_index = net.node("s1").propose(b"X")
     net.deliver()
     net.heal()
@@ -400,7 +401,7 @@ def test_figure8_old_term_entry_commits_with_a_current_term_entry() -> None:
     net.crash("s5")
     net.restart("s1")
     win(net, "s1")
-    net.cut |= {("s1", "s4")}
+    net.block(one_way("s1", "s4"))
     net.deliver()
     s1 = net.node("s1")
     assert s1.commit_index == x_index + 1 and s1.log.term_at(x_index + 1) == s1.term
@@ -497,7 +498,7 @@ def test_duplicated_stale_refusal_never_moves_match_backwards() -> None:
     report: next = match + 1 = 6), and then the network delivers a duplicate of that old refusal.
     It answers an append the leader no longer cares about and must be ignored."""
     net = settled()
-    net.cut |= {("a", "b")}
+    net.block(one_way("a", "b"))
     for k in range(4):
         net.propose("a", b"x%d" % k)  # 2..5 on a and c
     net.heal()
@@ -524,7 +525,7 @@ def test_duplicated_lost_data_report_never_moves_match_backwards() -> None:
     net.deliver()
     a = net.node("a")
     net.crash("c")
-    net.peers["c"].disk = Disk()  # wiped
+    net.peers["c"].disk = MemDisk()  # wiped
     net.restart("c")
     mark = len(net.sent)
     net.tick("a")

@@ -66,7 +66,7 @@ def test_lagging_follower_gets_install_snapshot_with_data_filled_by_the_driver()
     core = [m for m in net.core_sent if isinstance(m, InstallSnapshot)]
     wire = [m for m in net.sent if isinstance(m, InstallSnapshot)]
     assert len(core) == 1 and core[0].dst == "c" and core[0].data == b""
-    assert wire[0].data == net.peers["a"].disk.snapshot_data != b""
+    assert wire[0].data == net.peers["a"].disk.latest_snapshot_data() != b""
     assert core[0].meta.index == net.node("a").log.snapshot_index == 21
 
 
@@ -215,4 +215,5 @@ def test_install_snapshot_replaces_the_membership() -> None:
     net.process("c")
     assert c.membership == m and c.role == Role.LEARNER
     assert net.peers["c"].disk.snapshot == SnapshotMeta(7, 2, m)
-    assert decode_sm(net.peers["c"].disk.snapshot_data) == []
+    data = net.peers["c"].disk.latest_snapshot_data()
+    assert data is not None and decode_sm(data) == []

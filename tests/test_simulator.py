@@ -1,5 +1,6 @@
 """The seeded cluster simulator (issue #2): its parts, the soak across fault mixes, and the
-mutation checks that prove it can fail.
+mutation checks that prove it can fail. (Its disk, Ready driver and partitions are the shared raft
+test kit, tested in tests/test_raft_testkit.py.)
 
 Budget: the whole file runs in well under four minutes on a 2-core box with plain ``pytest``.
 Long soaks: ``python scripts/simulate.py --seeds 1000 --steps 5000 --nodes 3,5``.
@@ -17,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from raftstate.raft import Entry, EntryKind, HardState, Membership, RaftLog, SnapshotMeta
+from raftstate.raft import Entry, EntryKind, RaftLog
 from raftstate.raft.sim import MIXES, Cluster, SimConfig, SimulationFailure, run_seed
 from raftstate.raft.sim import invariants as inv
-from raftstate.raft.sim.disk import DiskContractError, SimDisk, WriteBatch
 from raftstate.raft.sim.mutants import MUTANTS
-from raftstate.raft.sim.network import NetConfig, Network, bridge, isolate, one_way, symmetric
+from raftstate.raft.sim.network import NetConfig, Network
 from raftstate.raft.sim.statemachine import KVStateMachine
 from raftstate.raft.sim.summary import ClassSummary
+from raftstate.raft.testing import MemDisk, one_way
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,16 +35,6 @@ def E(index: int, term: int, data: bytes = b"", time_ms: int = 0) -> Entry:
 
 
 # ============================================================================ network
-
-
-def test_partition_helpers_block_exactly_the_links_they_name() -> None:
-    s = symmetric([["a"], ["b", "c"]])
-    assert s.blocked == {("a", "b"), ("a", "c"), ("b", "a"), ("c", "a")}
-    o = one_way(["a"], ["b", "c"])
-    assert o.blocked == {("a", "b"), ("a", "c")}  # b and c still reach a
-    assert isolate("a", ["b", "c"]).blocked == s.blocked
-    line = bridge(["a"], "b", ["c"])  # a - b - c
-    assert line.blocked == {("a", "c"), ("c", "a")}
 
 
 def test_network_drops_cut_links_and_lost_messages_and_duplicates() -> None:
@@ -69,43 +60,7 @@ def test_network_delays_are_seeded_and_reordering_overtakes() -> None:
     assert min(delays(7)) >= 1
 
 
-# ============================================================================ disk and state machine
-
-
-def test_disk_truncates_then_appends_and_rejects_gaps() -> None:
-    d = SimDisk()
-    d.sync(WriteBatch(entries=[E(1, 1), E(2, 1), E(3, 1)], hard_state=HardState(1, "a", 0)))
-    d.sync(WriteBatch(entries=[E(2, 2)]))  # a conflict at 2: truncate from 2, then append
-    assert [(e.index, e.term) for e in d.entries] == [(1, 1), (2, 2)]
-    with pytest.raises(DiskContractError):
-        d.sync(WriteBatch(entries=[E(5, 2)]))
-    assert d.holds(2, 2) and not d.holds(2, 1) and not d.holds(3, 1)
-
-
-def test_disk_snapshots_trim_or_replace_the_log() -> None:
-    d = SimDisk()
-    d.sync(WriteBatch(entries=[E(i, 1) for i in range(1, 6)]))
-    meta = SnapshotMeta(3, 1, Membership(frozenset({"a"})))
-    d.store_snapshot(meta, b"s3", drop_log=False)  # local compaction keeps the tail
-    assert [e.index for e in d.entries] == [4, 5] and d.snapshot_data(3) == b"s3"
-    assert d.holds(1, 99)  # covered by the snapshot
-    d.sync(WriteBatch(snapshot=(SnapshotMeta(9, 2, meta.membership), b"s9")))  # installed
-    assert d.entries == [] and d.snapshot_index == 9
-    ps = d.persisted_state()
-    assert ps.snapshot is not None and ps.snapshot.index == 9 and ps.entries == ()
-
-
-def test_torn_batch_keeps_a_prefix_in_contract_order() -> None:
-    b = WriteBatch(
-        snapshot=(SnapshotMeta(2, 1, Membership()), b""),
-        entries=[E(3, 1), E(4, 1)],
-        hard_state=HardState(2, "x", 0),
-    )
-    assert b.ops() == 4
-    assert b.torn(0).empty()
-    t = b.torn(2)
-    assert t.snapshot is not None and [e.index for e in t.entries] == [3] and t.hard_state is None
-    assert b.torn(4).hard_state == HardState(2, "x", 0)
+# ============================================================================ state machine
 
 
 def test_state_machine_snapshot_round_trips() -> None:
@@ -209,7 +164,7 @@ def test_invariant_linearizable_reads_durability_idle_traffic() -> None:
     h.committed[1] = E(1, 1)
     h.max_committed = 1
     with pytest.raises(inv.InvariantViolation, match="durability"):
-        inv.durability(h, {"a": SimDisk(), "b": SimDisk()})
+        inv.durability(h, {"a": MemDisk(), "b": MemDisk()})
     inv.idle_traffic(100, 3, 50, 500)
     with pytest.raises(inv.InvariantViolation, match="idle_traffic"):
         inv.idle_traffic(5000, 3, 50, 500)

@@ -8,9 +8,11 @@ step, the last events, and the command that replays it::
 
     python scripts/simulate.py --seed S --steps M --mix NAME
 
-Modules: network (links, partitions), disk (durable vs in-flight writes), statemachine (the KV
-store), node (one server), cluster (event loop and Ready driver), faults (mixes and the injector),
-invariants (the named checks), mutants (broken cores the tests must catch), summary (soak reports).
+Modules: network (delays, loss, the partition in place), statemachine (the KV store), node (one
+server), cluster (the event loop: ticks, deliveries, fsync completions, clients), faults (mixes and
+the injector), invariants (the named checks), mutants (broken cores the tests must catch), summary
+(soak reports). The disk (durable vs in-flight writes), the Ready driver and the partition builders
+are the raft test kit's (:mod:`raftstate.raft.testing`), shared with tests/raftnet.py.
 """
 
 from raftstate.raft.sim.cluster import Cluster, RunStats, SimConfig, SimulationFailure, run_seed

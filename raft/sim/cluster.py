@@ -6,15 +6,18 @@ operation, a fault, a restart or a heal. Every step is followed by the increment
 of the node it touched (see invariants.py); whole logs are re-checked every ``FULL_CHECK_EVERY``
 steps and at the end.
 
-The Ready contract as this driver honours it (raft/ready.py): on ``ready()`` the batch to persist
-is queued for the node's simulated disk; ``after_persist=False`` messages leave at once. One fsync
-(group commit) covers every batch queued when it starts and completes after a random delay
-(sometimes at once, sometimes a long stall); then, batch by batch in the order taken, the data
-reaches the disk, the held messages leave, a received snapshot is installed into the state machine,
-committed entries are applied, reads are served, and ``advance()`` is called. In a *pipelined* run
-(most seeds, like node/driver.py) the driver keeps taking Readys while an fsync is running; in a
-serial run it takes the next Ready only after the previous one is finished. A crash loses every
-unsynced batch (or, with torn writes, keeps a prefix of the batches being written).
+Each node's Readys go through the test kit's driver (raft/testing/driver.py, shared with
+tests/raftnet.py), which honours the Ready contract (raft/ready.py); what is the simulator's own is
+*when* a persist step completes. With nothing in flight, a Ready is sometimes persisted at once
+(then sent, applied and advanced in the same step); otherwise it is queued for the node's disk and
+its ``after_persist=False`` messages leave at once. One fsync (group commit) covers every batch
+queued when it starts and completes after a random delay (sometimes a long stall); then, batch by
+batch in the order taken, the data reaches the disk, the held messages leave, a received snapshot
+is installed into the state machine, committed entries are applied, reads are served, and
+``advance()`` is called. In a *pipelined* run (most seeds, like node/driver.py) the driver keeps
+taking Readys while an fsync is running; in a serial run it takes the next Ready only after the
+previous one is finished. A crash loses every unsynced batch (or, with torn writes, keeps a prefix
+of the batches being written).
 
 Run :func:`run_seed` (or scripts/simulate.py) rather than building a Cluster by hand.
 """
@@ -33,7 +36,6 @@ from raftstate.raft import (
     ConfChange,
     ConfChangeOp,
     EntryKind,
-    InstallSnapshot,
     LeadershipTransferInProgress,
     Membership,
     Message,
@@ -47,11 +49,11 @@ from raftstate.raft import (
     Role,
 )
 from raftstate.raft.sim import invariants as inv
-from raftstate.raft.sim.disk import DiskContractError, WriteBatch
 from raftstate.raft.sim.faults import MIXES, FaultInjector, Mix
-from raftstate.raft.sim.network import Network, Partition
-from raftstate.raft.sim.node import InFlight, SimNode
+from raftstate.raft.sim.network import Network
+from raftstate.raft.sim.node import SimNode
 from raftstate.raft.sim.statemachine import KVStateMachine, command
+from raftstate.raft.testing import DiskContractError, Partition, ReadyDriver, WriteBatch
 
 # event kinds
 TICK, DELIVER, SYNC, CLIENT, FAULT, RESTART, HEAL, NET_RESTORE, RETIRE, TARGETED, CRASH = range(11)
@@ -251,7 +253,6 @@ class Cluster:
     def _start(self, n: SimNode) -> None:
         n.incarnation += 1
         n.alive = True
-        n.queue.clear()
         n.syncing = 0
         n.pending_writes = {}
         n.waiting_reads = []
@@ -268,6 +269,14 @@ class Cluster:
             now_ms=n.wall_ms(self.now),
         )
         core = n.core
+        n.driver = ReadyDriver(
+            core,
+            n.disk,
+            send=lambda msg: self._send(n, msg),
+            apply=lambda rd: self._apply(n, rd),
+            persisted=lambda batch: self._persisted(n, batch),
+            pipeline=n.pipeline,
+        )
         snap = n.disk.snapshot_index
         n.seen_commit = snap
         h = self.h
@@ -297,19 +306,17 @@ class Cluster:
             return
         self._topology_changed()
         torn = ""
-        group = list(n.queue)[: n.syncing]  # written, not yet synced; later batches never reached the disk
-        ops = sum(fl.batch.ops() for fl in group)
+        keep = 0
+        # the batches the running fsync covers were written, not yet synced; later ones never
+        # reached the disk
+        ops = n.ready_driver().unsynced_ops(n.syncing)
         if ops and self.mix.torn_writes and self.rng.random() < 0.5:
             keep = self.rng.randint(0, ops)
             torn = f", {keep}/{ops} unsynced writes survive"
-            for fl in group:
-                if keep <= 0:
-                    break
-                self._disk_sync(n, fl.batch.torn(keep))
-                keep -= fl.batch.ops()
+        n.ready_driver().crash(written=n.syncing, keep_ops=keep)
         n.alive = False
         n.core = None
-        n.queue.clear()
+        n.driver = None
         n.syncing = 0
         self._fail_reads(n)
         self.note("crash", f"{nid}{torn}")
@@ -337,7 +344,7 @@ class Cluster:
         n.alive = False
         n.retired = True
         n.core = None
-        n.queue.clear()
+        n.driver = None
         n.syncing = 0
         self._fail_reads(n)
         self.note("retire", nid)
@@ -385,7 +392,7 @@ class Cluster:
         except inv.InvariantViolation as v:
             raise self._failure(v.name, v.detail) from None
         except DiskContractError as e:
-            raise self._failure("persist_contract", str(e)) from None
+            raise self._failure(e.rule, str(e)) from None
         except SimulationFailure:
             raise
         except Exception as e:  # the core crashed (assert, IndexError...): a bug worth a replay
@@ -499,71 +506,49 @@ class Cluster:
         if self._defer(n, SYNC, nid, inc):
             return
         group, n.syncing = n.syncing, 0
-        for _ in range(group):
-            self._complete(n, n.queue.popleft())
-        if n.queue:
+        driver = n.ready_driver()
+        driver.finish(group)
+        if driver.queue:
             self._start_fsync(n)
         self.after_input(n)
 
     def _start_fsync(self, n: SimNode) -> None:
         """One fsync (group commit) covers every batch queued so far."""
-        n.syncing = len(n.queue)
+        n.syncing = len(n.ready_driver().queue)
         self._push(self._fsync_delay(), SYNC, n.id, n.incarnation)
 
     # ================================================================= the Ready loop
 
     def after_input(self, n: SimNode) -> None:
         """Drain the node's Ready batches (until one waits for its fsync), then check invariants."""
-        core = n.raft()
-        while core.has_ready():
-            if n.queue and not n.pipeline:
-                break
+        core, driver = n.raft(), n.ready_driver()
+        while driver.wants_ready():
             rd = core.ready()
             if rd.entries:
                 first = rd.entries[0].index
                 inv.log_matching(self.h, n.id, rd.entries, core.log.term_at(first - 1))
-            batch = WriteBatch(
-                (rd.snapshot.meta, rd.snapshot.data) if rd.snapshot is not None else None,
-                rd.entries,
-                rd.hard_state,
-            )
-            # with batches ahead of it, even a batch with nothing to persist waits its turn
-            in_order_now = not n.queue and (batch.empty() or self.rng.random() < self.mix.fsync_instant)
-            held: list[object] = []
-            for out in rd.messages:
-                if out.after_persist and not in_order_now:
-                    held.append(out.msg)
-                else:
-                    self._send(n, out.msg)
-            fl = InFlight(rd, batch, held)
-            if in_order_now:
-                self._complete(n, fl)
-            else:
-                n.queue.append(fl)
-                if not n.syncing:
-                    self._start_fsync(n)
+            if driver.take(rd, self._persist_now) and not n.syncing:
+                self._start_fsync(n)
         self._observe(n)
+
+    def _persist_now(self, batch: WriteBatch) -> bool:
+        """Whether a Ready's persist step (nothing in flight before it) completes at once."""
+        return batch.empty() or self.rng.random() < self.mix.fsync_instant
 
     def _fsync_delay(self) -> int:
         if self.mix.fsync_stall and self.rng.random() < self.mix.fsync_stall:
             return self.rng.randint(40, 200)
         return self.rng.randint(1, self.mix.fsync_max_ms)
 
-    def _disk_sync(self, n: SimNode, batch: WriteBatch) -> None:
-        n.disk.sync(batch)
+    def _persisted(self, n: SimNode, batch: WriteBatch) -> None:
         hs = batch.hard_state
         if hs is not None:
             inv.term_monotonic(self.h, n.id, hs.term, where="disk")
             if hs.vote is not None:
                 inv.vote_stability(self.h, n.id, hs.term, hs.vote)
 
-    def _complete(self, n: SimNode, fl: InFlight) -> None:
-        rd: Ready = fl.ready
-        core = n.raft()
-        if not fl.batch.empty():
-            self._disk_sync(n, fl.batch)
-        for msg in fl.held:
-            self._send(n, msg)  # type: ignore[arg-type]
+    def _apply(self, n: SimNode, rd: Ready) -> None:
+        """Step 3 of a Ready: install its snapshot, apply what it commits, serve reads."""
         if rd.snapshot is not None:
             sm = KVStateMachine.restore(rd.snapshot.data)
             meta = rd.snapshot.meta
@@ -604,7 +589,6 @@ class Cluster:
             n.open_reads.discard(ctx)
             if h.reads.pop(ctx, None) is not None:
                 self.stats.reads_failed += 1
-        core.advance(rd)
 
     def _serve_reads(self, n: SimNode) -> None:
         still = []
@@ -620,13 +604,6 @@ class Cluster:
 
     def _send(self, n: SimNode, msg: Message) -> None:
         h = self.h
-        if isinstance(msg, InstallSnapshot):
-            data = n.disk.snapshot_data(msg.meta.index)
-            if data is None:
-                raise inv.InvariantViolation(
-                    "snapshot_contract", f"{n.id} sends a snapshot at {msg.meta.index} it never stored"
-                )
-            msg = dataclasses.replace(msg, data=data)
         if isinstance(msg, RequestVoteResp):
             if msg.granted and not msg.pre_vote:
                 inv.vote_stability(h, n.id, msg.term, msg.dst)

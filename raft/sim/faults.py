@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from raftstate.raft import ConfChange, ConfChangeOp, RaftError, Role
-from raftstate.raft.sim import network
 from raftstate.raft.sim.network import NetConfig
+from raftstate.raft.testing import partition
 
 if TYPE_CHECKING:
     from raftstate.raft.sim.cluster import Cluster
@@ -241,7 +241,7 @@ class FaultInjector:
         a, b = self._split()
         if not a or not b:
             return False
-        self.c.cut(network.symmetric([a, b]))
+        self.c.cut(partition.symmetric([a, b]))
         self._heal_later()
         return True
 
@@ -249,7 +249,7 @@ class FaultInjector:
         a, b = self._split()
         if not a or not b:
             return False
-        self.c.cut(network.one_way(a, b))
+        self.c.cut(partition.one_way(a, b))
         self._heal_later()
         return True
 
@@ -258,7 +258,7 @@ class FaultInjector:
         if lead is None:
             return False
         others = [i for i in self.c.all_ids() if i != lead]
-        self.c.cut(network.isolate(lead, others))
+        self.c.cut(partition.isolate(lead, others))
         self._heal_later()
         return True
 
@@ -275,7 +275,7 @@ class FaultInjector:
             ids.insert(0, lead)
         rest = ids[1:]
         k = self.c.rng.randint(1, len(rest) - 1)
-        self.c.cut(network.bridge(rest[:k], mid, rest[k:]))
+        self.c.cut(partition.bridge(rest[:k], mid, rest[k:]))
         self._heal_later()
         return True
 

@@ -28,8 +28,8 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
 from raftstate.raft import Entry, RaftLog, SnapshotMeta
-from raftstate.raft.sim.disk import SimDisk
 from raftstate.raft.sim.statemachine import chain_step
+from raftstate.raft.testing.disk import MemDisk
 
 
 class InvariantViolation(AssertionError):
@@ -349,7 +349,7 @@ def linearizable_reads(h: History, ctx: Hashable, served_index: int) -> None:
         h.max_read_index = served_index
 
 
-def durability(h: History, disks: dict[str, SimDisk]) -> None:
+def durability(h: History, disks: dict[str, MemDisk]) -> None:
     """After a crash (of a minority, or of everyone), every committed entry is still on some disk."""
     if not disks:
         return

@@ -4,18 +4,17 @@ It schedules nothing itself. The cluster asks :meth:`Network.route` what happens
 sends (the delays of every copy that will arrive; none if it is lost) and :meth:`Network.link_up`
 whether the link still carries it when it is due — a partition cuts messages already in flight too.
 
-Partitions are sets of blocked *directed* links ``(src, dst)``, built by the helpers below:
-symmetric splits, one-way cuts, isolating one node, and the "bridge" (a line A–B–C where only the
-middle node talks to both sides).
+A partition is a set of blocked *directed* links ``(src, dst)``, built by the shared helpers of
+:mod:`raftstate.raft.testing.partition` (symmetric splits, one-way cuts, isolating one node, the
+"bridge"); the network carries one at a time.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-Link = tuple[str, str]
+from raftstate.raft.testing.partition import Partition
 
 
 @dataclass(slots=True)
@@ -29,44 +28,6 @@ class NetConfig:
     #: probability that a message takes a long detour, so later messages overtake it
     reorder: float = 0.0
     reorder_max_ms: int = 60
-
-
-@dataclass(frozen=True, slots=True)
-class Partition:
-    kind: str
-    blocked: frozenset[Link]
-    #: a short human description for traces ("{n1} | {n2,n3}")
-    describe: str
-
-
-def _fmt(nodes: Iterable[str]) -> str:
-    return "{" + ",".join(sorted(nodes)) + "}"
-
-
-def symmetric(groups: Sequence[Iterable[str]]) -> Partition:
-    """Nodes talk only within their group."""
-    gs = [sorted(g) for g in groups]
-    blocked = {(a, b) for i, ga in enumerate(gs) for j, gb in enumerate(gs) if i != j for a in ga for b in gb}
-    return Partition("symmetric", frozenset(blocked), " | ".join(_fmt(g) for g in gs))
-
-
-def one_way(srcs: Iterable[str], dsts: Iterable[str]) -> Partition:
-    """Messages from ``srcs`` to ``dsts`` are lost; the other direction still works."""
-    s, d = sorted(srcs), sorted(dsts)
-    blocked = {(a, b) for a in s for b in d if a != b}
-    return Partition("one-way", frozenset(blocked), f"{_fmt(s)} -/-> {_fmt(d)}")
-
-
-def isolate(node: str, others: Iterable[str]) -> Partition:
-    p = symmetric([[node], list(others)])
-    return Partition("isolate", p.blocked, f"isolate {node}")
-
-
-def bridge(left: Iterable[str], middle: str, right: Iterable[str]) -> Partition:
-    """A line: ``left`` and ``right`` cannot talk to each other; ``middle`` talks to everyone."""
-    lft, rgt = sorted(left), sorted(right)
-    blocked = {(a, b) for a in lft for b in rgt} | {(b, a) for a in lft for b in rgt}
-    return Partition("bridge", frozenset(blocked), f"{_fmt(lft)} - {middle} - {_fmt(rgt)}")
 
 
 @dataclass(slots=True)
@@ -87,7 +48,7 @@ class Network:
 
     def link_up(self, src: str, dst: str) -> bool:
         p = self.partition
-        return p is None or (src, dst) not in p.blocked
+        return p is None or not p.blocks(src, dst)
 
     def route(self, src: str, dst: str) -> list[int]:
         """Delays (ms, >= 1) of every copy of a message src -> dst that will arrive; [] if lost."""

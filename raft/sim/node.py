@@ -1,27 +1,17 @@
 """One simulated server: a RaftNode plus what a real process keeps beside it.
 
-The core is rebuilt from :attr:`SimNode.disk` on every restart; everything else here that is not the
-disk (state machine, in-flight persist, client bookkeeping) is volatile and lost by a crash.
+The core is rebuilt from :attr:`SimNode.disk` on every restart, with a new Ready driver (the shared
+one of :mod:`raftstate.raft.testing.driver`); everything else here that is not the disk (state
+machine, in-flight persist, client bookkeeping) is volatile and lost by a crash.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
-from raftstate.raft import Membership, RaftNode, ReadState, Ready
-from raftstate.raft.sim.disk import SimDisk, WriteBatch
+from raftstate.raft import Membership, RaftNode, ReadState
 from raftstate.raft.sim.statemachine import KVStateMachine
-
-
-@dataclass(slots=True)
-class InFlight:
-    """A Ready whose persist step waits for its simulated fsync."""
-
-    ready: Ready
-    batch: WriteBatch
-    #: messages that may only leave after the fsync
-    held: list[object]
+from raftstate.raft.testing import MemDisk, ReadyDriver
 
 
 @dataclass(slots=True)
@@ -35,8 +25,10 @@ class SimNode:
     tick_ms: int
     #: take a local snapshot once this many entries were applied since the last one
     snapshot_every: int
-    disk: SimDisk = field(default_factory=SimDisk)
+    disk: MemDisk = field(default_factory=MemDisk)
     core: RaftNode | None = None
+    #: the driver of this incarnation's core (None while the node is down)
+    driver: ReadyDriver | None = None
     sm: KVStateMachine = field(default_factory=KVStateMachine)
     incarnation: int = 0
     alive: bool = False
@@ -47,9 +39,7 @@ class SimNode:
     #: take the next Ready while earlier ones wait for their fsync (as node/driver.py does), or
     #: handle one Ready at a time
     pipeline: bool = True
-    #: Readys taken but not yet finished, in the order taken (persisted, then sent, applied, advanced)
-    queue: deque[InFlight] = field(default_factory=deque)
-    #: how many batches at the head of ``queue`` the running fsync covers (0: none running)
+    #: how many batches at the head of the driver's queue the running fsync covers (0: none running)
     syncing: int = 0
     #: when this node last became leader (simulated ms)
     leader_since: int = 0
@@ -64,7 +54,7 @@ class SimNode:
 
     @property
     def persisting(self) -> bool:
-        return bool(self.queue)
+        return self.driver is not None and bool(self.driver.queue)
 
     def wall_ms(self, now: int) -> int:
         return now + self.clock_offset_ms
@@ -76,3 +66,7 @@ class SimNode:
     def raft(self) -> RaftNode:
         assert self.core is not None, f"{self.id} is not running"
         return self.core
+
+    def ready_driver(self) -> ReadyDriver:
+        assert self.driver is not None, f"{self.id} is not running"
+        return self.driver
