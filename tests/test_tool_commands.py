@@ -1,5 +1,6 @@
-"""The chaos runner is a feature users run from an install: ``raftstate chaos``, ``python -m
-raftstate.node.chaos`` and the checkout's scripts/chaos.py are one command with one parser."""
+"""Tools users run from an install: ``raftstate chaos`` (also ``python -m raftstate.node.chaos`` and
+the checkout's scripts/chaos.py) and the simulator (``python -m raftstate.raft.sim`` and
+scripts/simulate.py) — each one command with one parser, however it is started."""
 
 from __future__ import annotations
 
@@ -36,3 +37,19 @@ def test_every_way_refuses_an_unknown_fault(way: str) -> None:
 def test_chaos_is_listed_in_the_cli_help() -> None:
     out = subprocess.run([RAFTSTATE, "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "chaos" in out.stdout, out.stderr
+
+
+SIM_WAYS = {
+    "python -m": [sys.executable, "-m", "raftstate.raft.sim"],
+    "checkout script": [sys.executable, str(ROOT / "scripts" / "simulate.py")],
+}
+
+
+@pytest.mark.parametrize("way", sorted(SIM_WAYS))
+def test_the_simulator_runs_from_the_install_and_the_checkout(way: str) -> None:
+    """The simulator ships with the core (like etcd's rafttest): one seed replays either way."""
+    args = ["--seed", "3", "--steps", "300", "--mix", "crash"]
+    out = subprocess.run([*SIM_WAYS[way], *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "seed 3 passed" in out.stdout, out.stderr
+    bad = subprocess.run([*SIM_WAYS[way], "--mutant", "nope"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr, bad.stderr
