@@ -20,7 +20,7 @@ from typing import Any, Final
 import msgpack
 
 from raftstate.client import protocol as p
-from raftstate.node.api.codec import ApiError
+from raftstate.node.errors import Refusal
 from raftstate.node.state.commands import (
     INT64_MAX,
     INT64_MIN,
@@ -167,23 +167,23 @@ def name_from_path(text: str, lim: ApiLimits, what: str = "key") -> str:
     try:
         n = len(text.encode("utf-8"))
     except UnicodeEncodeError:
-        raise ApiError(p.INVALID_REQUEST, f"{what} {text!r} is not valid UTF-8") from None
+        raise Refusal(p.INVALID_REQUEST, f"{what} {text!r} is not valid UTF-8") from None
     if n > lim.max_key_bytes:
-        raise ApiError(
+        raise Refusal(
             p.KEY_TOO_LARGE,
             f"{what} of {n} bytes exceeds the limit of {lim.max_key_bytes} bytes (settings.max_key_bytes); "
             "use a shorter name, e.g. a hash of the long one",
             limit=lim.max_key_bytes,
         )
     if not text:
-        raise ApiError(p.INVALID_REQUEST, f"the {what} is empty")
+        raise Refusal(p.INVALID_REQUEST, f"the {what} is empty")
     return text
 
 
 def stale_read(query: Mapping[str, str]) -> bool:
     c = query.get("consistency", "linearizable")
     if c not in ("linearizable", "stale"):
-        raise ApiError(p.INVALID_REQUEST, f"consistency={c!r}: use linearizable (default) or stale")
+        raise Refusal(p.INVALID_REQUEST, f"consistency={c!r}: use linearizable (default) or stale")
     return c == "stale"
 
 
@@ -197,14 +197,14 @@ def timeout_s(query: Mapping[str, str], max_s: float) -> float:
     except ValueError:
         t = math.nan
     if not math.isfinite(t) or t <= 0:
-        raise ApiError(p.INVALID_REQUEST, f"timeout={text!r}: give a positive number of seconds")
+        raise Refusal(p.INVALID_REQUEST, f"timeout={text!r}: give a positive number of seconds")
     return min(t, max_s)
 
 
 def list_query(query: Mapping[str, str], lim: ApiLimits) -> ListQuery:
     for k in query:
         if k not in ("prefix", "after", "limit", "consistency", "timeout"):
-            raise ApiError(
+            raise Refusal(
                 p.INVALID_REQUEST,
                 f"GET /v1/keys: unknown parameter {k!r}; known: prefix, after, limit, consistency",
             )
@@ -213,11 +213,11 @@ def list_query(query: Mapping[str, str], lim: ApiLimits) -> ListQuery:
     most = lim.max_keys_per_page
     text = query.get("limit", str(min(DEFAULT_LIST_LIMIT, most)))
     if not _is_decimal(text, 19) or int(text) < 1:
-        raise ApiError(
+        raise Refusal(
             p.INVALID_REQUEST, f"GET /v1/keys: limit={text[:40]!r}: give a whole number in 1..{most}"
         )
     if int(text) > most:
-        raise ApiError(
+        raise Refusal(
             p.PAGE_TOO_LARGE,
             f"GET /v1/keys: limit={text} is above the limit of {most} keys per page "
             "(settings.max_keys_per_page); ask for fewer and follow 'next'",
@@ -240,22 +240,22 @@ class _Body:
     def __init__(self, what: str, body: Any, allowed: set[str] | frozenset[str]) -> None:
         self.what = what
         if not isinstance(body, dict):
-            raise ApiError(
+            raise Refusal(
                 p.INVALID_REQUEST,
                 f"{what}: the body must be a JSON object (or msgpack map), got {_got(body)}",
             )
         unknown = sorted(str(k) for k in body if k not in allowed)
         if unknown:
             known = ", ".join(sorted(allowed)) or "none"
-            raise ApiError(
+            raise Refusal(
                 p.INVALID_REQUEST,
                 f"{what}: unknown field {unknown[0]!r}; known fields: {known}",
                 field=unknown[0],
             )
         self.raw: dict[str, Any] = body
 
-    def error(self, problem: str, **details: Any) -> ApiError:
-        return ApiError(p.INVALID_REQUEST, f"{self.what}: {problem}", **details)
+    def error(self, problem: str, **fields: Any) -> Refusal:
+        return Refusal(p.INVALID_REQUEST, f"{self.what}: {problem}", **fields)
 
     def flag(self, name: str) -> bool:
         v = self.raw.get(name)
@@ -349,27 +349,27 @@ def _check_value(what: str, value: Any, lim: ApiLimits) -> None:
     while stack:
         v, depth = stack.pop()
         if depth > MAX_VALUE_DEPTH:
-            raise ApiError(p.INVALID_REQUEST, f"{what}: the value nests deeper than {MAX_VALUE_DEPTH} levels")
+            raise Refusal(p.INVALID_REQUEST, f"{what}: the value nests deeper than {MAX_VALUE_DEPTH} levels")
         if isinstance(v, list | tuple):
             stack.extend((x, depth + 1) for x in v)
         elif isinstance(v, dict):
             for k, x in v.items():
                 if not isinstance(k, str):
-                    raise ApiError(
+                    raise Refusal(
                         p.INVALID_REQUEST, f"{what}: map keys in a value must be strings, got {_got(k)}"
                     )
                 stack.append((x, depth + 1))
         elif isinstance(v, float):
             if not math.isfinite(v):
-                raise ApiError(p.INVALID_REQUEST, f"{what}: the value holds {v}, which JSON cannot carry")
+                raise Refusal(p.INVALID_REQUEST, f"{what}: the value holds {v}, which JSON cannot carry")
         elif not (v is None or isinstance(v, bool | int | str | bytes)):
-            raise ApiError(p.INVALID_REQUEST, f"{what}: the value holds {_got(v)}, which is not storable")
+            raise Refusal(p.INVALID_REQUEST, f"{what}: the value holds {_got(v)}, which is not storable")
     try:
         size = len(msgpack.packb(value, use_bin_type=True))
     except (TypeError, ValueError, OverflowError) as exc:
-        raise ApiError(p.INVALID_REQUEST, f"{what}: the value cannot be stored: {exc}") from None
+        raise Refusal(p.INVALID_REQUEST, f"{what}: the value cannot be stored: {exc}") from None
     if size > lim.max_value_bytes:
-        raise ApiError(
+        raise Refusal(
             p.VALUE_TOO_LARGE,
             f"{what}: the value is {size} bytes encoded (msgpack); the limit is {lim.max_value_bytes} bytes "
             "(settings.max_value_bytes): store large blobs elsewhere and keep a reference here",

@@ -4,7 +4,8 @@ A command is a msgpack map ``{"op": NAME, field: value, ...}`` in a NORMAL entry
 builds one from an HTTP request, validates it with :func:`encode` (which refuses garbage before it
 is ever proposed), and the state machine decodes it with :func:`decode` at apply time. Both run the
 same checks, so a command that reaches the log from an older or broken proposer is refused the same
-way on every replica — deterministically, without raising.
+way on every replica — deterministically, without raising. Either way the answer is a
+:class:`~raftstate.node.errors.Refusal`, the one refusal type the API answers with too.
 
 Only *constant* bounds are checked here (types, int64 ranges, durations). Size limits from
 cluster.yaml (``max_key_bytes``, ...) are the API layer's job: they may differ between nodes, and
@@ -12,7 +13,7 @@ the state machine must not depend on any node's configuration.
 
 Every write may carry two envelopes besides its operation:
 
-    session, seq, ack     exactly-once (see sm_sessions.py): the (session, seq) pair names the write
+    session, seq, ack     exactly-once (see sessions.py): the (session, seq) pair names the write
     fence_lock, fence_token
                           applied only while that lock is held with that token (keys only)
 
@@ -30,6 +31,7 @@ from typing import Any, Final
 import msgpack
 
 from raftstate.client import protocol as p
+from raftstate.node.errors import Refusal
 
 __all__ = [
     "INT64_MAX",
@@ -38,7 +40,6 @@ __all__ = [
     "MAX_TIME_MS",
     "AcquireLock",
     "Command",
-    "CommandError",
     "DeleteKey",
     "Expire",
     "Fence",
@@ -53,6 +54,7 @@ __all__ = [
     "decode",
     "describe_time",
     "encode",
+    "invalid",
     "to_seconds",
 ]
 
@@ -66,35 +68,9 @@ MAX_TIME_MS: Final = 253_402_300_799_999
 MAX_SESSION_RESULTS: Final = 1_000_000
 
 
-class CommandError(Exception):
-    """A command refused by the state machine (or by the API before proposing it).
-
-    A refusal is an *outcome*: every replica reaches the same one, and a session remembers it like a
-    success. ``code`` is one of raftstate.client.protocol's codes; ``details`` go into the error body.
-    """
-
-    def __init__(self, code: str, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.details = details
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, CommandError) and (self.code, self.message, self.details) == (
-            other.code,
-            other.message,
-            other.details,
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.code, self.message))
-
-    def __repr__(self) -> str:
-        return f"CommandError({self.code!r}, {self.message!r}, **{self.details!r})"
-
-
-def invalid(message: str, **details: Any) -> CommandError:
-    return CommandError(p.INVALID_REQUEST, message, **details)
+def invalid(message: str, **fields: Any) -> Refusal:
+    """An invalid_request refusal (400)."""
+    return Refusal(p.INVALID_REQUEST, message, **fields)
 
 
 # =========================================================================== operations
@@ -212,10 +188,6 @@ def _name(v: Any) -> str | None:
     return None if isinstance(v, str) and v else "a non-empty string"
 
 
-def _str(v: Any) -> str | None:
-    return None if isinstance(v, str) else "a string"
-
-
 def _any(v: Any) -> str | None:
     return None
 
@@ -314,7 +286,7 @@ _REQUIRED: Final = {name: _required(cls) for name, (cls, _) in SCHEMA.items()}
 
 
 def encode(cmd: Command) -> bytes:
-    """Validate ``cmd`` and return its log bytes. Raises CommandError (invalid_request) for a command
+    """Validate ``cmd`` and return its log bytes. Raises a Refusal (invalid_request) for a command
     that apply would refuse as malformed — the API must never propose one — or that msgpack cannot
     carry (an integer beyond 64 bits, a lone surrogate in a string)."""
     m = _to_map(cmd)
@@ -327,7 +299,7 @@ def encode(cmd: Command) -> bytes:
 
 
 def decode(data: bytes) -> Command:
-    """Parse and validate log bytes. Raises CommandError (invalid_request), never anything else."""
+    """Parse and validate log bytes. Raises a Refusal (invalid_request), never anything else."""
     try:
         m = msgpack.unpackb(data, raw=False)
     except Exception as exc:  # msgpack raises several unrelated types for garbage
