@@ -38,6 +38,9 @@ from raftstate.node.state.commands import (
     RenewLock,
     SessionRef,
     SetKey,
+    ack_below_seq,
+    one_condition,
+    session_needs_seq,
 )
 
 __all__ = [
@@ -101,8 +104,7 @@ def put(key: str, body: Any, lim: ApiLimits) -> Command:
     ttl_ms, expires_at_ms = b.expiry()
     if_absent = b.flag("if_absent")
     if_version = b.integer("if_version", 1, INT64_MAX, "a version (a positive integer from a read)")
-    if if_absent and if_version is not None:
-        raise b.error("give if_absent or if_version, not both")
+    b.rule(one_condition(if_absent, if_version))
     op = SetKey(key, value, ttl_ms, expires_at_ms, if_absent, if_version)
     return b.command(op, lim)
 
@@ -257,6 +259,12 @@ class _Body:
     def error(self, problem: str, **fields: Any) -> Refusal:
         return Refusal(p.INVALID_REQUEST, f"{self.what}: {problem}", **fields)
 
+    def rule(self, problem: str | None) -> None:
+        """Refuse if a cross-field rule (written once, in client/protocol.py or state/commands.py)
+        found a problem."""
+        if problem is not None:
+            raise self.error(problem)
+
     def flag(self, name: str) -> bool:
         v = self.raw.get(name)
         if v is None:
@@ -296,8 +304,7 @@ class _Body:
         v = self.raw.get("expires_at")
         if v is None:
             return ttl_ms, None
-        if ttl_ms is not None:
-            raise self.error('give "ttl" or "expires_at", not both')
+        self.rule(p.one_expiry(ttl_ms, v))
         epoch_s = _finite(v)
         if epoch_s is None or not 0 <= epoch_s * 1000 <= MAX_TIME_MS:
             raise self.error(
@@ -310,16 +317,13 @@ class _Body:
         present = {k for k in _SESSION_FIELDS if self.raw.get(k) is not None}
         if not present:
             return None
-        if not {"session", "seq"} <= present:
-            raise self.error('exactly-once writes need both "session" (from POST /v1/sessions) and "seq"')
+        raw = self.raw
+        self.rule(session_needs_seq(raw.get("session"), raw.get("seq"), raw.get("ack")))
         sid = self.integer("session", 1, INT64_MAX, "a session id from POST /v1/sessions")
         seq = self.integer("seq", 1, INT64_MAX, "a positive integer numbering this write in its session")
         ack = self.integer("ack", 0, INT64_MAX, "a non-negative integer") or 0
         assert sid is not None and seq is not None
-        if ack >= seq:
-            raise self.error(
-                f'"ack" ({ack}) must be below "seq" ({seq}): this write\'s own outcome is still needed'
-            )
+        self.rule(ack_below_seq(seq, ack))
         return SessionRef(sid, seq, ack)
 
     def fence(self, lim: ApiLimits) -> Fence | None:
