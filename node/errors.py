@@ -37,7 +37,9 @@ whose they are (this node's own files and settings, or another process's answer)
 
 Not in this tree: the core's own errors (``raftstate.raft.errors``: NotLeader, ...), which the API
 answers as Refusals, and the client's tree (``raftstate.client.errors``), which never imports the node.
-Caller misuse (a bug, not a fault) stays ``ValueError``/``AssertionError``.
+Caller misuse (a bug, not a fault) stays ``ValueError``/``AssertionError``. Two private helpers
+are left out of the drawing: ``_BadRecord`` (a StorageError that never leaves storage/log_store.py)
+and config.py's ``_DuplicateKey`` (a yaml error that is also a ConfigError).
 
 This module imports nothing of raftstate.node, so the pure state machine (``state/``) can use it.
 """
