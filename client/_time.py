@@ -11,6 +11,7 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from raftstate.client import protocol as p
 from raftstate.client.errors import InvalidRequest
 
 #: what ``ttl=`` accepts
@@ -51,9 +52,11 @@ def epoch_seconds(when: When, *, what: str) -> float:
 
 
 def expiry_fields(ttl: Ttl | None, expires_at: When | None, *, what: str) -> dict[str, float]:
-    """The optional ``ttl`` / ``expires_at`` body fields of a write (at most one of them)."""
-    if ttl is not None and expires_at is not None:
-        raise InvalidRequest(f"{what}: pass ttl or expires_at, not both")
+    """The optional ``ttl`` / ``expires_at`` body fields of a write (at most one of them: the rule
+    the node checks too, raftstate.client.protocol.one_expiry)."""
+    problem = p.one_expiry(ttl, expires_at)
+    if problem is not None:
+        raise InvalidRequest(f"{what}: {problem}")
     if ttl is not None:
         return {"ttl": ttl_seconds(ttl, what=what)}
     if expires_at is not None:

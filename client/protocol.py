@@ -72,3 +72,17 @@ STATUS_OF: Final[dict[str, int]] = {
 
 #: codes after which the request was certainly not applied, so any client may retry it elsewhere
 RETRYABLE_SAFELY: Final = frozenset({NOT_LEADER, UNAVAILABLE})
+
+
+# =========================================================================== cross-field rules
+# A rule between fields of one request that the client (before sending: no round trip for a
+# caller's mistake) and the node (its request schema and its state machine) both check is written
+# once, here. Pure: the problem as text, or None when the fields agree. Rules only the node checks
+# live in raftstate.node.state.commands.
+
+
+def one_expiry(ttl: object, expires_at: object) -> str | None:
+    """A write expires after ``ttl`` or at ``expires_at``, not both (None: not given)."""
+    if ttl is not None and expires_at is not None:
+        return 'give "ttl" or "expires_at", not both'
+    return None

@@ -5,6 +5,7 @@ The hub (this folder) ties the rooms together; each package says its job and wha
     server.py, driver.py, config.py, metrics.py, cli.py   the hub: one node process, wired up
     test_hooks.py  the TEST-ONLY hooks (slow fsync, clock offset, dial map, injected bugs): read
                    once at start, all off unless a test or chaos run sets them
+    errors.py      every node error as one tree (its docstring draws it): one Refusal, local/remote faults
     state/     the replicated state machine and its command schema (pure: no I/O, no clock)
     storage/   the data dir: log segments, hard state, snapshots, fsync
     peers/     node-to-node: transport, wire frames, peer proof, membership, join, bootstrap

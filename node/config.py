@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from raftstate.node.errors import ConfigError  # re-exported: the cluster file's error
 from raftstate.node.security.config import AuthConfig, TlsConfig, parse_auth, parse_tls
 from raftstate.raft.settings import RaftSettings
 
@@ -38,13 +39,6 @@ DEFAULT_CLUSTER_ID = "raftstate"
 # Node and cluster ids travel in HTTP headers, URLs, metric labels and file names: keep them plain.
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _ID_RULE = "use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
-
-
-class ConfigError(Exception):
-    """The cluster file cannot be used as written. A *local* fault: the message says what to edit.
-
-    (It lives here rather than in a node-wide errors module because nothing else raises it yet.)
-    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,8 +188,8 @@ class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate keys (plain PyYAML keeps the last one silently)."""
 
 
-class _DuplicateKey(yaml.constructor.ConstructorError):
-    pass
+class _DuplicateKey(yaml.constructor.ConstructorError, ConfigError):
+    """Raised inside the YAML loader (so a yaml error first); load_config answers it as ConfigError."""
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:

@@ -23,8 +23,9 @@ from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from raftstate.node.errors import Interrupted, Refusal
 from raftstate.node.runtime.deadlines import Deadlines
-from raftstate.node.state.machine import CommandError, KVStateMachine
+from raftstate.node.state.machine import KVStateMachine
 from raftstate.node.storage.store import Storage
 from raftstate.raft import (
     ConfChange,
@@ -53,15 +54,15 @@ class Transport(Protocol):
     def update_peers(self, addresses: dict[str, str]) -> None: ...
 
 
-class ProposalLost(Exception):
+class ProposalLost(Interrupted):
     """The entry we proposed was replaced by another leader's: it was certainly not applied."""
 
 
-class OutcomeUnknown(Exception):
+class OutcomeUnknown(Interrupted):
     """We stopped waiting before the outcome was known: the command may or may not be applied."""
 
 
-class ReadAborted(Exception):
+class ReadAborted(Interrupted):
     """Leadership was lost before a linearizable read could be confirmed."""
 
 
@@ -431,10 +432,10 @@ class RaftDriver:
         w = self._waiters.get(e.index)
         if w is not None and not w.future.done():
             if w.term == e.term:
-                if isinstance(result, CommandError):
+                if isinstance(result, Refusal):
                     # A copy: the state machine may keep this outcome (sessions), and raising an
                     # exception object pins its traceback's frames to it.
-                    w.future.set_exception(CommandError(result.code, result.message, **result.details))
+                    w.future.set_exception(Refusal(result.code, result.message, **result.fields))
                 else:
                     w.future.set_result(result)
             else:

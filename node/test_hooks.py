@@ -52,6 +52,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import ClassVar, Final
 
+from raftstate.node.errors import LocalFault
 from raftstate.node.peers.fault_dial import DialMap
 from raftstate.node.storage.late_write import LateWriteStorage
 from raftstate.node.storage.store import Storage
@@ -90,7 +91,7 @@ MAX_SLOW_FSYNC_MS: Final = 60_000.0
 ReadBarrier = Callable[[float], Awaitable[None]]
 
 
-class TestHookError(ValueError):
+class TestHookError(LocalFault, ValueError):
     """A hook's variable is set to something unusable: the node refuses to start (a local fault)."""
 
     __test__: ClassVar[bool] = False  # not a pytest test class, despite its name

@@ -9,8 +9,8 @@ import pytest
 
 from raftstate.client import protocol as p
 from raftstate.node.api import schema
-from raftstate.node.api.codec import ApiError
 from raftstate.node.api.schema import ApiLimits
+from raftstate.node.errors import Refusal
 from raftstate.node.state.commands import (
     AcquireLock,
     Command,
@@ -26,8 +26,8 @@ from raftstate.node.state.commands import (
 LIM = ApiLimits(max_key_bytes=16, max_value_bytes=64, session_idle_timeout_ms=60_000, max_session_results=7)
 
 
-def refused(fn: Any, *args: Any) -> ApiError:
-    with pytest.raises(ApiError) as err:
+def refused(fn: Any, *args: Any) -> Refusal:
+    with pytest.raises(Refusal) as err:
         fn(*args)
     return err.value
 
@@ -92,7 +92,7 @@ def test_values_nest_at_most_max_value_depth_levels() -> None:
 def test_key_and_name_limits_come_from_the_path() -> None:
     assert schema.name_from_path("é" * 8, LIM) == "é" * 8  # 16 bytes: at the limit
     err = refused(schema.name_from_path, "é" * 9, LIM)
-    assert (err.code, err.details) == (p.KEY_TOO_LARGE, {"limit": 16})
+    assert (err.code, err.fields) == (p.KEY_TOO_LARGE, {"limit": 16})
     assert "18 bytes" in err.message and "settings.max_key_bytes" in err.message
     assert refused(schema.name_from_path, "\ud800", LIM).code == p.INVALID_REQUEST
 
@@ -124,7 +124,7 @@ def test_query_parameters() -> None:
     for bad in ({"limit": "0"}, {"limit": "x"}, {"limit": "²"}, {"limit": "9" * 30}, {"colour": "red"}):
         assert refused(schema.list_query, bad, LIM).code == p.INVALID_REQUEST
     too_many = refused(schema.list_query, {"limit": "10001"}, LIM)
-    assert (too_many.code, too_many.details) == (p.PAGE_TOO_LARGE, {"limit": 10_000})
+    assert (too_many.code, too_many.fields) == (p.PAGE_TOO_LARGE, {"limit": 10_000})
     assert "settings.max_keys_per_page" in too_many.message
     assert refused(schema.keepalive, "²", {}, LIM).code == p.INVALID_REQUEST
     assert refused(schema.list_query, {"prefix": "p" * 17}, LIM).code == p.KEY_TOO_LARGE

@@ -14,7 +14,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from raftstate.node.api.codec import ApiError, error_response
+from raftstate.node.api.codec import error_response
+from raftstate.node.errors import Refusal
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.security.auth import AUTHENTICATOR, ROUTE_ROLES, Authenticator, auth_middleware, authorize
 from raftstate.node.security.config import ResolvedAuth, Role
@@ -30,7 +31,7 @@ async def snapshot_like(request: web.Request) -> web.Response:
     """What another engineer's admin endpoint does: a finer check inside the handler."""
     try:
         authorize(request, Role.ADMIN)
-    except ApiError as err:
+    except Refusal as err:
         return error_response(request, err)
     return web.json_response({"ok": True})
 

@@ -13,8 +13,9 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from raftstate.node.errors import Refusal
 from raftstate.node.peers.wire import FrameError, decode_frame, encode_frame, encode_one
-from raftstate.node.state.commands import SCHEMA, CommandError, decode
+from raftstate.node.state.commands import SCHEMA, decode
 from raftstate.node.storage.errors import StorageCorruption
 from raftstate.node.storage.log_store import SegmentedLog
 from raftstate.raft.messages import AppendEntries, Entry, Heartbeat, RequestVote, message_from_wire
@@ -130,7 +131,7 @@ commands = st.fixed_dictionaries(
 def test_log_commands_decode_or_refuse_as_command_errors(data: bytes) -> None:
     try:
         decode(data)
-    except CommandError:
+    except Refusal:
         pass
 
 

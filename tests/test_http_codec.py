@@ -8,7 +8,8 @@ import msgpack
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from raftstate.node.api.codec import ApiError, error_response, read_body, respond
+from raftstate.node.api.codec import error_response, read_body, respond
+from raftstate.node.errors import Refusal
 
 LIMIT = 1 << 20
 
@@ -16,7 +17,7 @@ LIMIT = 1 << 20
 async def _echo(request: web.Request) -> web.Response:
     try:
         body = await read_body(request, LIMIT)
-    except ApiError as err:
+    except Refusal as err:
         return error_response(request, err)
     return respond(request, {"len": len(body["value"])})
 

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from raftstate.node.api.codec import BODY_DONE, BODY_TIMEOUT_S, ApiError, error_response, read_body
+from raftstate.node.api.codec import BODY_DONE, BODY_TIMEOUT_S, error_response, read_body
 from raftstate.node.api.guard import GuardedTCPSite, HttpGuard
+from raftstate.node.errors import Refusal
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.ops.local_cluster import free_ports
 
@@ -19,7 +20,7 @@ DEADLINE_S = 0.5
 async def echo(request: web.Request) -> web.Response:
     try:
         body = await read_body(request, 1 << 16)
-    except ApiError as err:  # a slow body
+    except Refusal as err:  # a slow body
         return error_response(request, err)
     return web.json_response({"got": body})
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from raftstate.client import protocol as p
-from raftstate.node.api.codec import ApiError
 from raftstate.node.config import ClusterConfig, ConfigError, NodeConfig, Settings
+from raftstate.node.errors import Refusal
 from raftstate.node.ops.backup_file import MAGIC, BackupError, BackupHeader, read_backup, stream_backup
 from raftstate.node.ops.backup_restore import describe, restore
 from raftstate.node.ops.backup_state import SnapshotMovedOn, backup_payload, decode_payload, rebuild_state
@@ -147,7 +147,7 @@ M3 = Membership(
 
 
 def _refused(code: str, fn: Any, *args: Any) -> str:
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(Refusal) as err:
         fn(*args)
     assert err.value.code == code and p.STATUS_OF[code] == err.value.status
     return err.value.message

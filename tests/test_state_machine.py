@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from raftstate.client import protocol as p
+from raftstate.node.errors import Refusal
 from raftstate.node.state.commands import (
     AcquireLock,
     Command,
-    CommandError,
     DeleteKey,
     Expire,
     Fence,
@@ -59,9 +59,9 @@ class Log:
         assert isinstance(out, dict), out
         return out
 
-    def err(self, op: Operation, t: int = T0, **kw: Any) -> CommandError:
+    def err(self, op: Operation, t: int = T0, **kw: Any) -> Refusal:
         out = self.do(op, t, **kw)
-        assert isinstance(out, CommandError), out
+        assert isinstance(out, Refusal), out
         return out
 
 
@@ -94,11 +94,11 @@ def test_if_version_is_compare_and_set() -> None:
     log = Log()
     log.ok(SetKey("a", 1))
     e = log.err(SetKey("a", 2, if_version=7))
-    assert (e.code, e.details) == (p.VERSION_MISMATCH, {"key": "a", "version": 1})
+    assert (e.code, e.fields) == (p.VERSION_MISMATCH, {"key": "a", "version": 1})
     assert "'a'" in e.message and "version 1" in e.message
     assert log.ok(SetKey("a", 2, if_version=1))["version"] == 3
     e = log.err(SetKey("missing", 2, if_version=1))
-    assert e.details == {"key": "missing", "version": None}
+    assert e.fields == {"key": "missing", "version": None}
 
 
 def test_delete_says_whether_the_key_existed_and_honours_if_version() -> None:
@@ -192,7 +192,7 @@ def test_acquire_returns_the_log_index_as_token_and_refuses_a_held_lock() -> Non
     for owner in ("w2", "w1"):  # not re-entrant: the same owner string is no proof of identity
         e = log.err(AcquireLock("L", owner, 1000), T0 + 999)
         assert e.code == p.LOCK_HELD
-        assert e.details == {"name": "L", "owner": "w1", "expires_at": (T0 + 1000) / 1000}
+        assert e.fields == {"name": "L", "owner": "w1", "expires_at": (T0 + 1000) / 1000}
     lk = log.sm.lock("L", T0 + 999)
     assert lk is not None and (lk.owner, lk.token) == ("w1", 2)
 
@@ -237,7 +237,7 @@ def test_a_fenced_write_from_an_expired_holder_is_refused() -> None:
     t1 = log.ok(AcquireLock("L", "w1", 1000), T0)["token"]
     assert log.ok(SetKey("k", "by w1"), T0 + 500, fence=Fence("L", t1))["version"] > 0
     e = log.err(SetKey("k", "late w1"), T0 + 1000, fence=Fence("L", t1))  # expired, nobody else yet
-    assert e.code == p.LOCK_LOST and e.details["key"] == "k"
+    assert e.code == p.LOCK_LOST and e.fields["key"] == "k"
     t2 = log.ok(AcquireLock("L", "w2", 1000), T0 + 1200)["token"]
     for op in (SetKey("k", "late w1"), DeleteKey("k"), Increment("k")):
         assert log.err(op, T0 + 1300, fence=Fence("L", t1)).code == p.LOCK_LOST
@@ -361,7 +361,7 @@ def test_a_malformed_command_is_refused_deterministically_and_changes_nothing(da
     log.ok(AcquireLock("L", "o", 1000))
     before = state_rows(log.sm)
     out = log.raw(data)
-    assert isinstance(out, CommandError) and out.code == p.INVALID_REQUEST
+    assert isinstance(out, Refusal) and out.code == p.INVALID_REQUEST
     assert why in out.message
     assert state_rows(log.sm) == before
     assert log.sm.applied_index == log.index  # the entry still counts as applied
@@ -372,16 +372,16 @@ def test_a_malformed_command_is_refused_deterministically_and_changes_nothing(da
 def test_apply_never_raises_on_arbitrary_bytes(data: bytes) -> None:
     sm = KVStateMachine()
     out = sm.apply(1, T0, data)
-    assert isinstance(out, dict | CommandError)
+    assert isinstance(out, dict | Refusal)
 
 
 def test_the_encoder_refuses_what_apply_would_refuse() -> None:
     """The API cannot propose garbage: encode() runs the same validation as decode()."""
-    with pytest.raises(CommandError, match="ttl_ms"):
+    with pytest.raises(Refusal, match="ttl_ms"):
         encode(Command(SetKey("a", 1, ttl_ms=-5)))
-    with pytest.raises(CommandError, match="cannot be encoded"):
+    with pytest.raises(Refusal, match="cannot be encoded"):
         encode(Command(SetKey("a", 2**70)))
-    with pytest.raises(CommandError, match="only writes to keys"):
+    with pytest.raises(Refusal, match="only writes to keys"):
         encode(Command(AcquireLock("L", "o", 10), fence=Fence("L", 1)))
     cmd = Command(SetKey("a", {"x": [1, b"\x00"]}, ttl_ms=5), SessionRef(3, 4, 2), Fence("L", 9))
     assert decode(encode(cmd)) == cmd
@@ -522,5 +522,5 @@ def test_replicas_agree_and_snapshot_restore_equals_continuous_apply(
     assert outs_a == outs_b
     assert a.snapshot() == b.snapshot()
     for o in outs_a:
-        assert isinstance(o, dict | CommandError)
-        assert not (isinstance(o, CommandError) and o.code == p.INTERNAL), o
+        assert isinstance(o, dict | Refusal)
+        assert not (isinstance(o, Refusal) and o.code == p.INTERNAL), o

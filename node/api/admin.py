@@ -26,10 +26,11 @@ from typing import Any
 from aiohttp import web
 
 from raftstate.client import protocol as p
-from raftstate.node.api.codec import ApiError, read_body, respond
+from raftstate.node.api.codec import read_body, respond
 from raftstate.node.api.handlers import Api
 from raftstate.node.config import _ID_RE, _ID_RULE, Settings, parse_address
 from raftstate.node.driver import RaftDriver
+from raftstate.node.errors import Refusal
 from raftstate.node.ops.backup_file import BackupHeader, stream_backup
 from raftstate.node.ops.backup_state import SnapshotMovedOn, backup_payload
 from raftstate.node.peers import membership as rules
@@ -113,13 +114,13 @@ class AdminApi:
         node_id = _field(body, "id")
         if not _ID_RE.fullmatch(node_id):
             msg = f'POST /v1/members: "id": {node_id!r}: {_ID_RULE}'
-            raise ApiError(p.INVALID_REQUEST, msg, field="id")
+            raise Refusal(p.INVALID_REQUEST, msg, field="id")
         address = _field(body, "address")
         try:
             parse_address(address)
         except ValueError as exc:
             msg = f'POST /v1/members: "address": {exc}'
-            raise ApiError(p.INVALID_REQUEST, msg, field="address") from None
+            raise Refusal(p.INVALID_REQUEST, msg, field="address") from None
         self.api._require_leader()
         rules.check_add(self.driver.raft.membership, node_id, address)
         await self._change(ConfChange(ConfChangeOp.ADD_LEARNER, node_id, address), request)
@@ -168,7 +169,7 @@ class AdminApi:
             proposal = self.driver.propose_conf_change(cc, self.api._timeout(request.query))
             await self.api._outcome(proposal, "check `raftstate member list` before retrying")
         except ConfChangeInProgress as exc:
-            raise ApiError(
+            raise Refusal(
                 p.CHANGE_IN_PROGRESS,
                 f"{exc}; one membership change at a time: wait for it (`raftstate member list`) and retry",
             ) from None
@@ -210,7 +211,7 @@ class AdminApi:
                 return await asyncio.to_thread(_payload, d.storage, entries, index, term)
             except SnapshotMovedOn:
                 continue  # a local snapshot was stored meanwhile: take a new point
-        raise ApiError(p.UNAVAILABLE, f"node {d.id}: snapshots kept moving past the backup point; retry")
+        raise Refusal(p.UNAVAILABLE, f"node {d.id}: snapshots kept moving past the backup point; retry")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -229,7 +230,7 @@ def _payload(storage: Storage, entries: list[Entry], index: int, term: int) -> t
 def _field(body: Any, name: str) -> str:
     value = body.get(name) if isinstance(body, dict) else None
     if not isinstance(value, str) or not value:
-        raise ApiError(
+        raise Refusal(
             p.INVALID_REQUEST,
             f'POST /v1/members: "{name}" must be a non-empty string, got {value!r}',
             field=name,

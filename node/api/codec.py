@@ -21,27 +21,13 @@ from raftstate.client.protocol import (
     MSGPACK,
     REQUEST_TIMEOUT,
     REQUEST_TOO_LARGE,
-    STATUS_OF,
 )
+from raftstate.node.errors import Refusal
 
 #: seconds a request body may take to arrive (settings.client_body_timeout_s; absent: no limit)
 BODY_TIMEOUT_S: Final = web.AppKey("raftstate_body_timeout_s", float)
 #: called once a request's body has fully arrived (node/api/guard.py stops treating it as slow)
 BODY_DONE: Final[web.AppKey[Callable[[web.Request], None]]] = web.AppKey("raftstate_body_done")
-
-
-class ApiError(Exception):
-    """An error answered to the client: a code from raftstate.client.protocol and a message."""
-
-    def __init__(self, code: str, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.details = details
-
-    @property
-    def status(self) -> int:
-        return STATUS_OF.get(self.code, 500)
 
 
 def _json_default(o: Any) -> Any:
@@ -67,11 +53,11 @@ def respond(request: web.Request, body: Any, status: int = 200) -> web.Response:
     return web.Response(text=text, status=status, content_type=JSON)
 
 
-def error_body(err: ApiError) -> dict[str, Any]:
-    return {"error": {"code": err.code, "message": err.message, **err.details}}
+def error_body(err: Refusal) -> dict[str, Any]:
+    return {"error": {"code": err.code, "message": err.message, **err.fields}}
 
 
-def error_response(request: web.Request, err: ApiError) -> web.Response:
+def error_response(request: web.Request, err: Refusal) -> web.Response:
     resp = respond(request, error_body(err), err.status)
     if err.code == REQUEST_TIMEOUT:
         resp.force_close()  # the rest of a slow body is not worth waiting for
@@ -79,10 +65,10 @@ def error_response(request: web.Request, err: ApiError) -> web.Response:
 
 
 async def read_body(request: web.Request, max_bytes: int) -> Any:
-    """Decode the request body (an empty body is ``{}``). Raises ApiError with the limit or the
+    """Decode the request body (an empty body is ``{}``). Raises Refusal with the limit or the
     position of the syntax error."""
     if request.content_length is not None and request.content_length > max_bytes:
-        raise ApiError(
+        raise Refusal(
             REQUEST_TOO_LARGE,
             f"request body of {request.content_length} bytes exceeds the limit of {max_bytes} bytes "
             "(settings.max_request_bytes)",
@@ -99,9 +85,9 @@ async def read_body(request: web.Request, max_bytes: int) -> Any:
                     break
                 buf += chunk
     except ConnectionError:  # the guard evicted a slow body to make room (node/api/guard.py)
-        raise ApiError(REQUEST_TIMEOUT, "the connection closed while the body was arriving") from None
+        raise Refusal(REQUEST_TIMEOUT, "the connection closed while the body was arriving") from None
     except TimeoutError:
-        raise ApiError(
+        raise Refusal(
             REQUEST_TIMEOUT,
             f"the request body did not arrive within {timeout_s:g} s "
             f"(settings.client_body_timeout_s; {len(buf)} bytes came); send the body at once",
@@ -112,7 +98,7 @@ async def read_body(request: web.Request, max_bytes: int) -> Any:
     if done is not None:
         done(request)
     if len(raw) > max_bytes:
-        raise ApiError(
+        raise Refusal(
             REQUEST_TOO_LARGE,
             f"request body exceeds the limit of {max_bytes} bytes (settings.max_request_bytes)",
             limit=max_bytes,
@@ -123,10 +109,10 @@ async def read_body(request: web.Request, max_bytes: int) -> Any:
         try:
             return msgpack.unpackb(raw, raw=False, strict_map_key=True)
         except Exception as exc:  # msgpack raises several unrelated types
-            raise ApiError(INVALID_REQUEST, f"request body is not valid msgpack: {exc}") from exc
+            raise Refusal(INVALID_REQUEST, f"request body is not valid msgpack: {exc}") from exc
     try:
         return json.loads(raw, object_hook=_json_hook)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ApiError(INVALID_REQUEST, f"request body is not valid JSON: {exc}") from exc
+        raise Refusal(INVALID_REQUEST, f"request body is not valid JSON: {exc}") from exc
     except RecursionError:  # json recurses per nesting level
-        raise ApiError(INVALID_REQUEST, "request body nests too deeply to parse") from None
+        raise Refusal(INVALID_REQUEST, "request body nests too deeply to parse") from None

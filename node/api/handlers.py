@@ -32,18 +32,19 @@ from aiohttp import web
 from raftstate.client import protocol as p
 from raftstate.node.api import schema
 from raftstate.node.api.admission import check_room
-from raftstate.node.api.codec import ApiError, error_response, read_body, respond
+from raftstate.node.api.codec import error_response, read_body, respond
 from raftstate.node.api.schema import ApiLimits
 from raftstate.node.driver import OutcomeUnknown, ProposalLost, RaftDriver, ReadAborted
+from raftstate.node.errors import Refusal
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.runtime.cluster_time import ClusterTime
-from raftstate.node.state.commands import Command, CommandError, encode, to_seconds
+from raftstate.node.state.commands import Command, encode, to_seconds
 from raftstate.raft import LeadershipTransferInProgress, NotLeader, Role
 
 log = logging.getLogger("raftstate.node")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-#: one client operation: (raw name, decoded body, query parameters) -> response body; raises ApiError
+#: one client operation: (raw name, decoded body, query parameters) -> response body; raises Refusal
 Operation = Callable[[str, Any, Mapping[str, str]], Awaitable[Any]]
 
 
@@ -123,7 +124,7 @@ class Api:
         body = await read_body(request, self.max_request_bytes)
         target = body.get("to") if isinstance(body, dict) else None
         if target is not None and target not in self.driver.raft.membership.voters:
-            raise ApiError(
+            raise Refusal(
                 p.INVALID_REQUEST,
                 f"{target!r} is not a voter",
                 voters=sorted(self.driver.raft.membership.voters),
@@ -135,7 +136,7 @@ class Api:
     # ----------------------------------------------------------------- client operations
     #
     # ONE function per operation, shared by HTTP (the handlers below) and the multiplexed stream
-    # (node/api/stream.py): ``(name, body, query) -> response body``, raising ApiError. ``name`` is
+    # (node/api/stream.py): ``(name, body, query) -> response body``, raising Refusal. ``name`` is
     # the raw key / lock name / session id (validated here), ``body`` the decoded request body
     # ({} when none), ``query`` the HTTP query parameters (?timeout=, ?consistency=, listing).
 
@@ -144,7 +145,7 @@ class Api:
         now = await self._read_time(query)
         rec = self.driver.sm.get(key, now)
         if rec is None:
-            raise ApiError(p.NOT_FOUND, f"key {key!r} does not exist (or has expired)", key=key)
+            raise Refusal(p.NOT_FOUND, f"key {key!r} does not exist (or has expired)", key=key)
         return {
             "key": key,
             "value": rec.value,
@@ -187,7 +188,7 @@ class Api:
         now = await self._read_time(query)
         lk = self.driver.sm.lock(lock, now)
         if lk is None:
-            raise ApiError(
+            raise Refusal(
                 p.NOT_FOUND, f"lock {lock!r} is free (never acquired, released, or expired)", name=lock
             )
         return {
@@ -238,10 +239,7 @@ class Api:
         timeout = self._timeout(query)
         cmd = build()
         check_room(cmd, self.driver.sm, self.cluster_time.now_ms())  # before proposing, not only at apply
-        try:
-            data = encode(cmd)
-        except CommandError as exc:  # api_schema missed something: still never propose it
-            raise ApiError(exc.code, exc.message, **exc.details) from None
+        data = encode(cmd)  # a Refusal if api/schema missed something: still never propose it
         return await self._propose(data, timeout)
 
     async def _read_time(self, query: Mapping[str, str]) -> int:
@@ -251,11 +249,11 @@ class Api:
             await self._linearizable_read(self._timeout(query))
         return self.cluster_time.now_ms()
 
-    def _not_leader(self) -> ApiError:
+    def _not_leader(self) -> Refusal:
         leader = self.driver.raft.leader
         addr = self.driver.addresses.get(leader) if leader else None
         where = f"the leader is {leader} at {addr}" if leader else "no leader is known yet; retry shortly"
-        return ApiError(
+        return Refusal(
             p.NOT_LEADER,
             f"node {self.driver.id} is not the leader; {where}",
             leader=leader,
@@ -272,9 +270,9 @@ class Api:
         except NotLeader:
             raise self._not_leader() from None
         except ReadAborted as exc:
-            raise ApiError(p.UNAVAILABLE, f"{exc}; retry on the new leader") from None
+            raise Refusal(p.UNAVAILABLE, f"{exc}; retry on the new leader") from None
         except TimeoutError as exc:
-            raise ApiError(p.TIMEOUT, f"node {self.driver.id}: {exc}") from None
+            raise Refusal(p.TIMEOUT, f"node {self.driver.id}: {exc}") from None
 
     async def _propose(self, cmd: bytes, timeout_s: float) -> Any:
         self.metrics.proposals_total.inc()
@@ -291,13 +289,11 @@ class Api:
         except NotLeader:
             raise self._not_leader() from None
         except LeadershipTransferInProgress as exc:
-            raise ApiError(p.UNAVAILABLE, f"{exc}; nothing was applied: retry shortly") from None
+            raise Refusal(p.UNAVAILABLE, f"{exc}; nothing was applied: retry shortly") from None
         except ProposalLost as exc:
-            raise ApiError(p.UNAVAILABLE, f"{exc}; it was not applied: retry") from None
+            raise Refusal(p.UNAVAILABLE, f"{exc}; it was not applied: retry") from None
         except OutcomeUnknown as exc:
-            raise ApiError(p.OUTCOME_UNKNOWN, f"{exc}; {unknown_hint}") from None
-        except CommandError as exc:
-            raise ApiError(exc.code, exc.message, **exc.details) from None
+            raise Refusal(p.OUTCOME_UNKNOWN, f"{exc}; {unknown_hint}") from None
         return result
 
     def _timed(self, op: str, handler: Handler) -> Handler:
@@ -306,13 +302,13 @@ class Api:
             status = "ok"
             try:
                 return await handler(request)
-            except ApiError as err:
+            except Refusal as err:
                 status = err.code
                 return error_response(request, err)
             except Exception as exc:  # a bug: answer it, keep serving
                 status = p.INTERNAL
                 log.exception("%s %s failed", request.method, request.path)
-                return error_response(request, ApiError(p.INTERNAL, f"internal error: {exc!r}"))
+                return error_response(request, Refusal(p.INTERNAL, f"internal error: {exc!r}"))
             finally:
                 self.metrics.observe_request(op, status, time.perf_counter() - t0)
 
@@ -343,7 +339,7 @@ async def _unknown_routes_as_errors(request: web.Request, handler: Handler) -> w
     try:
         return await handler(request)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
-        err = ApiError(
+        err = Refusal(
             p.INVALID_REQUEST,
             f"no endpoint {request.method} {request.path} ({exc.reason}); see docs/api.md",
         )

@@ -20,7 +20,7 @@ from typing import Any, Final
 import msgpack
 
 from raftstate.client import protocol as p
-from raftstate.node.api.codec import ApiError
+from raftstate.node.errors import Refusal
 from raftstate.node.state.commands import (
     INT64_MAX,
     INT64_MIN,
@@ -38,6 +38,9 @@ from raftstate.node.state.commands import (
     RenewLock,
     SessionRef,
     SetKey,
+    ack_below_seq,
+    one_condition,
+    session_needs_seq,
 )
 
 __all__ = [
@@ -101,8 +104,7 @@ def put(key: str, body: Any, lim: ApiLimits) -> Command:
     ttl_ms, expires_at_ms = b.expiry()
     if_absent = b.flag("if_absent")
     if_version = b.integer("if_version", 1, INT64_MAX, "a version (a positive integer from a read)")
-    if if_absent and if_version is not None:
-        raise b.error("give if_absent or if_version, not both")
+    b.rule(one_condition(if_absent, if_version))
     op = SetKey(key, value, ttl_ms, expires_at_ms, if_absent, if_version)
     return b.command(op, lim)
 
@@ -167,23 +169,23 @@ def name_from_path(text: str, lim: ApiLimits, what: str = "key") -> str:
     try:
         n = len(text.encode("utf-8"))
     except UnicodeEncodeError:
-        raise ApiError(p.INVALID_REQUEST, f"{what} {text!r} is not valid UTF-8") from None
+        raise Refusal(p.INVALID_REQUEST, f"{what} {text!r} is not valid UTF-8") from None
     if n > lim.max_key_bytes:
-        raise ApiError(
+        raise Refusal(
             p.KEY_TOO_LARGE,
             f"{what} of {n} bytes exceeds the limit of {lim.max_key_bytes} bytes (settings.max_key_bytes); "
             "use a shorter name, e.g. a hash of the long one",
             limit=lim.max_key_bytes,
         )
     if not text:
-        raise ApiError(p.INVALID_REQUEST, f"the {what} is empty")
+        raise Refusal(p.INVALID_REQUEST, f"the {what} is empty")
     return text
 
 
 def stale_read(query: Mapping[str, str]) -> bool:
     c = query.get("consistency", "linearizable")
     if c not in ("linearizable", "stale"):
-        raise ApiError(p.INVALID_REQUEST, f"consistency={c!r}: use linearizable (default) or stale")
+        raise Refusal(p.INVALID_REQUEST, f"consistency={c!r}: use linearizable (default) or stale")
     return c == "stale"
 
 
@@ -197,14 +199,14 @@ def timeout_s(query: Mapping[str, str], max_s: float) -> float:
     except ValueError:
         t = math.nan
     if not math.isfinite(t) or t <= 0:
-        raise ApiError(p.INVALID_REQUEST, f"timeout={text!r}: give a positive number of seconds")
+        raise Refusal(p.INVALID_REQUEST, f"timeout={text!r}: give a positive number of seconds")
     return min(t, max_s)
 
 
 def list_query(query: Mapping[str, str], lim: ApiLimits) -> ListQuery:
     for k in query:
         if k not in ("prefix", "after", "limit", "consistency", "timeout"):
-            raise ApiError(
+            raise Refusal(
                 p.INVALID_REQUEST,
                 f"GET /v1/keys: unknown parameter {k!r}; known: prefix, after, limit, consistency",
             )
@@ -213,11 +215,11 @@ def list_query(query: Mapping[str, str], lim: ApiLimits) -> ListQuery:
     most = lim.max_keys_per_page
     text = query.get("limit", str(min(DEFAULT_LIST_LIMIT, most)))
     if not _is_decimal(text, 19) or int(text) < 1:
-        raise ApiError(
+        raise Refusal(
             p.INVALID_REQUEST, f"GET /v1/keys: limit={text[:40]!r}: give a whole number in 1..{most}"
         )
     if int(text) > most:
-        raise ApiError(
+        raise Refusal(
             p.PAGE_TOO_LARGE,
             f"GET /v1/keys: limit={text} is above the limit of {most} keys per page "
             "(settings.max_keys_per_page); ask for fewer and follow 'next'",
@@ -240,22 +242,28 @@ class _Body:
     def __init__(self, what: str, body: Any, allowed: set[str] | frozenset[str]) -> None:
         self.what = what
         if not isinstance(body, dict):
-            raise ApiError(
+            raise Refusal(
                 p.INVALID_REQUEST,
                 f"{what}: the body must be a JSON object (or msgpack map), got {_got(body)}",
             )
         unknown = sorted(str(k) for k in body if k not in allowed)
         if unknown:
             known = ", ".join(sorted(allowed)) or "none"
-            raise ApiError(
+            raise Refusal(
                 p.INVALID_REQUEST,
                 f"{what}: unknown field {unknown[0]!r}; known fields: {known}",
                 field=unknown[0],
             )
         self.raw: dict[str, Any] = body
 
-    def error(self, problem: str, **details: Any) -> ApiError:
-        return ApiError(p.INVALID_REQUEST, f"{self.what}: {problem}", **details)
+    def error(self, problem: str, **fields: Any) -> Refusal:
+        return Refusal(p.INVALID_REQUEST, f"{self.what}: {problem}", **fields)
+
+    def rule(self, problem: str | None) -> None:
+        """Refuse if a cross-field rule (written once, in client/protocol.py or state/commands.py)
+        found a problem."""
+        if problem is not None:
+            raise self.error(problem)
 
     def flag(self, name: str) -> bool:
         v = self.raw.get(name)
@@ -296,8 +304,7 @@ class _Body:
         v = self.raw.get("expires_at")
         if v is None:
             return ttl_ms, None
-        if ttl_ms is not None:
-            raise self.error('give "ttl" or "expires_at", not both')
+        self.rule(p.one_expiry(ttl_ms, v))
         epoch_s = _finite(v)
         if epoch_s is None or not 0 <= epoch_s * 1000 <= MAX_TIME_MS:
             raise self.error(
@@ -310,16 +317,13 @@ class _Body:
         present = {k for k in _SESSION_FIELDS if self.raw.get(k) is not None}
         if not present:
             return None
-        if not {"session", "seq"} <= present:
-            raise self.error('exactly-once writes need both "session" (from POST /v1/sessions) and "seq"')
+        raw = self.raw
+        self.rule(session_needs_seq(raw.get("session"), raw.get("seq"), raw.get("ack")))
         sid = self.integer("session", 1, INT64_MAX, "a session id from POST /v1/sessions")
         seq = self.integer("seq", 1, INT64_MAX, "a positive integer numbering this write in its session")
         ack = self.integer("ack", 0, INT64_MAX, "a non-negative integer") or 0
         assert sid is not None and seq is not None
-        if ack >= seq:
-            raise self.error(
-                f'"ack" ({ack}) must be below "seq" ({seq}): this write\'s own outcome is still needed'
-            )
+        self.rule(ack_below_seq(seq, ack))
         return SessionRef(sid, seq, ack)
 
     def fence(self, lim: ApiLimits) -> Fence | None:
@@ -349,27 +353,27 @@ def _check_value(what: str, value: Any, lim: ApiLimits) -> None:
     while stack:
         v, depth = stack.pop()
         if depth > MAX_VALUE_DEPTH:
-            raise ApiError(p.INVALID_REQUEST, f"{what}: the value nests deeper than {MAX_VALUE_DEPTH} levels")
+            raise Refusal(p.INVALID_REQUEST, f"{what}: the value nests deeper than {MAX_VALUE_DEPTH} levels")
         if isinstance(v, list | tuple):
             stack.extend((x, depth + 1) for x in v)
         elif isinstance(v, dict):
             for k, x in v.items():
                 if not isinstance(k, str):
-                    raise ApiError(
+                    raise Refusal(
                         p.INVALID_REQUEST, f"{what}: map keys in a value must be strings, got {_got(k)}"
                     )
                 stack.append((x, depth + 1))
         elif isinstance(v, float):
             if not math.isfinite(v):
-                raise ApiError(p.INVALID_REQUEST, f"{what}: the value holds {v}, which JSON cannot carry")
+                raise Refusal(p.INVALID_REQUEST, f"{what}: the value holds {v}, which JSON cannot carry")
         elif not (v is None or isinstance(v, bool | int | str | bytes)):
-            raise ApiError(p.INVALID_REQUEST, f"{what}: the value holds {_got(v)}, which is not storable")
+            raise Refusal(p.INVALID_REQUEST, f"{what}: the value holds {_got(v)}, which is not storable")
     try:
         size = len(msgpack.packb(value, use_bin_type=True))
     except (TypeError, ValueError, OverflowError) as exc:
-        raise ApiError(p.INVALID_REQUEST, f"{what}: the value cannot be stored: {exc}") from None
+        raise Refusal(p.INVALID_REQUEST, f"{what}: the value cannot be stored: {exc}") from None
     if size > lim.max_value_bytes:
-        raise ApiError(
+        raise Refusal(
             p.VALUE_TOO_LARGE,
             f"{what}: the value is {size} bytes encoded (msgpack); the limit is {lim.max_value_bytes} bytes "
             "(settings.max_value_bytes): store large blobs elsewhere and keep a reference here",

@@ -28,8 +28,9 @@ import msgpack
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from raftstate.client import protocol as p
-from raftstate.node.api.codec import ApiError, error_body
+from raftstate.node.api.codec import error_body
 from raftstate.node.api.handlers import ROUTES, Api, Operation
+from raftstate.node.errors import Refusal
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.security.auth import granted_role, need_of_route, refuse_weak_role
 from raftstate.node.security.config import Role
@@ -84,7 +85,7 @@ class StreamApi:
                 if msg.type == WSMsgType.BINARY:
                     await conn.on_frame(msg.data)
                 elif msg.type == WSMsgType.TEXT:
-                    conn.answer(None, ApiError(p.INVALID_REQUEST, _TEXT_FRAME))
+                    conn.answer(None, Refusal(p.INVALID_REQUEST, _TEXT_FRAME))
             if ws.exception() is not None:
                 log.info("stream from %s closed: %s", request.remote, ws.exception())
         finally:
@@ -116,12 +117,12 @@ class _Connection:
             items = msgpack.unpackb(data, raw=False, strict_map_key=True)
         except Exception as exc:  # msgpack raises several unrelated types
             self.answer(
-                None, ApiError(p.INVALID_REQUEST, f"stream frame is not valid msgpack ({exc}); {_HOW}")
+                None, Refusal(p.INVALID_REQUEST, f"stream frame is not valid msgpack ({exc}); {_HOW}")
             )
             return
         if not isinstance(items, list):
             got = type(items).__name__
-            self.answer(None, ApiError(p.INVALID_REQUEST, f"stream frame is a msgpack {got}; {_HOW}"))
+            self.answer(None, Refusal(p.INVALID_REQUEST, f"stream frame is a msgpack {got}; {_HOW}"))
             return
         for i, item in enumerate(items):
             while len(self.tasks) >= self.stream.max_in_flight:
@@ -131,17 +132,15 @@ class _Connection:
 
     def start(self, i: int, item: Any) -> None:
         if not isinstance(item, dict):
-            self.answer(
-                None, ApiError(p.INVALID_REQUEST, f"request [{i}] is a {type(item).__name__}; {_HOW}")
-            )
+            self.answer(None, Refusal(p.INVALID_REQUEST, f"request [{i}] is a {type(item).__name__}; {_HOW}"))
             return
         rid = item.get("id")
         if not isinstance(rid, int) or isinstance(rid, bool):
-            self.answer(None, ApiError(p.INVALID_REQUEST, f'request [{i}]: "id" must be an integer; {_HOW}'))
+            self.answer(None, Refusal(p.INVALID_REQUEST, f'request [{i}]: "id" must be an integer; {_HOW}'))
             return
         try:
             op, fn, name, body, query = self._parse(item)
-        except ApiError as err:
+        except Refusal as err:
             self.answer(rid, err)
             return
         task = asyncio.create_task(self.run(rid, op, fn, name, body, query))
@@ -151,11 +150,11 @@ class _Connection:
     def _parse(self, item: dict[str, Any]) -> tuple[str, Operation, str, Any, dict[str, str]]:
         extra = sorted(set(item) - _FIELDS)
         if extra:
-            raise ApiError(p.INVALID_REQUEST, f"unknown request field(s) {extra}; {_HOW}", field=extra[0])
+            raise Refusal(p.INVALID_REQUEST, f"unknown request field(s) {extra}; {_HOW}", field=extra[0])
         op = item.get("op")
         fn = self.stream.ops.get(op) if isinstance(op, str) else None
         if fn is None or not isinstance(op, str):
-            raise ApiError(
+            raise Refusal(
                 p.INVALID_REQUEST,
                 f"unknown op {op!r}; one of {', '.join(sorted(self.stream.ops))}",
                 field="op",
@@ -163,10 +162,10 @@ class _Connection:
         refuse_weak_role(self.request, self.role, OP_NEEDS.get(op, Role.ADMIN), f"stream op {op!r}")
         name = item.get("name", "")
         if not isinstance(name, str):
-            raise ApiError(p.INVALID_REQUEST, f'{op}: "name" must be a string', field="name")
+            raise Refusal(p.INVALID_REQUEST, f'{op}: "name" must be a string', field="name")
         query = item.get("query", {})
         if not isinstance(query, dict) or not all(isinstance(v, str) for v in query.values()):
-            raise ApiError(
+            raise Refusal(
                 p.INVALID_REQUEST, f'{op}: "query" must map names to strings, as in a URL', field="query"
             )
         return op, fn, name, item.get("body", {}), query
@@ -178,13 +177,13 @@ class _Connection:
         status = "ok"
         try:
             result = await fn(name, body, query)
-        except ApiError as err:
+        except Refusal as err:
             status = err.code
             self.answer(rid, err)
         except Exception as exc:  # a bug: answer it, keep serving
             status = p.INTERNAL
             log.exception("stream op %s %r failed", op, name)
-            self.answer(rid, ApiError(p.INTERNAL, f"internal error: {exc!r}"))
+            self.answer(rid, Refusal(p.INTERNAL, f"internal error: {exc!r}"))
         else:
             self.out.append([rid, 200, result])
             self.has_out.set()
@@ -195,7 +194,7 @@ class _Connection:
         self.tasks.discard(task)
         self.room.set()
 
-    def answer(self, rid: int | None, err: ApiError) -> None:
+    def answer(self, rid: int | None, err: Refusal) -> None:
         self.out.append([rid, err.status, error_body(err)])
         self.has_out.set()
 

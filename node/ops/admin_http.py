@@ -15,12 +15,13 @@ from http.client import HTTPResponse
 from typing import Any
 
 from raftstate.client import protocol as p
+from raftstate.node.errors import RemoteFault
 from raftstate.node.security.node_access import NodeAccess, refusal_hint
 
 __all__ = ["AdminError", "call", "call_leader", "open_leader"]
 
 
-class AdminError(Exception):
+class AdminError(RemoteFault):
     """A node refused the request (``code`` from client/protocol.py) or none could be reached."""
 
     def __init__(self, message: str, code: str | None = None, body: dict[str, Any] | None = None) -> None:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raftstate.node.errors import LocalFault
+
 __all__ = ["BackupError", "BackupHeader", "read_backup", "stream_backup"]
 
 MAGIC = b"RAFTSTATE-BACKUP\x00"
@@ -34,7 +36,7 @@ MAX_HEADER_BYTES = 1 << 16
 CHUNK_BYTES = 1 << 20
 
 
-class BackupError(Exception):
+class BackupError(LocalFault):
     """A backup file that cannot be used: the message names the file, the problem and the fix."""
 
 

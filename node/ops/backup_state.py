@@ -24,6 +24,7 @@ from typing import Any
 
 import msgpack
 
+from raftstate.node.errors import Interrupted
 from raftstate.node.state.machine import KVStateMachine
 from raftstate.node.storage.store import Storage
 from raftstate.raft import Entry, EntryKind
@@ -31,7 +32,7 @@ from raftstate.raft import Entry, EntryKind
 __all__ = ["SnapshotMovedOn", "backup_payload", "decode_payload", "rebuild_state"]
 
 
-class SnapshotMovedOn(Exception):
+class SnapshotMovedOn(Interrupted):
     """The stored snapshot is already past the index we want, or entries are missing: take a new point."""
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from raftstate.node.errors import RemoteFault
+
 
 def free_ports(n: int) -> list[int]:
     socks, ports = [], []
@@ -37,7 +39,9 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-class HttpError(Exception):
+class HttpError(RemoteFault):
+    """A node answered non-2xx; ``body`` is its decoded answer (``code`` its error code, if any)."""
+
     def __init__(self, status: int, body: dict[str, Any]) -> None:
         super().__init__(f"HTTP {status}: {body}")
         self.status = status

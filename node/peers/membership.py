@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from raftstate.client import protocol as p
-from raftstate.node.api.codec import ApiError
+from raftstate.node.errors import Refusal
 from raftstate.raft import Membership
 
 __all__ = ["check_add", "check_promote", "check_remove", "reachable"]
@@ -40,7 +40,7 @@ def _quorum_check(what: str, voters: frozenset[str], up: set[str]) -> None:
     quorum = len(voters) // 2 + 1
     live = sorted(voters & up)
     if len(live) < quorum:
-        raise ApiError(
+        raise Refusal(
             p.QUORUM_UNREACHABLE,
             f"{what} would leave voters {sorted(voters)} needing {quorum} for a quorum, but only "
             f"{live} answer the leader now; bring the others back (or remove a down voter instead) first",
@@ -53,7 +53,7 @@ def _quorum_check(what: str, voters: frozenset[str], up: set[str]) -> None:
 def check_add(m: Membership, node_id: str, address: str) -> None:
     if node_id in m.members:
         role = "voter" if node_id in m.voters else "learner"
-        raise ApiError(
+        raise Refusal(
             p.MEMBER_EXISTS,
             f"{node_id} is already a {role} at {m.address_of(node_id)}; to replace it, "
             f"`raftstate member remove --id {node_id}` first",
@@ -61,7 +61,7 @@ def check_add(m: Membership, node_id: str, address: str) -> None:
         )
     owner = next((n for n, a in m.addresses if a == address and n in m.members), None)
     if owner is not None:
-        raise ApiError(
+        raise Refusal(
             p.MEMBER_EXISTS,
             f"address {address} is already used by member {owner}; give {node_id} its own host:port",
             id=owner,
@@ -70,9 +70,9 @@ def check_add(m: Membership, node_id: str, address: str) -> None:
 
 def check_promote(m: Membership, node_id: str, match: int, lag: int, max_lag: int, up: set[str]) -> None:
     if node_id in m.voters:
-        raise ApiError(p.MEMBER_EXISTS, f"{node_id} is already a voter", id=node_id)
+        raise Refusal(p.MEMBER_EXISTS, f"{node_id} is already a voter", id=node_id)
     if node_id not in m.learners:
-        raise ApiError(
+        raise Refusal(
             p.NOT_FOUND,
             f"{node_id} is not a learner; add it first: "
             f"`raftstate member add --id {node_id} --address HOST:PORT`",
@@ -84,7 +84,7 @@ def check_promote(m: Membership, node_id: str, match: int, lag: int, max_lag: in
             if match == 0 or node_id not in up
             else f"is {lag} entries behind"
         )
-        raise ApiError(
+        raise Refusal(
             p.NOT_CAUGHT_UP,
             f"learner {node_id} {state} (to promote: answering, at most {max_lag} entries behind); "
             "is it running? wait for it to catch up (`raftstate member list` shows the lag)",
@@ -97,7 +97,7 @@ def check_promote(m: Membership, node_id: str, match: int, lag: int, max_lag: in
 
 def check_remove(m: Membership, node_id: str, up: set[str]) -> None:
     if node_id not in m.members:
-        raise ApiError(
+        raise Refusal(
             p.NOT_FOUND,
             f"{node_id} is not a member (voters {sorted(m.voters)}, learners {sorted(m.learners)})",
             id=node_id,
@@ -106,5 +106,5 @@ def check_remove(m: Membership, node_id: str, up: set[str]) -> None:
         return  # learners do not count towards any quorum
     rest = m.voters - {node_id}
     if not rest:
-        raise ApiError(p.QUORUM_UNREACHABLE, f"removing {node_id} would leave no voter", id=node_id)
+        raise Refusal(p.QUORUM_UNREACHABLE, f"removing {node_id} would leave no voter", id=node_id)
     _quorum_check(f"removing {node_id}", rest, up)

@@ -26,8 +26,9 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
 from typing import Final
+
+from raftstate.node.errors import RemoteFault
 
 __all__ = ["PROOF_HEADER", "PeerAuth", "PeerRefusal"]
 
@@ -35,11 +36,28 @@ PROOF_HEADER: Final = "X-Raftstate-Proof"
 _VERSION: Final = "v1"
 
 
-@dataclass(frozen=True, slots=True)
-class PeerRefusal:
-    status: int  #: 401 (no valid proof) or 403 (valid proof, but not a member)
-    reason: str  #: short label for the metric
-    message: str  #: for the log and the reject header; never contains the secret or the MAC
+class PeerRefusal(RemoteFault):
+    """Why a peer's handshake is refused: a *remote* fault. :meth:`PeerAuth.check` returns it as a
+    verdict (the transport answers it with a reject status and header); nothing raises it."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status  #: 401 (no valid proof) or 403 (valid proof, but not a member)
+        self.reason = reason  #: short label for the metric
+        self.message = message  #: for the log and the reject header; never contains the secret or the MAC
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PeerRefusal) and (self.status, self.reason, self.message) == (
+            other.status,
+            other.reason,
+            other.message,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.status, self.reason, self.message))
+
+    def __repr__(self) -> str:
+        return f"PeerRefusal({self.status!r}, {self.reason!r}, {self.message!r})"
 
 
 class PeerAuth:

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgpack
 
+from raftstate.node.errors import RemoteFault
 from raftstate.raft.messages import (
     Message,
     encode_message,
@@ -29,7 +30,7 @@ __all__ = ["FrameError", "decode_frame", "encode_frame", "encode_one", "frame_he
 _MESSAGE_TYPES: tuple[type[Any], ...] = typing.get_args(Message)
 
 
-class FrameError(ValueError):
+class FrameError(RemoteFault, ValueError):
     """An inbound frame is malformed: a *remote* fault, so the receiver logs, counts and drops it."""
 
 

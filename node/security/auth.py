@@ -27,7 +27,8 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from raftstate.client import protocol as p
-from raftstate.node.api.codec import ApiError, error_response
+from raftstate.node.api.codec import error_response
+from raftstate.node.errors import Refusal
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.security.config import ResolvedAuth, Role
 
@@ -112,7 +113,7 @@ class Authenticator:
                 found = (name, role)
         return found
 
-    def refuse(self, request: web.Request, reason: str, code: str, message: str) -> ApiError:
+    def refuse(self, request: web.Request, reason: str, code: str, message: str) -> Refusal:
         self.failures.labels(reason=reason).inc()
         remote = request.remote or "?"
         # One line per (address, reason) per second: a flood must not flood the log too.
@@ -123,7 +124,7 @@ class Authenticator:
                 self._last_log.clear()
             self._last_log[key] = now
             log.warning("refused %s %s from %s: %s", request.method, request.path, remote, reason)
-        return ApiError(code, message)
+        return Refusal(code, message)
 
 
 AUTHENTICATOR: Final = web.AppKey("raftstate_authenticator", Authenticator)
@@ -132,7 +133,7 @@ MEMBERS_PROOF: Final[web.AppKey[Callable[[web.Request], bool]]] = web.AppKey("ra
 
 
 def authorize(request: web.Request, need: Need) -> None:
-    """Raise ApiError (401/403) unless the request may do what ``need`` requires. Call it from a
+    """Raise Refusal (401/403) unless the request may do what ``need`` requires. Call it from a
     handler for a rule finer than its route's; the middleware calls it for every route."""
     auth = request.app.get(AUTHENTICATOR)
     if auth is None or not auth.enabled or need in (PUBLIC, PEER):
@@ -221,7 +222,7 @@ def route_need(request: web.Request) -> Need:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         authorize(request, route_need(request))
-    except ApiError as err:
+    except Refusal as err:
         resp = error_response(request, err)
         if err.code == p.UNAUTHORIZED:
             resp.headers["WWW-Authenticate"] = 'Bearer realm="raftstate"'

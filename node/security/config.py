@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from raftstate.node.errors import ConfigError
+
 __all__ = [
     "MIN_SECRET_CHARS",
     "TLS_ANY_NODE",
@@ -203,8 +205,6 @@ def parse_tls(raw: object, base_dir: Path, node_ids: tuple[str, ...], fail: Fail
 
 def resolve_auth(auth: AuthConfig, config_path: Path, env: Mapping[str, str] | None = None) -> ResolvedAuth:
     """Read every secret. Raises ConfigError naming the variable/file that is missing or too short."""
-    from raftstate.node.config import ConfigError  # config imports this module
-
     environ = os.environ if env is None else env
     if not auth.enabled:
         return ResolvedAuth(False, b"", (), auth.open_endpoints)

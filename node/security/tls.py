@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ssl
 
-from raftstate.node.config import ConfigError
+from raftstate.node.errors import ConfigError
 from raftstate.node.security.config import TlsConfig
 
 __all__ = ["client_context", "server_context"]

@@ -1,10 +1,16 @@
-"""The commands carried in the Raft log: their schema, encoding, validation and refusals.
+"""The commands carried in the Raft log: their schema, encoding, validation and cross-field rules.
 
 A command is a msgpack map ``{"op": NAME, field: value, ...}`` in a NORMAL entry. The API layer
 builds one from an HTTP request, validates it with :func:`encode` (which refuses garbage before it
 is ever proposed), and the state machine decodes it with :func:`decode` at apply time. Both run the
 same checks, so a command that reaches the log from an older or broken proposer is refused the same
-way on every replica — deterministically, without raising.
+way on every replica — deterministically, without raising. Either way the answer is a
+:class:`~raftstate.node.errors.Refusal`, the one refusal type the API answers with too.
+
+Each rule between fields is written once, as a small function returning the problem (or None):
+the ones only the node checks are here (:func:`one_condition`, :func:`session_needs_seq`,
+:func:`ack_below_seq`) and node/api/schema.py calls them; the one the client checks too
+(``one_expiry``) is in raftstate.client.protocol.
 
 Only *constant* bounds are checked here (types, int64 ranges, durations). Size limits from
 cluster.yaml (``max_key_bytes``, ...) are the API layer's job: they may differ between nodes, and
@@ -12,7 +18,7 @@ the state machine must not depend on any node's configuration.
 
 Every write may carry two envelopes besides its operation:
 
-    session, seq, ack     exactly-once (see sm_sessions.py): the (session, seq) pair names the write
+    session, seq, ack     exactly-once (see sessions.py): the (session, seq) pair names the write
     fence_lock, fence_token
                           applied only while that lock is held with that token (keys only)
 
@@ -30,6 +36,7 @@ from typing import Any, Final
 import msgpack
 
 from raftstate.client import protocol as p
+from raftstate.node.errors import Refusal
 
 __all__ = [
     "INT64_MAX",
@@ -38,7 +45,6 @@ __all__ = [
     "MAX_TIME_MS",
     "AcquireLock",
     "Command",
-    "CommandError",
     "DeleteKey",
     "Expire",
     "Fence",
@@ -50,9 +56,13 @@ __all__ = [
     "RenewLock",
     "SessionRef",
     "SetKey",
+    "ack_below_seq",
     "decode",
     "describe_time",
     "encode",
+    "invalid",
+    "one_condition",
+    "session_needs_seq",
     "to_seconds",
 ]
 
@@ -66,35 +76,9 @@ MAX_TIME_MS: Final = 253_402_300_799_999
 MAX_SESSION_RESULTS: Final = 1_000_000
 
 
-class CommandError(Exception):
-    """A command refused by the state machine (or by the API before proposing it).
-
-    A refusal is an *outcome*: every replica reaches the same one, and a session remembers it like a
-    success. ``code`` is one of raftstate.client.protocol's codes; ``details`` go into the error body.
-    """
-
-    def __init__(self, code: str, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.details = details
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, CommandError) and (self.code, self.message, self.details) == (
-            other.code,
-            other.message,
-            other.details,
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.code, self.message))
-
-    def __repr__(self) -> str:
-        return f"CommandError({self.code!r}, {self.message!r}, **{self.details!r})"
-
-
-def invalid(message: str, **details: Any) -> CommandError:
-    return CommandError(p.INVALID_REQUEST, message, **details)
+def invalid(message: str, **fields: Any) -> Refusal:
+    """An invalid_request refusal (400)."""
+    return Refusal(p.INVALID_REQUEST, message, **fields)
 
 
 # =========================================================================== operations
@@ -212,10 +196,6 @@ def _name(v: Any) -> str | None:
     return None if isinstance(v, str) and v else "a non-empty string"
 
 
-def _str(v: Any) -> str | None:
-    return None if isinstance(v, str) else "a string"
-
-
 def _any(v: Any) -> str | None:
     return None
 
@@ -297,6 +277,8 @@ _ENVELOPE: Final[dict[str, Check]] = {
     "fence_lock": _name,
     "fence_token": _index,
 }
+_SESSION_FIELDS: Final = frozenset({"session", "seq", "ack"})
+_FENCE_FIELDS: Final = frozenset({"fence_lock", "fence_token"})
 #: operations that change keys: the only ones a fence applies to
 _FENCEABLE: Final = (SetKey, DeleteKey, Increment)
 #: operations that may carry a session (every client write; not the session's own bookkeeping)
@@ -310,11 +292,39 @@ def _required(cls: type[Any]) -> set[str]:
 _REQUIRED: Final = {name: _required(cls) for name, (cls, _) in SCHEMA.items()}
 
 
+# =========================================================================== cross-field rules
+# Rules between fields that only the node checks, each written once: the request schema
+# (node/api/schema.py) calls them on a request's fields, _validate on a command's. Pure: the
+# problem as text, or None when the fields agree. (raftstate.client.protocol.one_expiry is the
+# rule the client checks too.)
+
+
+def one_condition(if_absent: bool | None, if_version: int | None) -> str | None:
+    """A write is conditional on the key's absence or on its version, not both."""
+    if if_absent is True and if_version is not None:
+        return "give if_absent or if_version, not both"
+    return None
+
+
+def session_needs_seq(session: int | None, seq: int | None, ack: int | None) -> str | None:
+    """An exactly-once write names its session and its number in that session, or neither."""
+    if (session, seq, ack) != (None, None, None) and (session is None or seq is None):
+        return "a session write needs both session and seq (the session from POST /v1/sessions)"
+    return None
+
+
+def ack_below_seq(seq: int | None, ack: int | None) -> str | None:
+    """0 <= ack < seq: a write cannot let go of its own outcome (ack absent: 0)."""
+    if seq is not None and ack is not None and ack >= seq:
+        return f"ack ({ack}) must be below seq ({seq}): a write's own outcome is still needed"
+    return None
+
+
 # =========================================================================== encode / decode
 
 
 def encode(cmd: Command) -> bytes:
-    """Validate ``cmd`` and return its log bytes. Raises CommandError (invalid_request) for a command
+    """Validate ``cmd`` and return its log bytes. Raises a Refusal (invalid_request) for a command
     that apply would refuse as malformed — the API must never propose one — or that msgpack cannot
     carry (an integer beyond 64 bits, a lone surrogate in a string)."""
     m = _to_map(cmd)
@@ -327,7 +337,7 @@ def encode(cmd: Command) -> bytes:
 
 
 def decode(data: bytes) -> Command:
-    """Parse and validate log bytes. Raises CommandError (invalid_request), never anything else."""
+    """Parse and validate log bytes. Raises a Refusal (invalid_request), never anything else."""
     try:
         m = msgpack.unpackb(data, raw=False)
     except Exception as exc:  # msgpack raises several unrelated types for garbage
@@ -379,29 +389,19 @@ def _validate(m: Any) -> None:
 
 
 def _cross_field_rules(name: str, cls: type[Any], m: dict[str, Any]) -> None:
-    """Rules between fields, as a table: (broken?, problem)."""
+    """Rules between fields, as a table in the order they are checked: the first problem refuses."""
     has = {k for k, v in m.items() if v is not None}
-    session_fields = has & {"session", "seq", "ack"}
-    rules: list[tuple[bool, str]] = [
-        ({"ttl_ms", "expires_at_ms"} <= has, "give ttl or expires_at, not both"),
-        (
-            {"if_absent", "if_version"} <= has and m.get("if_absent") is True,
-            "give if_absent or if_version, not both",
-        ),
-        (len(has & {"fence_lock", "fence_token"}) == 1, "a fence needs both the lock name and the token"),
-        ("fence_lock" in has and cls not in _FENCEABLE, "only writes to keys can be fenced"),
-        (bool(session_fields) and cls not in _NUMBERABLE, "this operation cannot carry a session"),
-        (
-            bool(session_fields) and not {"session", "seq"} <= has,
-            "a session write needs both session and seq",
-        ),
-        (
-            {"seq", "ack"} <= has and _is_int(m["ack"]) and _is_int(m["seq"]) and m["ack"] >= m["seq"],
-            f"ack ({m.get('ack')}) must be below seq ({m.get('seq')}): a write's own outcome is still needed",
-        ),
-    ]
-    for broken, problem in rules:
-        if broken:
+    problems: tuple[str | None, ...] = (
+        p.one_expiry(m.get("ttl_ms"), m.get("expires_at_ms")),
+        one_condition(m.get("if_absent"), m.get("if_version")),
+        "a fence needs both the lock name and the token" if len(has & _FENCE_FIELDS) == 1 else None,
+        "only writes to keys can be fenced" if "fence_lock" in has and cls not in _FENCEABLE else None,
+        "this operation cannot carry a session" if has & _SESSION_FIELDS and cls not in _NUMBERABLE else None,
+        session_needs_seq(m.get("session"), m.get("seq"), m.get("ack")),
+        ack_below_seq(m.get("seq"), m.get("ack")),
+    )
+    for problem in problems:
+        if problem is not None:
             raise invalid(f"{name}: {problem}")
 
 

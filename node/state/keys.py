@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from raftstate.client import protocol as p
+from raftstate.node.errors import Refusal
 from raftstate.node.state.commands import (
     INT64_MAX,
     INT64_MIN,
-    CommandError,
     DeleteKey,
     Increment,
     SetKey,
@@ -111,7 +111,7 @@ class KeyStore:
         rec = self.live(op.key, now_ms)
         current = 0 if rec is None else rec.value
         if isinstance(current, bool) or not isinstance(current, int):
-            raise CommandError(
+            raise Refusal(
                 p.WRONG_TYPE,
                 f"key {op.key!r} holds {_kind(current)}, not an integer; increment works only on integer "
                 "values (set the key to a number first, or count under another key)",
@@ -119,7 +119,7 @@ class KeyStore:
             )
         new = current + op.by
         if not INT64_MIN <= new <= INT64_MAX:
-            raise CommandError(
+            raise Refusal(
                 p.OVERFLOW,
                 f"incrementing key {op.key!r} (now {current}) by {op.by} leaves the signed 64-bit range "
                 f"[{INT64_MIN}, {INT64_MAX}]; the key is unchanged",
@@ -180,7 +180,7 @@ class KeyStore:
             msg = f"key {key!r} does not exist, so it is not at version {if_version}"
         else:
             msg = f"key {key!r} is at version {rec.version}, not {if_version}"
-        raise CommandError(
+        raise Refusal(
             p.VERSION_MISMATCH,
             msg + "; read it again and retry with the current version",
             key=key,

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from raftstate.client import protocol as p
+from raftstate.node.errors import Refusal
 from raftstate.node.state.commands import (
     AcquireLock,
-    CommandError,
     Fence,
     ReleaseLock,
     RenewLock,
@@ -74,13 +74,13 @@ class LockTable:
         return lk if lk is not None and lk.held_at(now_ms) else None
 
     def check_room(self, name: str, now_ms: int, max_locks: int | None) -> None:
-        """Raise CommandError (too_many_locks) if acquiring ``name`` would hold more than
+        """Raise Refusal (too_many_locks) if acquiring ``name`` would hold more than
         ``max_locks`` locks. Expired but unswept locks do not count (deterministic at apply)."""
         if max_locks is None or len(self.locks) < max_locks or name in self.locks:
             return
         held = sum(1 for lk in self.locks.values() if lk.held_at(now_ms))
         if held >= max_locks:
-            raise CommandError(
+            raise Refusal(
                 p.TOO_MANY_LOCKS,
                 f"lock {name!r}: {held} locks are held, the limit is {max_locks} (settings.max_locks); "
                 "release locks you no longer need, or retry later",
@@ -96,7 +96,7 @@ class LockTable:
     def acquire(self, index: int, now_ms: int, op: AcquireLock) -> dict[str, Any]:
         lk = self.held(op.name, now_ms)
         if lk is not None:
-            raise CommandError(
+            raise Refusal(
                 p.LOCK_HELD,
                 f"lock {op.name!r} is held by {lk.owner!r} (token {lk.token}) until "
                 f"{describe_time(lk.expires_at_ms)} cluster time; retry after it is released or expires",
@@ -134,7 +134,7 @@ class LockTable:
             err = self._lost(
                 fence.lock, fence.token, lk, f"write to key {key!r} fenced by lock {fence.lock!r}"
             )
-            err.details["key"] = key
+            err.fields["key"] = key
             raise err
 
     def expire(self, names: tuple[str, ...], now_ms: int) -> int:
@@ -158,12 +158,12 @@ class LockTable:
     # ----------------------------------------------------------------- helpers
 
     @staticmethod
-    def _lost(name: str, token: int, lk: Lock | None, what: str) -> CommandError:
+    def _lost(name: str, token: int, lk: Lock | None, what: str) -> Refusal:
         if lk is None:
             now = f"the lock is free (token {token} expired or was released)"
         else:
             now = f"the lock is held by {lk.owner!r} with token {lk.token}"
-        return CommandError(
+        return Refusal(
             p.LOCK_LOST,
             f"{what} refused: token {token} no longer holds it; {now}. Stop acting as the holder; "
             "acquire the lock again for a new token",

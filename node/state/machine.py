@@ -3,16 +3,16 @@
 ``apply(index, time_ms, data)`` is deterministic: it reads nothing but the command bytes, the
 entry's index and its leader-assigned ``time_ms`` — never a local clock, never this node's
 configuration — so every replica that applies the same log reaches byte-identical state and
-byte-identical snapshots. A malformed or refused command is an *outcome* (a CommandError returned,
+byte-identical snapshots. A malformed or refused command is an *outcome* (a Refusal returned,
 never raised), the same on every replica, and changes nothing.
 
 The state is split by concept, each module holding its own rules:
 
     commands.py      the command schema, encoding and validation (shared with the API)
-    sm_keys.py       keys: versions, expiry, counters, listing
-    sm_locks.py      leases with fencing tokens
-    sm_sessions.py   exactly-once writes (remembered outcomes)
-    sm_expiry.py     the derived index the leader's sweep asks "what has expired by T?"
+    keys.py          keys: versions, expiry, counters, listing
+    locks.py         leases with fencing tokens
+    sessions.py      exactly-once writes (remembered outcomes)
+    expiry.py        the derived index the leader's sweep asks "what has expired by T?"
 
 Apply order for a command: decode → session admission (maybe the remembered outcome) → fence →
 the operation → remember the outcome in the session.
@@ -31,10 +31,10 @@ from typing import Any, Final
 import msgpack
 
 from raftstate.client import protocol as p
+from raftstate.node.errors import Refusal
 from raftstate.node.state.commands import (
     AcquireLock,
     Command,
-    CommandError,
     DeleteKey,
     Expire,
     Increment,
@@ -50,7 +50,7 @@ from raftstate.node.state.keys import KeyStore, Record
 from raftstate.node.state.locks import Lock, LockTable
 from raftstate.node.state.sessions import Outcome, SessionTable
 
-__all__ = ["CommandError", "KVStateMachine", "Record", "encode_command"]
+__all__ = ["KVStateMachine", "Record", "encode_command"]
 
 log = logging.getLogger("raftstate.node")
 
@@ -79,18 +79,18 @@ class KVStateMachine:
     # ----------------------------------------------------------------- apply
 
     def apply(self, index: int, time_ms: int, data: bytes) -> Outcome:
-        """Apply one command. Returns its result body, or a CommandError (never raises for a bad
+        """Apply one command. Returns its result body, or a Refusal (never raises for a bad
         or refused command: a refusal is an outcome every replica must agree on)."""
         self.advance_to(index, time_ms)
         now = self.time_ms
         try:
             cmd = decode(data)
-        except CommandError as exc:
-            return CommandError(exc.code, f"entry {index}: {exc.message}", **exc.details)
+        except Refusal as exc:
+            return Refusal(exc.code, f"entry {index}: {exc.message}", **exc.fields)
         if cmd.session is not None:
             try:
                 remembered = self.sessions.begin(cmd.session, now)
-            except CommandError as exc:
+            except Refusal as exc:
                 return exc
             if remembered is not None:
                 return remembered
@@ -111,13 +111,13 @@ class KVStateMachine:
                 key = getattr(cmd.op, "key", "")
                 self.locks.check_fence(cmd.fence, key, now)
             return self._dispatch(index, now, cmd.op)
-        except CommandError as exc:
+        except Refusal as exc:
             return exc
         except Exception as exc:
             # A bug, not bad input (commands were validated): deterministic all the same — every
             # replica runs the same code on the same command — so answer it instead of stopping.
             log.critical("entry %d: applying %r failed", index, cmd, exc_info=True)
-            return CommandError(p.INTERNAL, f"entry {index}: internal error applying the command: {exc!r}")
+            return Refusal(p.INTERNAL, f"entry {index}: internal error applying the command: {exc!r}")
 
     def _dispatch(self, index: int, now: int, op: Operation) -> dict[str, Any]:
         match op:

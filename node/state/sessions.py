@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raftstate.client import protocol as p
+from raftstate.node.errors import Refusal
 from raftstate.node.state.commands import (
-    CommandError,
     KeepAlive,
     OpenSession,
     SessionRef,
@@ -38,7 +38,7 @@ from raftstate.node.state.expiry import ExpiryIndex
 __all__ = ["Outcome", "Session", "SessionTable"]
 
 #: what a write produced: its result body, or its refusal
-Outcome = dict[str, Any] | CommandError
+Outcome = dict[str, Any] | Refusal
 
 
 @dataclass(slots=True)
@@ -84,13 +84,13 @@ class SessionTable:
         return {"session": index, "idle_timeout_s": to_seconds(op.idle_timeout_ms)}
 
     def check_room(self, now_ms: int, max_sessions: int | None) -> None:
-        """Raise CommandError (too_many_sessions) if ``max_sessions`` live sessions exist. Expired but
+        """Raise Refusal (too_many_sessions) if ``max_sessions`` live sessions exist. Expired but
         unswept sessions do not count, so the answer never depends on when the sweep ran."""
         if max_sessions is None or len(self.sessions) < max_sessions:
             return
         live = sum(1 for s in self.sessions.values() if s.live_at(now_ms))
         if live >= max_sessions:
-            raise CommandError(
+            raise Refusal(
                 p.TOO_MANY_SESSIONS,
                 f"{live} client sessions are open, the limit is {max_sessions} (settings.max_sessions); "
                 "reuse a client (one session each) or wait for idle sessions to expire",
@@ -105,7 +105,7 @@ class SessionTable:
 
     def begin(self, ref: SessionRef, now_ms: int) -> Outcome | None:
         """Admit write ``ref``: its remembered outcome, or None if it is new and must be applied
-        (then call :meth:`record`). Raises CommandError for a refusal; a refusal changes nothing."""
+        (then call :meth:`record`). Raises a Refusal, which changes nothing."""
         s = self._require(ref.id, now_ms)
         cached = s.results.get(ref.seq)
         new_ack = max(s.acked, ref.ack)
@@ -172,7 +172,7 @@ class SessionTable:
     def _require(self, sid: int, now_ms: int) -> Session:
         s = self.live(sid, now_ms)
         if s is None:
-            raise CommandError(
+            raise Refusal(
                 p.SESSION_EXPIRED,
                 f"session {sid} has expired (idle longer than its timeout, in cluster time) or never "
                 "existed; this write was NOT applied: open a new session (POST /v1/sessions)",
@@ -194,14 +194,14 @@ class SessionTable:
 
 
 def _outcome_row(o: Outcome) -> list[Any]:
-    if isinstance(o, CommandError):
-        return [1, o.code, o.message, o.details]
+    if isinstance(o, Refusal):
+        return [1, o.code, o.message, o.fields]
     return [0, o]
 
 
 def _outcome_from_row(row: list[Any]) -> Outcome:
     if row[0] == 1:
-        code, message, details = row[1], row[2], row[3]
-        return CommandError(str(code), str(message), **dict(details))
+        code, message, fields = row[1], row[2], row[3]
+        return Refusal(str(code), str(message), **dict(fields))
     body: dict[str, Any] = dict(row[1])
     return body

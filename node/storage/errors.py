@@ -1,6 +1,6 @@
 """Errors of a node's durable storage (log, hard state, snapshots, data dir).
 
-    StorageError
+    StorageError            a LocalFault (raftstate.node.errors draws the whole tree of a node)
     ├── StorageCorruption   what is on disk failed validation (CRC, length, contiguity, format):
     │                       a fault from the past; the node must not start on it — operator action
     ├── StorageIOError      the OS failed a read/write/fsync *now*; the on-disk state is uncertain,
@@ -15,6 +15,8 @@ the driver or the core, not a storage fault: it raises ``ValueError`` and nothin
 from __future__ import annotations
 
 from pathlib import Path
+
+from raftstate.node.errors import LocalFault
 
 __all__ = [
     "RECOVERY_ADVICE",
@@ -34,7 +36,7 @@ RECOVERY_ADVICE = (
 )
 
 
-class StorageError(Exception):
+class StorageError(LocalFault):
     """Base of every error raised by raftstate.node storage."""
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import msgpack
 
 from raftstate.node.storage.data_dir import FsyncHook, fsync_dir, fsync_fd, write_all
-from raftstate.node.storage.errors import StorageCorruption
+from raftstate.node.storage.errors import StorageCorruption, StorageError
 from raftstate.raft.messages import Entry, entry_from_wire, entry_to_wire
 
 __all__ = ["DEFAULT_SEGMENT_BYTES", "MAX_RECORD_BYTES", "SegmentedLog", "encode_record", "segment_name"]
@@ -83,7 +83,10 @@ class _Segment:
         return self.first_index + len(self.offsets) - 1
 
 
-class _BadRecord(Exception):
+class _BadRecord(StorageError):
+    """A record that failed validation. Never leaves this module: the reader truncates a torn tail
+    or raises StorageCorruption."""
+
     def __init__(self, reason: str, *, may_be_torn: bool = True) -> None:
         super().__init__(reason)
         self.reason = reason
