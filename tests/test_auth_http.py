@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from raftstate.node.api.codec import ApiError, error_response
 from raftstate.node.metrics import NodeMetrics
-from raftstate.node.security.auth import AUTHENTICATOR, ROUTE_ROLES, Authenticator, auth_middleware, authorize
+from raftstate.node.security.auth import AUTHENTICATOR, Authenticator, auth_middleware, authorize, route_roles
 from raftstate.node.security.config import ResolvedAuth, Role
 
 TOKENS = {Role.READ: "r-token-0123456789", Role.WRITE: "w-token-0123456789", Role.ADMIN: "a-token-0123456789"}
@@ -152,7 +152,7 @@ def unlisted_client_routes(app: web.Application) -> set[tuple[str, str]]:
     routes = {
         (r.method, r.resource.canonical) for r in app.router.routes() if r.resource and r.method != "HEAD"
     }
-    return {r for r in routes if r[1].startswith(CLIENT_PREFIXES) and r not in ROUTE_ROLES}
+    return {r for r in routes if r[1].startswith(CLIENT_PREFIXES) and r not in route_roles()}
 
 
 def test_every_client_route_of_the_api_has_an_explicit_role() -> None:
