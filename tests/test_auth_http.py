@@ -46,7 +46,7 @@ def make_app(metrics: NodeMetrics, open_: frozenset[str] = frozenset()) -> web.A
     app.router.add_get("/v1/kv/{key:.+}", ok)
     app.router.add_put("/v1/kv/{key:.+}", ok)
     app.router.add_post("/v1/leader/transfer", ok)
-    app.router.add_post("/v1/members", ok)  # not in the table: admin by default
+    app.router.add_post("/v1/members", ok)  # an admin row of the table
     app.router.add_get("/v1/snapshot", snapshot_like)
     return app
 
@@ -148,7 +148,7 @@ CLIENT_PREFIXES = ("/v1/kv/", "/v1/keys", "/v1/locks/", "/v1/sessions")
 
 def unlisted_client_routes(app: web.Application) -> set[tuple[str, str]]:
     """Worker-facing routes the table does not list: they would need admin, and workers get 403.
-    (Operations routes may rely on the admin default: /v1/members, /v1/snapshot, ...)"""
+    (Every route a node serves is a row of the endpoint table: tests/test_endpoint_table.py.)"""
     routes = {
         (r.method, r.resource.canonical) for r in app.router.routes() if r.resource and r.method != "HEAD"
     }
