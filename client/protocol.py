@@ -16,7 +16,7 @@ THE ENDPOINT TABLE is the one place a path, a method or a role is written. One r
 Everything else is derived from the rows: the node's routes (node/api/handlers.py ``add_routes``),
 its authorization (node/security/auth.py ``route_roles``), the stream's operations and their roles
 (node/api/stream.py), the request schema's allowed fields (node/api/schema.py), the client's
-requests (``Request(endpoint, name)`` in client/_transport.py) and the test twin
+requests (``Request(op, name)`` in client/_transport.py) and the test twin
 (tests/fake_cluster.py). Adding an operation is one row here plus its handler.
 
 Every error response body is ``{"error": {"code": CODE, "message": TEXT, ...details}}`` with the
