@@ -1,7 +1,8 @@
 """The seam between the client's logic and the network: one request to one node.
 
 :class:`Transport` is a Protocol; :class:`AiohttpTransport` is what ships (keep-alive connection
-pools, msgpack bodies) and tests/fake_cluster.py has an in-memory twin that follows docs/api.md.
+pools, msgpack bodies) and tests/fake_cluster.py has an in-memory twin (the node's own request
+handling and state machine, without Raft or sockets).
 A transport knows nothing of leaders, retries or sessions: it sends one request to the endpoint
 it is given and either returns the node's answer (any HTTP status) or raises a
 :class:`~raftstate.client.errors.TransportError` saying whether the request can have reached it:
