@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Sequence
 
+from raftstate.client import protocol as p
 from raftstate.client._retry import Clock
 from raftstate.client._transport import Request, Transport
 from raftstate.client.errors import InvalidRequest, TransportError
@@ -174,7 +175,7 @@ class LeaderTracker:
         """Ask every node who leads; adopt the leader of the highest term. Returns it (or None)."""
         eps = list(self.endpoints)
         answers = await asyncio.gather(
-            *(transport.send(e, Request("GET", "/status"), PROBE_TIMEOUT_S) for e in eps),
+            *(transport.send(e, Request(p.STATUS), PROBE_TIMEOUT_S) for e in eps),
             return_exceptions=True,
         )
         best: tuple[int, int, str] | None = None  # (term, says-itself, endpoint)

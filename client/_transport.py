@@ -1,7 +1,8 @@
 """The seam between the client's logic and the network: one request to one node.
 
 :class:`Transport` is a Protocol; :class:`AiohttpTransport` is what ships (keep-alive connection
-pools, msgpack bodies) and tests/fake_cluster.py has an in-memory twin that follows docs/api.md.
+pools, msgpack bodies) and tests/fake_cluster.py has an in-memory twin (the node's own request
+handling and state machine, without Raft or sockets).
 A transport knows nothing of leaders, retries or sessions: it sends one request to the endpoint
 it is given and either returns the node's answer (any HTTP status) or raises a
 :class:`~raftstate.client.errors.TransportError` saying whether the request can have reached it:
@@ -17,7 +18,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import aiohttp
 import msgpack
@@ -33,19 +34,30 @@ __all__ = [
     "Transport",
     "decode_body",
     "encode_body",
-    "key_path",
     "untrusted_certificate",
 ]
 
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    method: str
-    #: already percent-encoded path, e.g. "/v1/kv/imports%3A42"
-    path: str
+    """One operation of the endpoint table (client/protocol.py) on one name: its HTTP method and
+    path, and its op on /v1/stream, all follow from ``op``; nothing maps a path back to an op."""
+
+    op: p.Endpoint
+    #: the key, lock name or session id the operation acts on ("" when its path has no parameter)
+    name: str = ""
     #: None: no body
     body: Any = None
     query: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return self.op.method
+
+    @property
+    def path(self) -> str:
+        """Percent-encoded, e.g. "/v1/kv/imports%3A42"."""
+        return self.op.path_for(self.name)
 
     def describe(self) -> str:
         return f"{self.method} {self.path}"
@@ -71,16 +83,6 @@ class Transport(Protocol):
     async def aclose(self) -> None:
         """Release connections. Further sends are not allowed."""
         ...
-
-
-def key_path(prefix: str, key: str, suffix: str = "") -> str:
-    """``prefix`` + the key percent-encoded as ONE path segment (a '/' in a key is %2F) + ``suffix``.
-
-    "." and ".." are spelled %2E so that no URL normalisation anywhere can read them as dot-segments."""
-    seg = quote(key, safe="")
-    if seg in (".", ".."):
-        seg = seg.replace(".", "%2E")
-    return f"{prefix}{seg}{suffix}"
 
 
 def encode_body(body: Any, *, what: str) -> bytes:

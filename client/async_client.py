@@ -44,7 +44,7 @@ from raftstate.client._once import OnceContext
 from raftstate.client._retry import Backoff, Clock, Deadline
 from raftstate.client._session import Registration, SessionManager, Ticket
 from raftstate.client._time import Ttl, When, expiry_fields, from_epoch, ttl_seconds
-from raftstate.client._transport import Request, Response, Transport, key_path
+from raftstate.client._transport import Request, Response, Transport
 from raftstate.client._types import Consistency, Entry, Fence, LockInfo, LockLease
 from raftstate.client.config import client_args
 from raftstate.client.errors import (
@@ -86,12 +86,19 @@ class _Kind(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class _Op:
     kind: _Kind
-    method: str
-    path: str
+    #: the row of the endpoint table (client/protocol.py) this call performs
+    endpoint: p.Endpoint
+    #: the key, lock name or session id it acts on ("" when the endpoint takes none)
+    name: str
     #: what the call is, for messages: "set key 'imports:42'"
     what: str
     body: dict[str, Any] | None = None
     query: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # The table says whether the endpoint writes; the kind says how the client retries it.
+        assert self.is_write == self.endpoint.writes, (self.kind, self.endpoint.name)
+        assert self.kind is not _Kind.NUMBERED or "seq" in self.endpoint.body, self.endpoint.name
 
     @property
     def is_write(self) -> bool:
@@ -232,7 +239,7 @@ class AsyncClient:
         """The key's value, version and expiry, or None if it does not exist."""
         _check_key(key)
         kind, query = _read_kind(consistency)
-        op = _Op(kind, "GET", key_path("/v1/kv/", key), f"get key {key!r}", query=query)
+        op = _Op(kind, p.KV_GET, key, f"get key {key!r}", query=query)
         try:
             body = await self._call(op, timeout)
         except NotFound as exc:
@@ -303,7 +310,7 @@ class AsyncClient:
         if version is not None:
             body["if_version"] = _check_version(version, key)
         body.update(self._fence(fence, key))
-        op = _Op(_Kind.NUMBERED, "DELETE", key_path("/v1/kv/", key), f"delete key {key!r}", body)
+        op = _Op(_Kind.NUMBERED, p.KV_DELETE, key, f"delete key {key!r}", body)
         return _field(await self._call(op, timeout), "deleted", bool, op)
 
     async def increment(
@@ -325,9 +332,7 @@ class AsyncClient:
             )
         body: dict[str, Any] = {"by": by, **expiry_fields(ttl, None, what=f"increment key {key!r}")}
         body.update(self._fence(fence, key))
-        op = _Op(
-            _Kind.NUMBERED, "POST", key_path("/v1/kv/", key, "/increment"), f"increment key {key!r}", body
-        )
+        op = _Op(_Kind.NUMBERED, p.KV_INCREMENT, key, f"increment key {key!r}", body)
         return _field(await self._call(op, timeout), "value", int, op)
 
     async def keys(
@@ -351,7 +356,7 @@ class AsyncClient:
             query = {"prefix": prefix, "limit": str(n), **extra}
             if after is not None:
                 query["after"] = after
-            op = _Op(kind, "GET", "/v1/keys", f"keys with prefix {prefix!r}", query=query)
+            op = _Op(kind, p.KEYS_LIST, "", f"keys with prefix {prefix!r}", query=query)
             body = await self._call(op, timeout)
             page = _field(body, "keys", list, op)
             for k in page:
@@ -394,7 +399,7 @@ class AsyncClient:
         body: dict[str, Any] = {"token": _check_token(token, name)}
         if ttl is not None:
             body["ttl"] = ttl_seconds(ttl, what=f"renew lock {name!r}")
-        op = _Op(_Kind.WRITE, "POST", key_path("/v1/locks/", name, "/renew"), f"renew lock {name!r}", body)
+        op = _Op(_Kind.WRITE, p.LOCK_RENEW, name, f"renew lock {name!r}", body)
         return from_epoch(_field(await self._call(op, timeout), "expires_at", object, op))
 
     async def release_lock(self, name: str, token: int, *, timeout: float | None = None) -> bool:
@@ -402,8 +407,7 @@ class AsyncClient:
         _check_key(name, "lock name")
         body = {"token": _check_token(token, name)}
         # Numbered, so that a retry after a lost answer reports the first outcome (True), not False.
-        path = key_path("/v1/locks/", name, "/release")
-        op = _Op(_Kind.NUMBERED, "POST", path, f"release lock {name!r}", body)
+        op = _Op(_Kind.NUMBERED, p.LOCK_RELEASE, name, f"release lock {name!r}", body)
         try:
             return _field(await self._call(op, timeout), "released", bool, op)
         except LockLost:
@@ -412,7 +416,7 @@ class AsyncClient:
     async def lock_info(self, name: str, *, timeout: float | None = None) -> LockInfo | None:
         """Who holds the lock now, or None if it is free."""
         _check_key(name, "lock name")
-        op = _Op(_Kind.READ, "GET", key_path("/v1/locks/", name), f"read lock {name!r}")
+        op = _Op(_Kind.READ, p.LOCK_GET, name, f"read lock {name!r}")
         try:
             body = await self._call(op, timeout)
         except NotFound as exc:
@@ -468,7 +472,7 @@ class AsyncClient:
             **extra,
             **self._fence(fence, key),
         }
-        return _Op(_Kind.NUMBERED, "PUT", key_path("/v1/kv/", key), what, body)
+        return _Op(_Kind.NUMBERED, p.KV_SET, key, what, body)
 
     async def _set_if_absent(
         self,
@@ -509,13 +513,8 @@ class AsyncClient:
         _check_key(name, "lock name")
         owner = owner or self.owner
         started = self._clock()
-        op = _Op(
-            _Kind.NUMBERED,
-            "POST",
-            key_path("/v1/locks/", name, "/acquire"),
-            f"acquire lock {name!r}",
-            {"owner": owner, "ttl": ttl_s},
-        )
+        args = {"owner": owner, "ttl": ttl_s}
+        op = _Op(_Kind.NUMBERED, p.LOCK_ACQUIRE, name, f"acquire lock {name!r}", args)
         body = await self._call(op, timeout)
         lease = LockLease(name, _field(body, "token", int, op), owner, from_epoch(body.get("expires_at")))
         return lease, started
@@ -559,7 +558,7 @@ class AsyncClient:
         return {"fence": {"lock": fence.name, "token": _check_token(fence.token, fence.name)}}
 
     async def _register_session(self, deadline: Deadline) -> Registration:
-        op = _Op(_Kind.WRITE, "POST", "/v1/sessions", "register a client session", {})
+        op = _Op(_Kind.WRITE, p.SESSION_OPEN, "", "register a client session", {})
         body = await self._call(op, None, deadline)
         idle = body.get("idle_timeout_s") if isinstance(body, dict) else None
         idle_s = (
@@ -606,7 +605,7 @@ class AsyncClient:
                 attempts += 1
                 try:
                     resp = await self._attempt(
-                        endpoint, Request(op.method, op.path, body, op.query), deadline, stale
+                        endpoint, Request(op.endpoint, op.name, body, op.query), deadline, stale
                     )
                 except _Moved:
                     maybe_applied |= op.is_write

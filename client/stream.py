@@ -12,11 +12,11 @@ import asyncio
 import itertools
 import ssl
 from typing import Any
-from urllib.parse import unquote
 
 import aiohttp
 import msgpack
 
+from raftstate.client import protocol as p
 from raftstate.client._transport import (
     AiohttpTransport,
     Request,
@@ -26,9 +26,7 @@ from raftstate.client._transport import (
 )
 from raftstate.client.errors import ConnectFailed, InvalidRequest, ResponseLost
 
-__all__ = ["STREAM_PATH", "StreamConnection", "StreamUnsupported", "StreamingTransport", "stream_op"]
-
-STREAM_PATH = "/v1/stream"
+__all__ = ["StreamConnection", "StreamUnsupported", "StreamingTransport"]
 
 
 class StreamUnsupported(ConnectFailed):
@@ -140,7 +138,7 @@ class StreamConnection:
         try:
             ws = await asyncio.wait_for(
                 self._session.ws_connect(
-                    self.endpoint + STREAM_PATH, timeout=timeout, max_msg_size=0, autoping=True
+                    self.endpoint + p.STREAM.path, timeout=timeout, max_msg_size=0, autoping=True
                 ),
                 self._connect_timeout_s,
             )
@@ -199,44 +197,11 @@ class StreamConnection:
             await asyncio.gather(self._reader, return_exceptions=True)
 
 
-#: (method, path prefix, path suffix or None for an exact path, stream op) for docs/api.md's
-#: client operations; the name is the one percent-encoded path segment between prefix and suffix.
-#: tests/test_stream_client.py checks it against the node's routes (node/api/handlers.py ROUTES).
-_OPS: tuple[tuple[str, str, str | None, str], ...] = (
-    ("POST", "/v1/kv/", "/increment", "increment"),
-    ("GET", "/v1/kv/", "", "get"),
-    ("PUT", "/v1/kv/", "", "set"),
-    ("DELETE", "/v1/kv/", "", "delete"),
-    ("GET", "/v1/keys", None, "list"),
-    ("POST", "/v1/locks/", "/acquire", "lock_acquire"),
-    ("POST", "/v1/locks/", "/renew", "lock_renew"),
-    ("POST", "/v1/locks/", "/release", "lock_release"),
-    ("GET", "/v1/locks/", "", "lock_get"),
-    ("POST", "/v1/sessions", None, "session_open"),
-    ("POST", "/v1/sessions/", "/keepalive", "session_keepalive"),
-)
-
-
-def stream_op(method: str, path: str) -> tuple[str, str] | None:
-    """(op, decoded name) of a v1 client request, or None if it has no stream form."""
-    for m, prefix, suffix, op in _OPS:
-        if m != method:
-            continue
-        if suffix is None:
-            if path == prefix:
-                return op, ""
-            continue
-        if path.startswith(prefix) and path.endswith(suffix) and len(path) > len(prefix) + len(suffix):
-            segment = path[len(prefix) : len(path) - len(suffix)]
-            if "/" not in segment:
-                return op, unquote(segment)
-    return None
-
-
 class StreamingTransport(AiohttpTransport):
-    """The client's default transport: every client operation over one ``/v1/stream`` WebSocket per
-    node (many in flight at once), everything else — and every operation on a node without the
-    stream — over HTTP. Same answers, same ConnectFailed/ResponseLost meaning as HTTP."""
+    """The client's default transport: every client operation (a row with ``stream`` in the endpoint
+    table, sent as its op) over one ``/v1/stream`` WebSocket per node (many in flight at once),
+    everything else — and every operation on a node without the stream — over HTTP. Same answers,
+    same ConnectFailed/ResponseLost meaning as HTTP."""
 
     def __init__(
         self,
@@ -257,16 +222,16 @@ class StreamingTransport(AiohttpTransport):
         self._connect_s = connect_timeout_s
 
     async def send(self, endpoint: str, request: Request, timeout_s: float) -> Response:
-        mapped = stream_op(request.method, request.path) if endpoint not in self._http_only else None
-        if mapped is None:
+        if not request.op.stream or endpoint in self._http_only:
             return await super().send(endpoint, request, timeout_s)
         conn = self._streams.get(endpoint)
         if conn is None:
             conn = StreamConnection(self._get_session(), endpoint, connect_timeout_s=self._connect_s)
             self._streams[endpoint] = conn
-        op, name = mapped
         try:
-            status, body = await conn.call(op, name, request.body, dict(request.query), timeout_s=timeout_s)
+            status, body = await conn.call(
+                request.op.name, request.name, request.body, dict(request.query), timeout_s=timeout_s
+            )
         except StreamUnsupported:
             self._http_only.add(endpoint)
             return await super().send(endpoint, request, timeout_s)

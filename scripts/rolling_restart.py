@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from raftstate.client import Client
+from raftstate.client import protocol as p
 from raftstate.node.config import ClusterConfig, load_config
 from raftstate.node.ops.admin_http import AdminError, call
 from raftstate.node.ops.local_cluster import LocalCluster, wait_until
@@ -47,10 +48,10 @@ from raftstate.node.security.node_access import NodeAccess
 PLAIN = NodeAccess()
 
 
-def _get(addr: str, path: str, access: NodeAccess) -> Any:
+def _get(addr: str, op: p.Endpoint, access: NodeAccess) -> Any:
     """The node's answer, or None (down, or refused: a refusal other than 401/403 is transient)."""
     try:
-        return call(addr, "GET", path, timeout=1.0, access=access)
+        return call(addr, op, timeout=1.0, access=access)
     except AdminError as exc:
         if exc.code in ("unauthorized", "forbidden"):
             raise  # no point waiting: the token is wrong
@@ -61,7 +62,7 @@ def _get(addr: str, path: str, access: NodeAccess) -> Any:
 
 def leader_of(addresses: dict[str, str], access: NodeAccess = PLAIN) -> tuple[str, int] | None:
     for nid, addr in addresses.items():
-        st = _get(addr, "/status", access)
+        st = _get(addr, p.STATUS, access)
         if st and st["role"] == "leader":
             return nid, int(st["commit_index"])
     return None
@@ -73,8 +74,8 @@ def wait_caught_up(
     _, commit = wait_until(lambda: leader_of(addresses, access), timeout, "a leader")
     wait_until(
         lambda: (
-            (_get(addr, "/ready", access) or {}).get("ready")
-            and (_get(addr, "/status", access) or {}).get("applied_index", -1) >= commit
+            (_get(addr, p.READY, access) or {}).get("ready")
+            and (_get(addr, p.STATUS, access) or {}).get("applied_index", -1) >= commit
         ),
         timeout,
         f"{nid} to be ready and caught up",

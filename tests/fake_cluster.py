@@ -1,9 +1,18 @@
-"""An in-memory twin of a raftstate cluster that follows docs/api.md, for client unit tests.
+"""An in-memory twin of a raftstate cluster for client unit tests, backed by the REAL node code.
 
-``FakeCluster`` holds ONE replicated state (keys with versions and expiry, locks with fencing
-tokens, sessions with exactly-once replies) and a few nodes of which one (or none) leads.
-``FakeCluster.transport()`` is a :class:`raftstate.client.Transport`: requests to a follower get
-``not_leader`` naming the leader, like the real nodes; bodies go through msgpack as on the wire.
+``FakeCluster`` holds ONE replicated state — the real state machine (node/state/machine.py:
+versions, expiry, fencing tokens, exactly-once sessions) — and a few nodes of which one (or none)
+leads. Each node is the real request handling (``Api`` of node/api/handlers.py: the request schema,
+size limits, the refusals and their error bodies) over a fake in-process driver instead of Raft:
+on the leader a write is applied at once, at the next log index, stamped with cluster time
+``clock()``; on a follower writes and linearizable reads are answered ``not_leader`` naming the
+leader, stale reads are answered from the one state. So the fake cannot drift from the rules the
+nodes apply: it has none of its own.
+
+``FakeCluster.transport()`` is a :class:`raftstate.client.Transport`. A request is routed by the
+operation it carries (``Request.op``, a row of the endpoint table in client/protocol.py) to that
+operation's function ``Api.op_<name>``, as /v1/stream does; ``/status`` answers who leads. Bodies go
+through msgpack both ways, as on the wire.
 
 Faults are scripted per request with :meth:`FakeCluster.fault`::
 
@@ -23,11 +32,11 @@ Cluster time is ``clock()`` (default time.time); pass a settable clock to expire
 from __future__ import annotations
 
 import asyncio
-import itertools
+import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -36,30 +45,19 @@ import msgpack
 from raftstate.client import protocol as p
 from raftstate.client._transport import Request, Response, decode_body, encode_body
 from raftstate.client.errors import ConnectFailed, ResponseLost
+from raftstate.node.api.codec import error_body
+from raftstate.node.api.handlers import Api
+from raftstate.node.api.schema import ApiLimits
+from raftstate.node.errors import Refusal
+from raftstate.node.metrics import NodeMetrics
+from raftstate.node.state.commands import Command, Operation, decode, encode
+from raftstate.node.state.keys import Record
+from raftstate.node.state.locks import Lock
+from raftstate.node.state.machine import KVStateMachine
+from raftstate.node.state.sessions import Outcome, Session
+from raftstate.raft import NotLeader, Role
 
-INT64 = (-(2**63), 2**63 - 1)
-
-
-@dataclass
-class Record:
-    value: Any
-    version: int
-    expires_at: float | None
-
-
-@dataclass
-class FakeLock:
-    owner: str
-    token: int
-    ttl: float
-    expires_at: float
-
-
-@dataclass
-class FakeSession:
-    last_active: float
-    replies: dict[int, Response] = field(default_factory=dict)
-    acked: int = 0
+__all__ = ["FakeCluster", "FakeTransport", "ManualClock"]
 
 
 @dataclass
@@ -67,12 +65,6 @@ class Fault:
     action: str
     match: Callable[[str, Request], bool]
     times: int = 1
-
-
-class ApiError(Exception):
-    def __init__(self, code: str, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.response = Response(p.STATUS_OF[code], {"error": {"code": code, "message": message, **details}})
 
 
 class FakeCluster:
@@ -90,8 +82,6 @@ class FakeCluster:
         self.leader: str | None = self.ids[0]
         self.term = 1
         self.clock = clock
-        self.session_idle_timeout_s = session_idle_timeout_s
-        self.max_session_results = max_session_results
         self.down: set[str] = set()
         self.paused: set[str] = set()
         self.faults: list[Fault] = []
@@ -99,11 +89,22 @@ class FakeCluster:
         self.log: list[tuple[str, Request]] = []
         #: (session, seq) -> times applied
         self.applied: Counter[tuple[int, int]] = Counter()
-        self.index = 0
-        self.kv: dict[str, Record] = {}
-        self.locks: dict[str, FakeLock] = {}
-        self.sessions: dict[int, FakeSession] = {}
-        self._session_ids = itertools.count(1)
+        #: the one replicated state
+        self.sm = KVStateMachine()
+        limits = ApiLimits(
+            session_idle_timeout_ms=round(session_idle_timeout_s * 1000),
+            max_session_results=max_session_results,
+        )
+        self.nodes = {
+            nid: Api(
+                _FakeDriver(self, nid),  # type: ignore[arg-type]
+                NodeMetrics(nid, "fake"),
+                cluster_time=_FakeClusterTime(self),  # type: ignore[arg-type]
+                limits=limits,
+                max_request_bytes=1 << 20,
+            )
+            for nid in self.ids
+        }
         #: called (node, request) before each request is handled (tests move the leader here)
         self.on_request: Callable[[str, Request], None] | None = None
 
@@ -143,13 +144,55 @@ class FakeCluster:
                 return nid
         raise ConnectFailed(f"no such node {endpoint}", node=endpoint)
 
+    def commit(self, op: Operation) -> Outcome:
+        """Apply ``op`` as if another client had written it through the leader (its outcome)."""
+        return self._apply(encode(Command(op)))
+
+    # ----------------------------------------------------------------- the replicated state
+
+    @property
+    def kv(self) -> Mapping[str, Record]:
+        """The keys live now (cluster time), as the state machine holds them."""
+        return _LiveKeys(self)
+
+    @property
+    def locks(self) -> dict[str, Lock]:
+        """The state machine's lock table (held or expired but not yet swept)."""
+        return self.sm.locks.locks
+
+    @property
+    def sessions(self) -> dict[int, Session]:
+        """The state machine's sessions (clear it to make the cluster forget them)."""
+        return self.sm.sessions.sessions
+
+    @property
+    def index(self) -> int:
+        return self.sm.applied_index
+
+    def now_ms(self) -> int:
+        """Cluster time: the clock, never behind the last applied entry."""
+        return max(round(self.clock() * 1000), self.sm.time_ms)
+
+    def _apply(self, data: bytes) -> Outcome:
+        """One entry at the next index: what a leader's propose leads to once it commits."""
+        ref = decode(data).session
+        fresh = ref is not None and not self._remembers(ref.id, ref.seq)
+        outcome = self.sm.apply(self.sm.applied_index + 1, self.now_ms(), data)
+        if ref is not None and fresh and self._remembers(ref.id, ref.seq):
+            self.applied[(ref.id, ref.seq)] += 1  # executed now, not a remembered outcome
+        return outcome
+
+    def _remembers(self, sid: int, seq: int) -> bool:
+        s = self.sm.sessions.sessions.get(sid)
+        return s is not None and seq in s.results
+
     # ----------------------------------------------------------------- serving one request
 
     async def serve(self, endpoint: str, request: Request, timeout_s: float) -> Response:
         nid = self.node_of(endpoint)
         # Through msgpack as on the wire (also catches bodies that cannot be encoded).
         body = None if request.body is None else msgpack.unpackb(encode_body(request.body, what="fake"))
-        request = Request(request.method, request.path, body, dict(request.query))
+        request = dataclasses.replace(request, body=body, query=dict(request.query))
         await asyncio.sleep(0)
         if nid in self.down:
             raise ConnectFailed(f"cannot connect to {endpoint}: refused", node=endpoint)
@@ -165,16 +208,16 @@ class FakeCluster:
         if action == "hang":
             await self._hang(endpoint, timeout_s)
         if action == "unavailable":
-            return ApiError(p.UNAVAILABLE, f"node {nid}: no quorum (scripted)").response
+            return _error(Refusal(p.UNAVAILABLE, f"node {nid}: no quorum (scripted)"))
         if action == "expire_session" and isinstance(body, dict) and isinstance(body.get("session"), int):
             self.sessions.pop(body["session"], None)
-        resp = self.handle(nid, request)
+        resp = await self.handle(nid, request)
         if action == "apply_then_hang":
             await self._hang(endpoint, timeout_s)
         if action == "apply_then_lose":
             raise ResponseLost(f"connection to {endpoint} reset (scripted)", node=endpoint)
         if action == "outcome_unknown":
-            return ApiError(p.OUTCOME_UNKNOWN, f"node {nid}: timed out after proposing (scripted)").response
+            return _error(Refusal(p.OUTCOME_UNKNOWN, f"node {nid}: timed out after proposing (scripted)"))
         # Through msgpack on the way back too.
         return Response(resp.status, decode_body(msgpack.packb(resp.body, use_bin_type=True), p.MSGPACK))
 
@@ -189,236 +232,109 @@ class FakeCluster:
                 return f.action
         return None
 
-    def handle(self, nid: str, r: Request) -> Response:
+    async def handle(self, nid: str, r: Request) -> Response:
+        """Node ``nid``'s answer: routed by the request's row of the endpoint table."""
         try:
-            return Response(200, self._route(nid, r))
-        except ApiError as exc:
-            return exc.response
+            if r.op not in p.ENDPOINTS:
+                raise Refusal(p.INVALID_REQUEST, f"no endpoint {r.describe()}; see docs/api.md")
+            if r.op == p.STATUS:
+                return Response(200, self.nodes[nid].driver.status())
+            if not r.op.stream:
+                raise Refusal(p.INVALID_REQUEST, f"the fake cluster does not serve {r.describe()}")
+            body = {} if r.method == "GET" or r.body is None else r.body  # as the HTTP handler reads it
+            return Response(200, await self.nodes[nid].operation(r.op)(r.name, body, r.query))
+        except Refusal as err:
+            return _error(err)
 
-    # ----------------------------------------------------------------- routing
 
-    def _route(self, nid: str, r: Request) -> Any:
-        path = r.path
-        if path == "/status":
-            role = "leader" if nid == self.leader else "follower"
-            return {
-                "id": nid,
-                "role": role,
-                "term": self.term,
-                "leader": self.leader,
-                "leader_address": self.address[self.leader] if self.leader else None,
-            }
-        stale = r.query.get("consistency") == "stale"
-        if not (stale and r.method == "GET"):
-            self._require_leader(nid)
-        body = r.body if isinstance(r.body, dict) else {}
-        if path == "/v1/sessions" and r.method == "POST":
-            sid = next(self._session_ids)
-            self.sessions[sid] = FakeSession(self.clock())
-            self.index += 1
-            return {"session": sid, "idle_timeout_s": self.session_idle_timeout_s}
-        if path.startswith("/v1/sessions/") and path.endswith("/keepalive"):
-            sid = int(path.split("/")[3])
-            self._session(sid).last_active = self.clock()
-            return {"ok": True}
-        if path == "/v1/keys":
-            return self._keys(r.query)
-        if path.startswith("/v1/kv/"):
-            rest = path[len("/v1/kv/") :]
-            if r.method == "POST" and rest.endswith("/increment"):
-                key = unquote(rest[: -len("/increment")])
-                return self._write(body, lambda: self._increment(key, body))
-            key = unquote(rest)
-            if r.method == "GET":
-                rec = self._live(key)
-                if rec is None:
-                    raise ApiError(p.NOT_FOUND, f"key {key!r} does not exist", key=key)
-                return {"key": key, "value": rec.value, "version": rec.version, "expires_at": rec.expires_at}
-            if r.method == "PUT":
-                return self._write(body, lambda: self._put(key, body))
-            if r.method == "DELETE":
-                return self._write(body, lambda: self._delete(key, body))
-        if path.startswith("/v1/locks/"):
-            rest = path[len("/v1/locks/") :]
-            for verb in ("acquire", "renew", "release"):
-                if r.method == "POST" and rest.endswith("/" + verb):
-                    name = unquote(rest[: -len(verb) - 1])
-                    op = getattr(self, "_lock_" + verb)
-                    return self._write(body, lambda op=op, name=name: op(name, body))
-            if r.method == "GET":
-                name = unquote(rest)
-                lk = self._live_lock(name)
-                if lk is None:
-                    raise ApiError(p.NOT_FOUND, f"lock {name!r} is free", name=name)
-                return {"name": name, "owner": lk.owner, "token": lk.token, "expires_at": lk.expires_at}
-        raise ApiError(p.INVALID_REQUEST, f"no route {r.method} {path}")
+def _error(err: Refusal) -> Response:
+    return Response(err.status, error_body(err))
 
-    def _require_leader(self, nid: str) -> None:
-        if nid != self.leader:
-            addr = self.address[self.leader] if self.leader else None
-            raise ApiError(
-                p.NOT_LEADER, f"node {nid} is not the leader", leader=self.leader, leader_address=addr
-            )
 
-    # ----------------------------------------------------------------- the replicated state
+class _LiveKeys(Mapping[str, Record]):
+    def __init__(self, cluster: FakeCluster) -> None:
+        self._keys = cluster.sm.keys
+        self._now = cluster.now_ms()
 
-    def _session(self, sid: int) -> FakeSession:
-        s = self.sessions.get(sid)
-        if s is None or self.clock() - s.last_active > self.session_idle_timeout_s:
-            self.sessions.pop(sid, None)
-            raise ApiError(p.SESSION_EXPIRED, f"session {sid} expired or unknown", session=sid)
-        return s
-
-    def _write(self, body: dict[str, Any], apply: Callable[[], Any]) -> Any:
-        sid, seq = body.get("session"), body.get("seq")
-        if sid is None:
-            self.index += 1
-            return apply()
-        s = self._session(sid)
-        s.last_active = self.clock()
-        ack = body.get("ack", 0)
-        if seq in s.replies:
-            reply = s.replies[seq]
-        elif seq <= s.acked:
-            raise ApiError(p.INVALID_REQUEST, f"seq {seq} of session {sid} was already acknowledged")
-        elif sum(1 for q in s.replies if q > max(ack, s.acked)) >= self.max_session_results:
-            raise ApiError(
-                p.INVALID_REQUEST,
-                f"session {sid} already remembers too many unacknowledged outcomes; not applied",
-                session=sid,
-                limit=self.max_session_results,
-            )
-        else:
-            self.index += 1
-            self.applied[(sid, seq)] += 1
-            try:
-                reply = Response(200, apply())
-            except ApiError as exc:
-                reply = exc.response
-            s.replies[seq] = reply
-        if ack > s.acked:
-            s.acked = ack
-            for q in [q for q in s.replies if q <= ack]:
-                del s.replies[q]
-        if reply.status != 200:
-            raise _Replay(reply)
-        return reply.body
-
-    def _live(self, key: str) -> Record | None:
-        rec = self.kv.get(key)
-        if rec is not None and rec.expires_at is not None and rec.expires_at <= self.clock():
-            del self.kv[key]
-            return None
+    def __getitem__(self, key: str) -> Record:
+        rec = self._keys.live(key, self._now)
+        if rec is None:
+            raise KeyError(key)
         return rec
 
-    def _live_lock(self, name: str) -> FakeLock | None:
-        lk = self.locks.get(name)
-        if lk is not None and lk.expires_at <= self.clock():
-            del self.locks[name]
-            return None
-        return lk
+    def __iter__(self) -> Iterator[str]:
+        return (k for k in list(self._keys.data) if self._keys.live(k, self._now) is not None)
 
-    def _expiry(self, body: dict[str, Any]) -> float | None:
-        if body.get("ttl") is not None:
-            return self.clock() + float(body["ttl"])
-        if body.get("expires_at") is not None:
-            return float(body["expires_at"])
-        return None
-
-    def _fence(self, body: dict[str, Any]) -> None:
-        f = body.get("fence")
-        if f is None:
-            return
-        lk = self._live_lock(f["lock"])
-        if lk is None or lk.token != f["token"]:
-            raise ApiError(
-                p.LOCK_LOST, f"lock {f['lock']!r} is not held with token {f['token']}", name=f["lock"]
-            )
-
-    def _check_version(self, key: str, rec: Record | None, body: dict[str, Any]) -> None:
-        if "if_version" in body and (rec is None or rec.version != body["if_version"]):
-            current = rec.version if rec else None
-            raise ApiError(
-                p.VERSION_MISMATCH,
-                f"key {key!r} is at version {current}, not {body['if_version']}",
-                key=key,
-                version=current,
-            )
-
-    def _put(self, key: str, body: dict[str, Any]) -> Any:
-        if "value" not in body:
-            raise ApiError(p.INVALID_REQUEST, "value is required", key=key)
-        self._fence(body)
-        rec = self._live(key)
-        if body.get("if_absent") and rec is not None:
-            return {"created": False, "version": rec.version}
-        self._check_version(key, rec, body)
-        self.kv[key] = Record(body["value"], self.index, self._expiry(body))
-        return {"version": self.index, "created": rec is None}
-
-    def _delete(self, key: str, body: dict[str, Any]) -> Any:
-        self._fence(body)
-        rec = self._live(key)
-        self._check_version(key, rec, body)
-        return {"deleted": self.kv.pop(key, None) is not None}
-
-    def _increment(self, key: str, body: dict[str, Any]) -> Any:
-        self._fence(body)
-        rec = self._live(key)
-        cur = 0 if rec is None else rec.value
-        if isinstance(cur, bool) or not isinstance(cur, int):
-            raise ApiError(p.WRONG_TYPE, f"key {key!r} holds a {type(cur).__name__}, not an integer", key=key)
-        new = cur + body.get("by", 1)
-        if not INT64[0] <= new <= INT64[1]:
-            raise ApiError(p.OVERFLOW, f"key {key!r}: {cur} + {body.get('by', 1)} overflows", key=key)
-        exp = self._expiry(body) if body.get("ttl") is not None else (rec.expires_at if rec else None)
-        self.kv[key] = Record(new, self.index, exp)
-        return {"value": new, "version": self.index}
-
-    def _keys(self, q: dict[str, str]) -> Any:
-        prefix, after, limit = q.get("prefix", ""), q.get("after"), int(q.get("limit", "1000"))
-        live = sorted(k for k in list(self.kv) if k.startswith(prefix) and self._live(k) is not None)
-        if after is not None:
-            live = [k for k in live if k > after]
-        page = live[:limit]
-        return {"keys": page, "next": page[-1] if len(live) > limit else None}
-
-    def _lock_acquire(self, name: str, body: dict[str, Any]) -> Any:
-        lk = self._live_lock(name)
-        if lk is not None:
-            raise ApiError(
-                p.LOCK_HELD,
-                f"lock {name!r} is held by {lk.owner} until {lk.expires_at}",
-                name=name,
-                owner=lk.owner,
-                expires_at=lk.expires_at,
-            )
-        ttl = float(body["ttl"])
-        self.locks[name] = FakeLock(body["owner"], self.index, ttl, self.clock() + ttl)
-        return {"token": self.index, "expires_at": self.clock() + ttl}
-
-    def _lock_renew(self, name: str, body: dict[str, Any]) -> Any:
-        lk = self._live_lock(name)
-        if lk is None or lk.token != body["token"]:
-            raise ApiError(p.LOCK_LOST, f"lock {name!r} is not held with token {body['token']}", name=name)
-        lk.ttl = float(body.get("ttl", lk.ttl))
-        lk.expires_at = self.clock() + lk.ttl
-        return {"expires_at": lk.expires_at}
-
-    def _lock_release(self, name: str, body: dict[str, Any]) -> Any:
-        lk = self._live_lock(name)
-        if lk is None or lk.token != body["token"]:
-            return {"released": False}
-        del self.locks[name]
-        return {"released": True}
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
-class _Replay(ApiError):
-    """A cached error reply of a session write, answered again."""
+class _FakeRaft:
+    """What ``Api`` reads of the Raft core: who leads."""
 
-    def __init__(self, reply: Response) -> None:
-        Exception.__init__(self, "replayed error")
-        self.response = reply
+    def __init__(self, cluster: FakeCluster, nid: str) -> None:
+        self._cluster = cluster
+        self._id = nid
+
+    @property
+    def leader(self) -> str | None:
+        return self._cluster.leader
+
+    @property
+    def role(self) -> Role:
+        return Role.LEADER if self._cluster.leader == self._id else Role.FOLLOWER
+
+    @property
+    def term(self) -> int:
+        return self._cluster.term
+
+
+class _FakeDriver:
+    """What ``Api`` uses of a RaftDriver, without Raft: a write proposed on the leader is applied
+    at once; a follower raises NotLeader (nothing appended) for writes and ReadIndex reads."""
+
+    def __init__(self, cluster: FakeCluster, nid: str) -> None:
+        self.id = nid
+        self.cluster = cluster
+        self.raft = _FakeRaft(cluster, nid)
+        self.addresses = cluster.address
+
+    @property
+    def sm(self) -> KVStateMachine:
+        return self.cluster.sm
+
+    def _require_leader(self) -> None:
+        if self.cluster.leader != self.id:
+            raise NotLeader(self.id, self.cluster.leader)
+
+    async def propose(self, command: bytes, timeout_s: float) -> Any:
+        self._require_leader()
+        outcome = self.cluster._apply(command)
+        if isinstance(outcome, Refusal):
+            raise Refusal(outcome.code, outcome.message, **outcome.fields)  # a copy, as the driver
+        return outcome
+
+    async def read_barrier(self, timeout_s: float) -> None:
+        self._require_leader()
+
+    def status(self) -> dict[str, Any]:
+        c = self.cluster
+        return {
+            "id": self.id,
+            "role": self.raft.role.value,
+            "term": c.term,
+            "leader": c.leader,
+            "leader_address": c.address[c.leader] if c.leader else None,
+            "applied_index": c.sm.applied_index,
+        }
+
+
+class _FakeClusterTime:
+    def __init__(self, cluster: FakeCluster) -> None:
+        self._cluster = cluster
+
+    def now_ms(self) -> int:
+        return self._cluster.now_ms()
 
 
 class FakeTransport:

@@ -30,8 +30,8 @@ from raftstate.client import (
     VersionMismatch,
 )
 from raftstate.client import errors as errors_module
+from raftstate.client import protocol as p
 from raftstate.client._leader import normalize_endpoint
-from raftstate.client._transport import key_path
 from raftstate.client.cli import add_client_commands, run_client_command
 from raftstate.client.config import endpoints_from_config
 from raftstate.client.errors import error_from_body
@@ -51,7 +51,8 @@ async def test_ttl_and_expires_at_forms() -> None:
     async with client(fc) as state:
         await state.set("a", 1, ttl=30)
         await state.set("b", 1, ttl=timedelta(days=7))
-        at = datetime.now(UTC) + timedelta(hours=1)
+        # whole milliseconds: a node keeps times in ms (the old hand-written fake kept microseconds)
+        at = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=123_000)
         await state.set("c", 1, expires_at=at)
         await state.set("d", 1, expires_at=at.astimezone(timezone(timedelta(hours=5))))
         await state.set("e", 1, expires_at=at.timestamp())
@@ -76,10 +77,10 @@ async def test_ttl_and_expires_at_forms() -> None:
 
 
 def test_keys_travel_as_one_path_segment() -> None:
-    assert key_path("/v1/kv/", "imports:42/progress") == "/v1/kv/imports%3A42%2Fprogress"
-    assert key_path("/v1/kv/", "a b?c#d%e") == "/v1/kv/a%20b%3Fc%23d%25e"
-    assert key_path("/v1/kv/", "..") == "/v1/kv/%2E%2E"
-    assert key_path("/v1/kv/", "é", "/increment") == "/v1/kv/%C3%A9/increment"
+    assert Request(p.KV_GET, "imports:42/progress").path == "/v1/kv/imports%3A42%2Fprogress"
+    assert Request(p.KV_GET, "a b?c#d%e").path == "/v1/kv/a%20b%3Fc%23d%25e"
+    assert Request(p.KV_GET, "..").path == "/v1/kv/%2E%2E"
+    assert Request(p.KV_INCREMENT, "é").path == "/v1/kv/%C3%A9/increment"
 
 
 def test_endpoints_are_normalized() -> None:
@@ -154,6 +155,11 @@ async def test_internal_error_on_a_write_is_an_unknown_outcome() -> None:
 # --------------------------------------------------------------------------- the aiohttp transport
 
 
+#: endpoints of a test server only (a transport sends any row it is given)
+ERR = p.Endpoint("err", "GET", "/err", p.Access.PUBLIC)
+NOWHERE = p.Endpoint("nowhere", "GET", "/nothing-here", p.Access.PUBLIC)
+
+
 async def test_aiohttp_transport_against_a_real_http_server() -> None:
     seen: list[tuple[str, str, object]] = []
 
@@ -171,8 +177,8 @@ async def test_aiohttp_transport_against_a_real_http_server() -> None:
         return web.json_response({"error": {"code": "not_found", "message": "nope"}}, status=404)
 
     app = web.Application()
-    app.router.add_route("*", "/v1/kv/{key:.+}", echo)
-    app.router.add_get("/err", json_error)
+    app.router.add_route("*", p.KV_SET.path, echo)
+    app.router.add_get(ERR.path, json_error)
     runner = web.AppRunner(app)
     await runner.setup()
     port, dead_port = free_ports(2)
@@ -180,19 +186,19 @@ async def test_aiohttp_transport_against_a_real_http_server() -> None:
     t = AiohttpTransport()
     try:
         ep = f"http://127.0.0.1:{port}"
-        r = await t.send(ep, Request("PUT", key_path("/v1/kv/", "a/b c"), {"v": [1, "x"]}), 2.0)
+        r = await t.send(ep, Request(p.KV_SET, "a/b c", {"v": [1, "x"]}), 2.0)
         assert r.status == 200 and r.body == {"echo": {"v": [1, "x"]}, "b": b"\x00"}
         assert seen[-1] == ("application/msgpack", "a/b c", {"v": [1, "x"]})
-        r = await t.send(ep, Request("GET", "/err"), 2.0)
+        r = await t.send(ep, Request(ERR), 2.0)
         assert r.status == 404 and r.body["error"]["code"] == "not_found"
-        r = await t.send(ep, Request("GET", "/nothing-here"), 2.0)
+        r = await t.send(ep, Request(NOWHERE), 2.0)
         assert r.status == 404 and isinstance(r.body, str)
         with pytest.raises(ResponseLost, match=r"within 0\.20s"):
-            await t.send(ep, Request("PUT", "/v1/kv/s", {"slow": True}), 0.2)
+            await t.send(ep, Request(p.KV_SET, "s", {"slow": True}), 0.2)
         with pytest.raises(ConnectFailed):
-            await t.send(f"http://127.0.0.1:{dead_port}", Request("GET", "/v1/kv/a"), 1.0)
+            await t.send(f"http://127.0.0.1:{dead_port}", Request(p.KV_GET, "a"), 1.0)
         with pytest.raises(InvalidRequest):
-            await t.send(ep, Request("PUT", "/v1/kv/a", {"v": object()}), 1.0)
+            await t.send(ep, Request(p.KV_SET, "a", {"v": object()}), 1.0)
     finally:
         await t.aclose()
         await runner.cleanup()
@@ -266,10 +272,10 @@ async def test_transport_reports_a_write_that_may_have_reached_a_node_that_then_
     t = AiohttpTransport()
     try:
         ep = f"http://127.0.0.1:{port}"
-        r = await t.send(ep, Request("PUT", "/v1/kv/a", {"value": 1}), 2.0)
+        r = await t.send(ep, Request(p.KV_SET, "a", {"value": 1}), 2.0)
         assert r.status == 200
         with pytest.raises(ResponseLost, match="reconnecting failed"):
-            await t.send(ep, Request("PUT", "/v1/kv/a", {"value": 2}), 2.0)
+            await t.send(ep, Request(p.KV_SET, "a", {"value": 2}), 2.0)
         assert requests == 2
     finally:
         await t.aclose()

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from fake_cluster import FakeCluster, Record
+from fake_cluster import FakeCluster
 from raftstate.client import AsyncClient, ConnectFailed, Unavailable
+from raftstate.node.state.commands import SetKey
 
 
 def client(fc: FakeCluster, endpoints: list[str] | None = None, **kw: object) -> AsyncClient:
@@ -143,7 +144,7 @@ async def test_stale_reads_go_to_any_node() -> None:
     fc = FakeCluster()
     fc.elect(None)  # no leader at all: stale reads still work
     async with client(fc) as state:
-        fc.kv["a"] = Record(1, 1, None)
+        fc.commit(SetKey("a", 1))
         assert await state.get("a", consistency="stale") == 1
 
 

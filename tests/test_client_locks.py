@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from fake_cluster import FakeCluster, FakeLock
+from fake_cluster import FakeCluster
 from raftstate.client import AsyncClient, LockHeld, LockLost
+from raftstate.node.state.commands import AcquireLock
 
 
 def client(fc: FakeCluster, **kw: object) -> AsyncClient:
@@ -65,8 +66,8 @@ async def test_cluster_saying_lock_lost_sets_lost_and_exit_raises() -> None:
         with pytest.raises(LockLost) as err:
             async with state.lock("job", ttl=0.6) as lock:
                 # The lease is gone and someone else holds the lock (say our process was paused).
-                fc.index += 1
-                fc.locks["job"] = FakeLock("other", fc.index, 10, fc.clock() + 10)
+                fc.locks.pop("job")
+                fc.commit(AcquireLock("job", "other", 10_000))
                 await asyncio.wait_for(lock.wait_lost(), 1.0)
                 assert lock.lost and "cluster" in (lock.lost_reason or "")
                 with pytest.raises(LockLost):  # refused locally: the holder was told to stop

@@ -1,4 +1,5 @@
-"""The admin route group: membership changes and backups. Attach an admin role/auth HERE.
+"""The admin route group: membership changes and backups (rows ``MEMBERS_LIST`` … ``SNAPSHOT_SAVE``
+of the endpoint table in client/protocol.py, which also says who may call them).
 
     GET    /v1/members                  this node's view: cluster id, leader, members with address,
                                         role, match and lag (on the leader), settings (for --join)
@@ -27,7 +28,7 @@ from aiohttp import web
 
 from raftstate.client import protocol as p
 from raftstate.node.api.codec import read_body, respond
-from raftstate.node.api.handlers import Api
+from raftstate.node.api.handlers import Api, Handler, add_routes
 from raftstate.node.config import _ID_RE, _ID_RULE, Settings, parse_address
 from raftstate.node.driver import RaftDriver
 from raftstate.node.errors import Refusal
@@ -59,12 +60,14 @@ class AdminApi:
         self.max_promote_lag = settings.max_entries_per_msg
 
     def install(self, app: web.Application) -> None:
-        r, t = app.router, self.api._timed
-        r.add_get("/v1/members", t("members_list", self.members_list))
-        r.add_post("/v1/members", t("member_add", self.member_add))
-        r.add_post("/v1/members/{id}/promote", t("member_promote", self.member_promote))
-        r.add_delete("/v1/members/{id}", t("member_remove", self.member_remove))
-        r.add_get("/v1/snapshot", t("snapshot_save", self.snapshot_save))
+        handlers: dict[p.Endpoint, Handler] = {
+            p.MEMBERS_LIST: self.members_list,
+            p.MEMBER_ADD: self.member_add,
+            p.MEMBER_PROMOTE: self.member_promote,
+            p.MEMBER_REMOVE: self.member_remove,
+            p.SNAPSHOT_SAVE: self.snapshot_save,
+        }
+        add_routes(app, {ep: self.api._timed(ep.name, h) for ep, h in handlers.items()})
         app.cleanup_ctx.append(self.heard_from.background)
 
     # ----------------------------------------------------------------- membership
@@ -113,13 +116,13 @@ class AdminApi:
         body = await read_body(request, self.api.max_request_bytes)
         node_id = _field(body, "id")
         if not _ID_RE.fullmatch(node_id):
-            msg = f'POST /v1/members: "id": {node_id!r}: {_ID_RULE}'
+            msg = f'{p.MEMBER_ADD.describe()}: "id": {node_id!r}: {_ID_RULE}'
             raise Refusal(p.INVALID_REQUEST, msg, field="id")
         address = _field(body, "address")
         try:
             parse_address(address)
         except ValueError as exc:
-            msg = f'POST /v1/members: "address": {exc}'
+            msg = f'{p.MEMBER_ADD.describe()}: "address": {exc}'
             raise Refusal(p.INVALID_REQUEST, msg, field="address") from None
         self.api._require_leader()
         rules.check_add(self.driver.raft.membership, node_id, address)
@@ -232,7 +235,7 @@ def _field(body: Any, name: str) -> str:
     if not isinstance(value, str) or not value:
         raise Refusal(
             p.INVALID_REQUEST,
-            f'POST /v1/members: "{name}" must be a non-empty string, got {value!r}',
+            f'{p.MEMBER_ADD.describe()}: "{name}" must be a non-empty string, got {value!r}',
             field=name,
         )
     return value

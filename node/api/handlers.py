@@ -1,17 +1,9 @@
-"""HTTP API of a node: the v1 client endpoints (docs/api.md) and the operations endpoints.
+"""HTTP API of a node: the client operations (docs/api.md) and the operations endpoints.
 
-    GET    /health, /ready, /status[?digest=1], /metrics
-    GET    /v1/kv/{key}                      [?consistency=stale]
-    PUT    /v1/kv/{key}                      {"value", "ttl"?, "expires_at"?, "if_absent"?, "if_version"?}
-    DELETE /v1/kv/{key}                      {"if_version"?, ...}
-    POST   /v1/kv/{key}/increment            {"by"?, "ttl"?, "expires_at"?, ...}
-    GET    /v1/keys?prefix=&after=&limit=    [&consistency=stale]
-    POST   /v1/locks/{name}/acquire|renew|release
-    GET    /v1/locks/{name}                  [?consistency=stale]
-    POST   /v1/sessions, /v1/sessions/{id}/keepalive
-    POST   /v1/leader/transfer               {"to"?}
-
-Every /v1/ endpoint also takes ``?timeout=S`` (seconds, at most the node's request timeout).
+Which endpoints exist — method, path, role, fields — is the endpoint table in client/protocol.py;
+:func:`add_routes` registers a handler for each row, and nothing here writes a path. A client
+operation (a row with ``stream``) is ONE function ``Api.op_<name>`` serving both HTTP and the
+multiplexed stream (node/api/stream.py); adding one is a row plus that method.
 
 A write is validated and size-checked (node/api/schema.py) before it is proposed; the state
 machine's outcome comes back once the entry is applied on this node. Writes and linearizable reads
@@ -73,17 +65,19 @@ class Api:
         self._linearizable_read = read_barrier or self._read_barrier
 
     def install(self, app: web.Application) -> None:
+        """Route the operations endpoints, every client operation and the leader transfer."""
         app.middlewares.append(_unknown_routes_as_errors)
-        r = app.router
-        r.add_get("/health", self.health)
-        r.add_get("/ready", self.ready)
-        r.add_get("/status", self.status)
-        r.add_get("/metrics", self.metrics_text)
-        # {key} is one path segment (a '/' inside it travels as %2F); {key:.+} also takes raw slashes.
-        ops = self.operations()
-        for method, path, op, param in ROUTES:
-            r.add_route(method, path, self._timed(op, self._http(ops[op], param)))
-        r.add_post("/v1/leader/transfer", self._timed("transfer", self.leader_transfer))
+        handlers: dict[p.Endpoint, Handler] = {
+            p.HEALTH: self.health,
+            p.READY: self.ready,
+            p.STATUS: self.status,
+            p.METRICS: self.metrics_text,
+            p.LEADER_TRANSFER: self._timed(p.LEADER_TRANSFER.name, self.leader_transfer),
+        }
+        for ep in p.ENDPOINTS:
+            if ep.stream:
+                handlers[ep] = self._timed(ep.name, self._http(self.operation(ep), ep.param))
+        add_routes(app, handlers)
 
     # ----------------------------------------------------------------- operations endpoints
 
@@ -204,21 +198,20 @@ class Api:
     async def op_session_keepalive(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
         return await self._write(query, lambda: schema.keepalive(name, body, self.limits))
 
+    def operation(self, ep: p.Endpoint) -> Operation:
+        """The function of client operation ``ep``: the method ``op_<name>``."""
+        assert ep.stream, f"{ep.name} is not a client operation"
+        fn: Operation | None = getattr(self, f"op_{ep.name}", None)
+        if fn is None:
+            raise NotImplementedError(
+                f"the endpoint table names client operation {ep.name!r}: define Api.op_{ep.name}"
+            )
+        return fn
+
     def operations(self) -> dict[str, Operation]:
-        """Operation name (also its metrics label) -> its function."""
-        return {
-            "get": self.op_get,
-            "set": self.op_set,
-            "delete": self.op_delete,
-            "increment": self.op_increment,
-            "list": self.op_list,
-            "lock_acquire": self.op_lock_acquire,
-            "lock_renew": self.op_lock_renew,
-            "lock_release": self.op_lock_release,
-            "lock_get": self.op_lock_get,
-            "session_open": self.op_session_open,
-            "session_keepalive": self.op_session_keepalive,
-        }
+        """Operation name (also its metrics label and its stream op) -> its function, for every
+        client operation of the endpoint table."""
+        return {ep.name: self.operation(ep) for ep in p.ENDPOINTS if ep.stream}
 
     def _http(self, op: Operation, param: str | None = None) -> Handler:
         """The HTTP face of an operation: path parameter, body and query in, response out."""
@@ -315,21 +308,19 @@ class Api:
         return wrapped
 
 
-#: HTTP method, path, operation, path parameter carrying the name
-ROUTES: tuple[tuple[str, str, str, str | None], ...] = (
-    # {key} is one path segment (a '/' inside it travels as %2F); {key:.+} also takes raw slashes.
-    ("POST", "/v1/kv/{key}/increment", "increment", "key"),
-    ("GET", "/v1/kv/{key:.+}", "get", "key"),
-    ("PUT", "/v1/kv/{key:.+}", "set", "key"),
-    ("DELETE", "/v1/kv/{key:.+}", "delete", "key"),
-    ("GET", "/v1/keys", "list", None),
-    ("POST", "/v1/locks/{name}/acquire", "lock_acquire", "name"),
-    ("POST", "/v1/locks/{name}/renew", "lock_renew", "name"),
-    ("POST", "/v1/locks/{name}/release", "lock_release", "name"),
-    ("GET", "/v1/locks/{name:.+}", "lock_get", "name"),
-    ("POST", "/v1/sessions", "session_open", None),
-    ("POST", "/v1/sessions/{id}/keepalive", "session_keepalive", "id"),
-)
+def add_routes(app: web.Application, handlers: Mapping[p.Endpoint, Handler]) -> None:
+    """Register each handler at its endpoint's method and path (client/protocol.py), in table order.
+    A GET also answers HEAD, as aiohttp's ``add_get`` does."""
+    unknown = [ep.name for ep in handlers if ep not in p.ENDPOINTS]
+    assert not unknown, f"not rows of the endpoint table: {unknown}"
+    for ep in p.ENDPOINTS:
+        handler = handlers.get(ep)
+        if handler is None:
+            continue
+        if ep.method == "GET":
+            app.router.add_get(ep.path, handler)
+        else:
+            app.router.add_route(ep.method, ep.path, handler)
 
 
 @web.middleware

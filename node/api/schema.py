@@ -87,16 +87,13 @@ class ListQuery:
 
 
 _SESSION_FIELDS: Final = frozenset({"session", "seq", "ack"})
-_WRITE_FIELDS: Final = _SESSION_FIELDS | {"fence"}
 
 
 # =========================================================================== endpoints
 
 
 def put(key: str, body: Any, lim: ApiLimits) -> Command:
-    b = _Body(
-        f"PUT /v1/kv/{key}", body, {"value", "ttl", "expires_at", "if_absent", "if_version"} | _WRITE_FIELDS
-    )
+    b = _Body(p.KV_SET, key, body)
     if "value" not in b.raw:
         raise b.error('needs "value" (any JSON value, or msgpack value)', field="value")
     value = b.raw["value"]
@@ -110,20 +107,20 @@ def put(key: str, body: Any, lim: ApiLimits) -> Command:
 
 
 def delete(key: str, body: Any, lim: ApiLimits) -> Command:
-    b = _Body(f"DELETE /v1/kv/{key}", body, {"if_version"} | _WRITE_FIELDS)
+    b = _Body(p.KV_DELETE, key, body)
     if_version = b.integer("if_version", 1, INT64_MAX, "a version (a positive integer from a read)")
     return b.command(DeleteKey(key, if_version), lim)
 
 
 def increment(key: str, body: Any, lim: ApiLimits) -> Command:
-    b = _Body(f"POST /v1/kv/{key}/increment", body, {"by", "ttl", "expires_at"} | _WRITE_FIELDS)
+    b = _Body(p.KV_INCREMENT, key, body)
     by = b.integer("by", INT64_MIN, INT64_MAX, "a signed 64-bit integer")
     ttl_ms, expires_at_ms = b.expiry()
     return b.command(Increment(key, 1 if by is None else by, ttl_ms, expires_at_ms), lim)
 
 
 def acquire(name: str, body: Any, lim: ApiLimits) -> Command:
-    b = _Body(f"POST /v1/locks/{name}/acquire", body, {"owner", "ttl"} | _SESSION_FIELDS)
+    b = _Body(p.LOCK_ACQUIRE, name, body)
     owner = b.raw.get("owner")
     if not isinstance(owner, str) or not owner:
         raise b.error(
@@ -140,22 +137,22 @@ def acquire(name: str, body: Any, lim: ApiLimits) -> Command:
 
 
 def renew(name: str, body: Any, lim: ApiLimits) -> Command:
-    b = _Body(f"POST /v1/locks/{name}/renew", body, {"token", "ttl"} | _SESSION_FIELDS)
+    b = _Body(p.LOCK_RENEW, name, body)
     return b.command(RenewLock(name, b.token(), b.ttl("ttl")), lim)
 
 
 def release(name: str, body: Any, lim: ApiLimits) -> Command:
-    b = _Body(f"POST /v1/locks/{name}/release", body, {"token"} | _SESSION_FIELDS)
+    b = _Body(p.LOCK_RELEASE, name, body)
     return b.command(ReleaseLock(name, b.token()), lim)
 
 
 def open_session(body: Any, lim: ApiLimits) -> Command:
-    _Body("POST /v1/sessions", body, set())
+    _Body(p.SESSION_OPEN, "", body)
     return Command(OpenSession(lim.session_idle_timeout_ms, lim.max_session_results, lim.max_sessions))
 
 
 def keepalive(sid_text: str, body: Any, lim: ApiLimits) -> Command:
-    b = _Body(f"POST /v1/sessions/{sid_text}/keepalive", body, set())
+    b = _Body(p.SESSION_KEEPALIVE, sid_text, body)
     if not _is_decimal(sid_text, 19) or not 1 <= int(sid_text) <= INT64_MAX:
         raise b.error(f"{sid_text!r} is not a session id (a positive integer from POST /v1/sessions)")
     return Command(KeepAlive(int(sid_text)))
@@ -204,24 +201,23 @@ def timeout_s(query: Mapping[str, str], max_s: float) -> float:
 
 
 def list_query(query: Mapping[str, str], lim: ApiLimits) -> ListQuery:
+    what = p.KEYS_LIST.describe()
     for k in query:
-        if k not in ("prefix", "after", "limit", "consistency", "timeout"):
+        if k not in p.KEYS_LIST.query:
             raise Refusal(
                 p.INVALID_REQUEST,
-                f"GET /v1/keys: unknown parameter {k!r}; known: prefix, after, limit, consistency",
+                f"{what}: unknown parameter {k!r}; known: prefix, after, limit, consistency",
             )
     prefix = name_from_path(query["prefix"], lim, "prefix") if query.get("prefix") else ""
     after = name_from_path(query["after"], lim, "after") if query.get("after") else None
     most = lim.max_keys_per_page
     text = query.get("limit", str(min(DEFAULT_LIST_LIMIT, most)))
     if not _is_decimal(text, 19) or int(text) < 1:
-        raise Refusal(
-            p.INVALID_REQUEST, f"GET /v1/keys: limit={text[:40]!r}: give a whole number in 1..{most}"
-        )
+        raise Refusal(p.INVALID_REQUEST, f"{what}: limit={text[:40]!r}: give a whole number in 1..{most}")
     if int(text) > most:
         raise Refusal(
             p.PAGE_TOO_LARGE,
-            f"GET /v1/keys: limit={text} is above the limit of {most} keys per page "
+            f"{what}: limit={text} is above the limit of {most} keys per page "
             "(settings.max_keys_per_page); ask for fewer and follow 'next'",
             limit=most,
         )
@@ -237,10 +233,12 @@ def _is_decimal(text: str, max_digits: int) -> bool:
 
 
 class _Body:
-    """One request body: a map with only ``allowed`` fields; typed getters with precise errors."""
+    """One request body of endpoint ``ep`` on ``name``: a map with only the fields its row of the
+    endpoint table lists; typed getters with precise errors."""
 
-    def __init__(self, what: str, body: Any, allowed: set[str] | frozenset[str]) -> None:
-        self.what = what
+    def __init__(self, ep: p.Endpoint, name: str, body: Any) -> None:
+        self.what = what = ep.describe(name)
+        allowed = ep.body
         if not isinstance(body, dict):
             raise Refusal(
                 p.INVALID_REQUEST,

@@ -1,10 +1,11 @@
-"""``GET /v1/stream``: many client operations in flight on one WebSocket (docs/stream.md).
+"""``GET /v1/stream`` (``protocol.STREAM``): many client operations in flight on one WebSocket.
 
-Each binary frame from the client is a msgpack array of requests ``{"id", "op", "name"?, "body"?,
-"query"?}``; each frame back is a msgpack array of answers ``[id, status, body]`` — the HTTP status
-and body the same request would get over HTTP, in completion order (match them by id). Every
-operation runs through the SAME function as its HTTP endpoint (``Api.operations()``: validation,
-size limits, proposing, errors), so the two paths cannot drift apart.
+See docs/stream.md. Each binary frame from the client is a msgpack array of requests ``{"id",
+"op", "name"?, "body"?, "query"?}``; each frame back is a msgpack array of answers ``[id, status,
+body]`` — the HTTP status and body the same request would get over HTTP, in completion order
+(match them by id). Every operation runs through the SAME function as its HTTP endpoint
+(``Api.operations()``: validation, size limits, proposing, errors), so the two paths cannot drift
+apart; the operations are the client operations of the endpoint table (client/protocol.py).
 
 Why: one HTTP request per operation costs the leader an HTTP parse, a handler task and a response
 write each; here a frame of N requests costs one read and the answers of one loop turn leave in
@@ -29,27 +30,23 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from raftstate.client import protocol as p
 from raftstate.node.api.codec import error_body
-from raftstate.node.api.handlers import ROUTES, Api, Operation
+from raftstate.node.api.handlers import Api, Operation, add_routes
 from raftstate.node.errors import Refusal
 from raftstate.node.metrics import NodeMetrics
-from raftstate.node.security.auth import granted_role, need_of_route, refuse_weak_role
+from raftstate.node.security.auth import granted_role, need_of, refuse_weak_role
 from raftstate.node.security.config import Role
 
 log = logging.getLogger("raftstate.node")
 
-STREAM_PATH = "/v1/stream"
 _FIELDS = frozenset({"id", "op", "name", "body", "query"})
 
 
 def authorize_stream(request: web.Request) -> Role:
     """The role of the stream's connection. The handshake already passed the auth middleware
-    (``GET /v1/stream`` needs read: node/security/auth.py); each operation is then held to the role of its
-    own HTTP route (:data:`OP_NEEDS`), so a read token can read over the stream but not write."""
+    (``protocol.STREAM`` needs read: node/security/auth.py); each operation is then held to the role
+    of its own row of the endpoint table (:attr:`StreamApi.needs`), the same one its HTTP route
+    needs, so a read token can read over the stream but not write."""
     return granted_role(request)
-
-
-#: operation -> the role its HTTP route needs (node/security/auth.py ROUTE_ROLES): one table for both paths
-OP_NEEDS: dict[str, Role] = {op: need_of_route(method, path) for method, path, op, _ in ROUTES}
 
 
 class StreamApi:
@@ -57,14 +54,17 @@ class StreamApi:
         self, api: Api, metrics: NodeMetrics, *, max_frame_bytes: int, max_in_flight: int = 1024
     ) -> None:
         assert max_frame_bytes > 0 and max_in_flight > 0
+        #: the stream's operations: the client operations of the endpoint table (client/protocol.py)
         self.ops = api.operations()
+        #: operation -> the role it needs: its row's, the same its HTTP route needs
+        self.needs: dict[str, Role] = {ep.name: need_of(ep) for ep in p.ENDPOINTS if ep.stream}
         self.metrics = metrics
         self.max_frame_bytes = max_frame_bytes
         self.max_in_flight = max_in_flight
         self._open: set[web.WebSocketResponse] = set()
 
     def install(self, app: web.Application) -> None:
-        app.router.add_get(STREAM_PATH, self.handle)
+        add_routes(app, {p.STREAM: self.handle})
         app.on_shutdown.append(self._on_shutdown)
 
     async def _on_shutdown(self, app: web.Application) -> None:
@@ -159,7 +159,7 @@ class _Connection:
                 f"unknown op {op!r}; one of {', '.join(sorted(self.stream.ops))}",
                 field="op",
             )
-        refuse_weak_role(self.request, self.role, OP_NEEDS.get(op, Role.ADMIN), f"stream op {op!r}")
+        refuse_weak_role(self.request, self.role, self.stream.needs.get(op, Role.ADMIN), f"stream op {op!r}")
         name = item.get("name", "")
         if not isinstance(name, str):
             raise Refusal(p.INVALID_REQUEST, f'{op}: "name" must be a string', field="name")

@@ -35,18 +35,20 @@ _PLAIN = NodeAccess()
 
 def call(
     address: str,
-    method: str,
-    path: str,
+    op: p.Endpoint,
     body: Any = None,
     timeout: float = 5.0,
     access: NodeAccess = _PLAIN,
+    *,
+    name: str = "",
 ) -> Any:
-    """One request to one node. Raises AdminError (with the node's code) or OSError."""
+    """One request of operation ``op`` (on ``name``: a member id) to one node. Raises AdminError
+    (with the node's code) or OSError."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(
-        access.url(address, path),
+        access.url(address, op.path_for(name)),
         data=data,
-        method=method,
+        method=op.method,
         headers={"Content-Type": p.JSON, **access.headers()},
     )
     try:
@@ -78,11 +80,12 @@ def _leader_attempts(endpoints: Sequence[str], deadline: float) -> Iterator[str]
 
 def call_leader(
     endpoints: Sequence[str],
-    method: str,
-    path: str,
+    op: p.Endpoint,
     body: Any = None,
     timeout: float = 30.0,
     access: NodeAccess = _PLAIN,
+    *,
+    name: str = "",
 ) -> Any:
     """Send to the leader: follow ``not_leader``, skip unreachable nodes, retry ``unavailable`` and
     ``change_in_progress`` until ``timeout``. Other refusals raise AdminError at once."""
@@ -94,7 +97,7 @@ def call_leader(
         hint = None
         try:
             left = min(10.0, max(0.5, deadline - time.monotonic()))
-            return call(target, method, path, body, timeout=left, access=access)
+            return call(target, op, body, timeout=left, access=access, name=name)
         except AdminError as exc:
             last = str(exc)
             if exc.code == p.NOT_LEADER:
@@ -110,19 +113,23 @@ def call_leader(
             raise
         except OSError as exc:
             last = f"{target}: {exc}"
-    raise AdminError(f"no leader answered {method} {path} within {timeout:.0f}s; last: {last}", p.UNAVAILABLE)
+    raise AdminError(
+        f"no leader answered {op.describe(name)} within {timeout:.0f}s; last: {last}", p.UNAVAILABLE
+    )
 
 
 @contextmanager
 def open_leader(
-    endpoints: Sequence[str], path: str, timeout: float = 60.0, access: NodeAccess = _PLAIN
+    endpoints: Sequence[str], op: p.Endpoint, timeout: float = 60.0, access: NodeAccess = _PLAIN
 ) -> Iterator[HTTPResponse]:
-    """GET ``path`` from the leader as a stream (a backup). The leader is found with /v1/members."""
-    doc = call_leader(endpoints, "GET", "/v1/members", timeout=timeout, access=access)
+    """Operation ``op`` of the leader as a stream (a backup). The leader is found with /v1/members."""
+    doc = call_leader(endpoints, p.MEMBERS_LIST, timeout=timeout, access=access)
     leader = doc["leader_address"] if doc.get("leader") else None
     if leader is None:
         raise AdminError("no leader is known; retry when the cluster has one", p.UNAVAILABLE)
-    req = urllib.request.Request(access.url(leader, path), method="GET", headers=access.headers())
+    req = urllib.request.Request(
+        access.url(leader, op.path_for()), method=op.method, headers=access.headers()
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout, context=access.ssl_context) as resp:
             yield resp

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from raftstate.client import protocol as p
 from raftstate.node.config import ClusterConfig, ConfigError, load_config
 from raftstate.node.ops.admin_http import AdminError, call, call_leader, open_leader
 from raftstate.node.ops.backup_file import BackupError
@@ -121,14 +122,12 @@ def _leader_view(args: argparse.Namespace) -> dict[str, Any]:
     eps = _endpoints(args)
     deadline = time.monotonic() + args.timeout
     while True:
-        doc: dict[str, Any] = call_leader(
-            eps, "GET", "/v1/members", timeout=args.timeout, access=_access(args)
-        )
+        doc: dict[str, Any] = call_leader(eps, p.MEMBERS_LIST, timeout=args.timeout, access=_access(args))
         if doc["role"] == "leader":
             return doc
         if doc.get("leader_address"):
             try:
-                doc = call(doc["leader_address"], "GET", "/v1/members", access=_access(args))
+                doc = call(doc["leader_address"], p.MEMBERS_LIST, access=_access(args))
                 if doc["role"] == "leader":
                     return doc
             except (AdminError, OSError):
@@ -172,7 +171,7 @@ def _member_add(args: argparse.Namespace) -> int:
     eps = _endpoints(args)
     body = {"id": args.id, "address": args.address}
     try:
-        call_leader(eps, "POST", "/v1/members", body, timeout=args.timeout, access=_access(args))
+        call_leader(eps, p.MEMBER_ADD, body, timeout=args.timeout, access=_access(args))
         print(f"{args.id} added as a learner at {args.address}", flush=True)
     except AdminError as exc:
         row = _row(_leader_view(args), args.id)
@@ -199,8 +198,7 @@ def _member_add(args: argparse.Namespace) -> int:
         lag = row["lag"]
         if row["match"] and lag is not None and lag <= doc["settings"]["max_entries_per_msg"]:
             try:
-                path = f"/v1/members/{args.id}/promote"
-                call_leader(eps, "POST", path, timeout=args.timeout, access=_access(args))
+                call_leader(eps, p.MEMBER_PROMOTE, timeout=args.timeout, access=_access(args), name=args.id)
                 print(f"{args.id} caught up (lag {lag}); promoted to voter", flush=True)
                 break
             except AdminError as exc:
@@ -230,8 +228,9 @@ def _row(doc: dict[str, Any], node_id: str) -> dict[str, Any] | None:
 
 
 def _member_remove(args: argparse.Namespace) -> int:
-    path = f"/v1/members/{args.id}"
-    doc = call_leader(_endpoints(args), "DELETE", path, timeout=args.timeout, access=_access(args))
+    doc = call_leader(
+        _endpoints(args), p.MEMBER_REMOVE, timeout=args.timeout, access=_access(args), name=args.id
+    )
     print(f"{args.id} removed", flush=True)
     _print_members(args, doc)
     return 0
@@ -239,9 +238,7 @@ def _member_remove(args: argparse.Namespace) -> int:
 
 def _transfer(args: argparse.Namespace) -> int:
     body = {"to": args.to} if args.to else {}
-    doc = call_leader(
-        _endpoints(args), "POST", "/v1/leader/transfer", body, timeout=args.timeout, access=_access(args)
-    )
+    doc = call_leader(_endpoints(args), p.LEADER_TRANSFER, body, timeout=args.timeout, access=_access(args))
     if args.to and doc.get("leader") != args.to:
         raise AdminError(f"leadership did not move to {args.to} (leader now: {doc.get('leader')}); retry")
     print(json.dumps(doc) if args.json else f"leader: {doc.get('leader')}")
@@ -252,7 +249,7 @@ def _snapshot_save(args: argparse.Namespace) -> int:
     path: Path = args.file
     part = path.with_name(path.name + ".download")
     t0 = time.monotonic()
-    with open_leader(_endpoints(args), "/v1/snapshot", timeout=args.timeout, access=_access(args)) as resp:
+    with open_leader(_endpoints(args), p.SNAPSHOT_SAVE, timeout=args.timeout, access=_access(args)) as resp:
 
         def chunks() -> Iterator[bytes]:
             while chunk := resp.read(1 << 20):

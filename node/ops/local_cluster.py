@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from raftstate.client import protocol
 from raftstate.node.errors import RemoteFault
 
 
@@ -215,7 +216,7 @@ class LocalCluster:
         return http(method, self.url(nid, path), body, timeout, token=self.token, context=self.context)
 
     def status(self, nid: str, timeout: float = 1.0) -> dict[str, Any]:
-        st: dict[str, Any] = self.request("GET", nid, "/status", timeout=timeout)
+        st: dict[str, Any] = self.request(protocol.STATUS.method, nid, protocol.STATUS.path, timeout=timeout)
         return st
 
     def leader(self, among: list[str] | None = None) -> str | None:
@@ -238,15 +239,18 @@ class LocalCluster:
     def put(self, key: str, value: Any, nid: str | None = None, timeout: float = 5.0) -> dict[str, Any]:
         """PUT through ``nid`` (default: the leader), following one not_leader redirect."""
         target = nid or self.wait_leader()
+        put = protocol.KV_SET
         try:
-            out: dict[str, Any] = self.request("PUT", target, f"/v1/kv/{key}", {"value": value}, timeout)
+            out: dict[str, Any] = self.request(
+                put.method, target, put.path_for(key), {"value": value}, timeout
+            )
             return out
         except HttpError as exc:
             if exc.code == "not_leader" and exc.body["error"].get("leader_address"):
                 addr = exc.body["error"]["leader_address"]
                 out = http(
-                    "PUT",
-                    f"{self.scheme}://{addr}/v1/kv/{key}",
+                    put.method,
+                    f"{self.scheme}://{addr}{put.path_for(key)}",
                     {"value": value},
                     timeout,
                     token=self.token,
@@ -258,7 +262,8 @@ class LocalCluster:
     def get(self, key: str, nid: str | None = None, stale: bool = False, timeout: float = 5.0) -> Any:
         target = nid or self.wait_leader()
         q = "?consistency=stale" if stale else ""
-        return self.request("GET", target, f"/v1/kv/{key}{q}", timeout=timeout)
+        get = protocol.KV_GET
+        return self.request(get.method, target, get.path_for(key) + q, timeout=timeout)
 
     def put_retry(self, key: str, value: Any, timeout: float = 30.0) -> dict[str, Any]:
         """Retry until acknowledged (idempotent for plain sets)."""

@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from raftstate.client import protocol as p
 from raftstate.node.config import ClusterConfig
 from raftstate.node.security.node_access import NodeAccess
 
@@ -26,7 +27,7 @@ class StatusFetcher:
 
     def fetch(self, address: str, timeout: float) -> dict[str, Any] | None:
         """The node's /status document, or None (down, or refused: see :attr:`refusals`)."""
-        req = urllib.request.Request(self.url(address, "/status"), headers=self.access.headers())
+        req = urllib.request.Request(self.url(address, p.STATUS.path), headers=self.access.headers())
         self.refusals.pop(address, None)
         try:
             with urllib.request.urlopen(req, timeout=timeout, context=self.access.ssl_context) as resp:

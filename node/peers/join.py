@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raftstate.client import protocol as p
 from raftstate.node.config import ClusterConfig, ConfigError, NodeConfig, load_config, parse_address
 from raftstate.node.ops.admin_http import AdminError, call
 from raftstate.node.peers.bootstrap import read_record, settings_from_wire
@@ -121,11 +122,11 @@ def node_access(config: ClusterConfig, node_id: str) -> NodeAccess:
 def fetch_view(member: str, timeout: float = 5.0, access: NodeAccess | None = None) -> dict[str, Any]:
     """``/v1/members`` from ``member``, or from the leader it names (the freshest view)."""
     access = access or NodeAccess()
-    doc: dict[str, Any] = call(member, "GET", "/v1/members", timeout=timeout, access=access)
+    doc: dict[str, Any] = call(member, p.MEMBERS_LIST, timeout=timeout, access=access)
     leader_addr = doc.get("leader_address")
     if doc.get("role") != "leader" and leader_addr:
         try:
-            doc = call(leader_addr, "GET", "/v1/members", timeout=timeout, access=access)
+            doc = call(leader_addr, p.MEMBERS_LIST, timeout=timeout, access=access)
         except (AdminError, OSError):
             pass  # the member's own view will do
     return doc
@@ -234,7 +235,7 @@ def check_not_wiped_voter(config: ClusterConfig, node_id: str) -> None:
             continue
         for attempt in range(3):
             try:
-                docs[n.id] = call(n.address, "GET", "/v1/members", timeout=3.0, access=access)
+                docs[n.id] = call(n.address, p.MEMBERS_LIST, timeout=3.0, access=access)
                 break
             except (AdminError, OSError, ValueError) as exc:
                 if isinstance(getattr(exc, "reason", exc), ConnectionRefusedError):

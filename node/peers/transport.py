@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
+from raftstate.client import protocol
 from raftstate.node.config import parse_address
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.peers.fault_dial import DialMap
@@ -53,7 +54,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STREAM_PATH = "/raft/v1/stream"
+#: the peer route: its row of the endpoint table
+STREAM_PATH = protocol.RAFT_STREAM.path
 NODE_HEADER = "X-Raftstate-Node"  #: the dialer's node id
 CLUSTER_HEADER = "X-Raftstate-Cluster"  #: the dialer's cluster_id; must equal the receiver's
 TARGET_HEADER = "X-Raftstate-Target"  #: the node id the dialer believes lives at this address

@@ -1,9 +1,11 @@
 """Client authentication and the one authorization point of the HTTP API.
 
-Every request passes :func:`auth_middleware`, which looks the route up in :data:`ROUTE_ROLES` and
-calls :func:`authorize`. DENY BY DEFAULT: a route missing from the table needs ``admin``, so a new
-endpoint is closed until someone decides otherwise (add it to the table, or call
-``authorize(request, Role.X)`` from the handler for a finer rule).
+Every request passes :func:`auth_middleware`, which looks the route up in :func:`route_roles` —
+the ``access`` column of the endpoint table (client/protocol.py), nothing written here — and calls
+:func:`authorize`. DENY BY DEFAULT: a route that is not a row of the table needs ``admin``, so an
+endpoint registered some other way is closed until someone decides otherwise (make it a row, or
+call ``authorize(request, Role.X)`` from the handler for a finer rule). ``auth.open`` makes a row
+marked ``openable`` (status, metrics) public.
 
     no token, or not a token of this cluster   401 unauthorized   (WWW-Authenticate: Bearer)
     a token whose role is too weak             403 forbidden
@@ -38,48 +40,66 @@ __all__ = [
     "PEER",
     "PUBLIC",
     "READ_OR_PEER",
-    "ROUTE_ROLES",
     "Authenticator",
     "auth_middleware",
     "authorize",
     "granted_role",
-    "need_of_route",
+    "need_of",
     "refuse_weak_role",
+    "route_roles",
 ]
 
 log = logging.getLogger("raftstate.node.security.auth")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-PUBLIC: Final = "public"  #: no token needed
-PEER: Final = "peer"  #: authenticated by the peer handshake (node/peers/peer_auth.py), not by a token
+PUBLIC: Final = p.Access.PUBLIC  #: no token needed
+PEER: Final = p.Access.PEER  #: authenticated by the peer handshake (node/peers/peer_auth.py), not by a token
 #: a read token, or a members proof made with the cluster secret (node/peers/members_auth.py)
-READ_OR_PEER: Final = "read_or_peer"
+READ_OR_PEER: Final = p.Access.READ_OR_PEER
+#: a token role, or one of the three needs above that no token role expresses
 Need = Role | str
 
-#: (method, route as registered) -> who may call it. Anything not listed needs Role.ADMIN.
-ROUTE_ROLES: Final[dict[tuple[str, str], Need]] = {
-    ("GET", "/health"): PUBLIC,
-    ("GET", "/ready"): PUBLIC,  # a load balancer's probe: says only ready or not, and who leads
-    ("GET", "/status"): Role.READ,  # unless auth.open lists "status"
-    ("GET", "/metrics"): Role.READ,  # unless auth.open lists "metrics"
-    ("GET", "/raft/v1/stream"): PEER,
-    ("GET", "/v1/kv/{key}"): Role.READ,
-    ("GET", "/v1/keys"): Role.READ,
-    ("GET", "/v1/locks/{name}"): Role.READ,
-    ("PUT", "/v1/kv/{key}"): Role.WRITE,
-    ("DELETE", "/v1/kv/{key}"): Role.WRITE,
-    ("POST", "/v1/kv/{key}/increment"): Role.WRITE,
-    ("POST", "/v1/locks/{name}/acquire"): Role.WRITE,
-    ("POST", "/v1/locks/{name}/renew"): Role.WRITE,
-    ("POST", "/v1/locks/{name}/release"): Role.WRITE,
-    ("POST", "/v1/sessions"): Role.WRITE,
-    ("POST", "/v1/sessions/{id}/keepalive"): Role.WRITE,
-    ("POST", "/v1/leader/transfer"): Role.ADMIN,
-    ("GET", "/v1/stream"): Role.READ,  # each operation on it is then checked like its HTTP route
-    ("GET", "/v1/members"): READ_OR_PEER,  # --join and the wiped-voter check ask it with no token
+#: the table's access levels as this module checks them
+_NEED_OF: Final[dict[p.Access, Need]] = {
+    p.Access.PUBLIC: PUBLIC,
+    p.Access.READ: Role.READ,
+    p.Access.WRITE: Role.WRITE,
+    p.Access.ADMIN: Role.ADMIN,
+    p.Access.PEER: PEER,
+    p.Access.READ_OR_PEER: READ_OR_PEER,
 }
-_OPENABLE: Final = {"/status": "status", "/metrics": "metrics"}
+
+
+class _Rows:
+    """The endpoint table by (method, canonical route): one dict lookup per request, rebuilt only
+    when ``protocol.ENDPOINTS`` is another tuple (a test that adds a row)."""
+
+    def __init__(self) -> None:
+        self._table: tuple[p.Endpoint, ...] = ()
+        self._by_route: dict[tuple[str, str], p.Endpoint] = {}
+
+    def by_route(self) -> dict[tuple[str, str], p.Endpoint]:
+        if self._table is not p.ENDPOINTS:
+            self._by_route = {(ep.method, ep.canonical): ep for ep in p.ENDPOINTS}
+            self._table = p.ENDPOINTS
+        return self._by_route
+
+
+_ROWS: Final = _Rows()
+
+
+def route_roles() -> dict[tuple[str, str], Need]:
+    """(method, canonical route) -> who may call it, for every row of the endpoint table (before
+    ``auth.open``). Anything not listed needs Role.ADMIN."""
+    return {route: _NEED_OF[ep.access] for route, ep in _ROWS.by_route().items()}
+
+
+def need_of(ep: p.Endpoint) -> Role:
+    """The token role endpoint ``ep`` needs, for a connection that already passed its handshake (a
+    stream operation): read for a need no token role expresses (public, peer, read_or_peer)."""
+    need = _NEED_OF[ep.access]
+    return need if isinstance(need, Role) else Role.READ
 
 
 class Authenticator:
@@ -178,19 +198,6 @@ def granted_role(request: web.Request) -> Role:
     return who[1] if who is not None else Role.READ  # None only for an auth.open route: least role
 
 
-def _table_need(method: str, canonical: str) -> Need:
-    """The one lookup of :data:`ROUTE_ROLES`: admin for anything it does not list (deny by default)."""
-    return ROUTE_ROLES.get((method, canonical), Role.ADMIN)
-
-
-def need_of_route(method: str, route: str) -> Role:
-    """The role the table asks of ``method route``, a route as registered (``{key:.+}`` allowed):
-    aiohttp's own resource gives the canonical form, the same one :func:`route_need` looks up."""
-    resource = web.DynamicResource(route) if "{" in route else web.PlainResource(route)
-    need = _table_need(method, resource.canonical)
-    return need if isinstance(need, Role) else Role.READ
-
-
 def refuse_weak_role(request: web.Request, have: Role, need: Role, what: str) -> None:
     """Raise 403 (counted and logged like the middleware's) when ``have`` is below ``need``."""
     auth = request.app.get(AUTHENTICATOR)
@@ -206,16 +213,19 @@ def refuse_weak_role(request: web.Request, have: Role, need: Role, what: str) ->
 
 
 def route_need(request: web.Request) -> Need:
-    """What the table says for this request's route (admin for anything it does not list)."""
+    """What the endpoint table says for this request's route: the row's access (public if it is
+    ``openable`` and ``auth.open`` lists it); admin for a route that is no row (deny by default)."""
     info = request.match_info
     resource = info.route.resource if info.http_exception is None else None
     canonical = resource.canonical if resource is not None else ""
     method = "GET" if request.method == "HEAD" else request.method
-    need = _table_need(method, canonical)
+    ep = _ROWS.by_route().get((method, canonical))
+    if ep is None:
+        return Role.ADMIN
     auth = request.app.get(AUTHENTICATOR)
-    if auth is not None and _OPENABLE.get(canonical) in auth.open_endpoints:
+    if ep.openable and auth is not None and ep.name in auth.open_endpoints:
         return PUBLIC
-    return need
+    return _NEED_OF[ep.access]
 
 
 @web.middleware

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from raftstate.client import protocol as p
 from raftstate.node.errors import ConfigError
 
 __all__ = [
@@ -111,7 +112,8 @@ class TlsConfig:
     ca: Path
 
 
-_OPENABLE = ("metrics", "status")
+#: endpoints auth.open may make public: the rows marked ``openable`` in client/protocol.py
+_OPENABLE = tuple(sorted(ep.name for ep in p.ENDPOINTS if ep.openable))
 _AUTH_KEYS = ("enabled", "cluster_secret", "tokens", "open")
 _TOKEN_KEYS = ("name", "role", "env", "file")
 _TLS_KEYS = ("cert", "key", "ca")

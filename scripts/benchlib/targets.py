@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import msgpack
 
+from raftstate.client import protocol
 from raftstate.client.errors import ConnectFailed, RaftStateError
 from raftstate.client.stream import StreamConnection
 
@@ -40,13 +41,8 @@ class OpError(Exception):
         self.code = code
 
 
-_HTTP_OF = {  # stream op -> HTTP method and path (docs/api.md)
-    "get": ("GET", "/v1/kv/{}"),
-    "set": ("PUT", "/v1/kv/{}"),
-    "increment": ("POST", "/v1/kv/{}/increment"),
-    "lock_acquire": ("POST", "/v1/locks/{}/acquire"),
-    "lock_release": ("POST", "/v1/locks/{}/release"),
-}
+#: stream op -> its row of the endpoint table (HTTP method and path)
+_HTTP_OF = {ep.name: ep for ep in protocol.ENDPOINTS if ep.stream}
 
 
 class RaftstateTarget:
@@ -101,14 +97,14 @@ class RaftstateTarget:
         return await conn.call(op, name, body, {"consistency": "stale"} if stale else None, timeout_s=10.0)
 
     async def _http_call(self, base: str, op: str, name: str, body: Any, stale: bool) -> tuple[int, Any]:
-        method, path = _HTTP_OF[op]
+        ep = _HTTP_OF[op]
         headers = {"Accept": MSGPACK}
         data = None
         if body is not None:
             data = msgpack.packb(body, use_bin_type=True)
             headers["Content-Type"] = MSGPACK
-        url = base + path.format(name) + ("?consistency=stale" if stale else "")
-        async with self.s.request(method, url, data=data, headers=headers) as resp:
+        url = base + ep.path_for(name) + ("?consistency=stale" if stale else "")
+        async with self.s.request(ep.method, url, data=data, headers=headers) as resp:
             raw = await resp.read()
             return resp.status, (msgpack.unpackb(raw, raw=False) if raw else None)
 
