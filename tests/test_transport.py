@@ -7,6 +7,7 @@ PeerTransport dialling the others, and checks one property of the transport.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
@@ -314,8 +315,14 @@ async def test_a_frame_over_the_receivers_limit_is_rejected_and_the_stream_recov
     meta = SnapshotMeta(index=1, term=1, membership=Membership(frozenset({"n1"})))
     t.send(InstallSnapshot(term=1, src="n1", dst="n2", meta=meta, data=bytes(100 << 10)))
     await eventually(lambda: n2.receiver is not None and n2.receiver.frames_rejected == 1)
-    t.send(hb("n1", "n2", 1))
-    await eventually(lambda: len(n2.got["n1"]) == 1)
+    # A heartbeat written before the sender notices the receiver's close is lost with that
+    # connection (Raft resends; seen on a loaded machine): resend until one arrives, as a leader does.
+    deadline = time.monotonic() + 15.0
+    while not n2.got["n1"] and time.monotonic() < deadline:
+        t.send(hb("n1", "n2", 1))
+        with contextlib.suppress(AssertionError):
+            await eventually(lambda: len(n2.got["n1"]) >= 1, timeout_s=1.0)
+    assert len(n2.got["n1"]) >= 1, "the stream did not recover after the oversized frame"
 
 
 async def test_update_peers_adds_moves_and_removes(cleanup: list[Callable[[], object]]) -> None:
