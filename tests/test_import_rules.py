@@ -6,7 +6,9 @@
 - client/ imports nothing of node/ or raft/ (workers install it beside their own code);
 - node/state/ (the replicated state machine) imports only itself, node/errors.py and
   client/protocol.py — it must stay as pure as the Raft core;
-- node/storage/ imports only raft/, node/errors.py and itself;
+- node/storage/ imports only raft/, node/errors.py and itself; node/runtime/ only raft/, the
+  driver, node/state/ and node/errors.py; node/peers/ and node/ops/ never import node/api/;
+  node/chaos/ only the public client, node/ops/ and the test hooks;
 - node/ imports only client's public modules (never ``raftstate.client._x``);
 - nothing in node/ but the CLI imports node/chaos/ (a tool that drives a cluster from outside);
 - scripts/ never import tests/ (what they share lives in the installed package).
@@ -58,6 +60,52 @@ RULES: tuple[Rule, ...] = (
         "node/storage/ imports only raft/, node/errors.py and itself",
         "raftstate.node.storage",
         ("raftstate.node.storage", "raftstate.node.errors", "raftstate.raft"),
+    ),
+    Rule(
+        "node/runtime/ imports only raft/, the driver, node/state/, node/errors.py and itself",
+        "raftstate.node.runtime",
+        (
+            "raftstate.node.runtime",
+            "raftstate.node.driver",
+            "raftstate.node.state",
+            "raftstate.node.errors",
+            "raftstate.raft",
+        ),
+    ),
+    Rule(
+        "node/peers/ never imports the client API (node/api/) or the chaos runner",
+        "raftstate.node.peers",
+        (
+            "raftstate.node.peers",
+            "raftstate.node.config",
+            "raftstate.node.metrics",
+            "raftstate.node.errors",
+            "raftstate.node.storage",
+            "raftstate.node.security",
+            "raftstate.node.ops",
+            "raftstate.raft",
+            "raftstate.client",
+        ),
+    ),
+    Rule(
+        "node/ops/ never imports the client API (node/api/) or the chaos runner",
+        "raftstate.node.ops",
+        (
+            "raftstate.node.ops",
+            "raftstate.node.config",
+            "raftstate.node.errors",
+            "raftstate.node.peers",
+            "raftstate.node.security",
+            "raftstate.node.state",
+            "raftstate.node.storage",
+            "raftstate.raft",
+            "raftstate.client",
+        ),
+    ),
+    Rule(
+        "node/chaos/ drives a cluster from outside: the public client, node/ops/ and the test hooks",
+        "raftstate.node.chaos",
+        ("raftstate.node.chaos", "raftstate.node.ops", "raftstate.node.test_hooks", "raftstate.client"),
     ),
 )
 
@@ -177,6 +225,10 @@ def test_every_package_states_its_job_and_imports() -> None:
         ("raftstate.node.state.machine", "from raftstate.raft.messages import Entry", "node/state/"),
         ("raftstate.node.state.locks", "from raftstate.client import errors", "node/state/"),
         ("raftstate.node.storage.store", "from raftstate.node.api import codec", "node/storage/"),
+        ("raftstate.node.runtime.sweeper", "from raftstate.node.api.handlers import Api", "node/runtime/"),
+        ("raftstate.node.peers.membership", "from raftstate.node.api.codec import respond", "node/peers/"),
+        ("raftstate.node.ops.cli", "from raftstate.node.api import handlers", "node/ops/"),
+        ("raftstate.node.chaos.run", "from raftstate.node.driver import RaftDriver", "node/chaos/"),
         ("raftstate.node.api.handlers", "from raftstate.client._transport import Request", "public"),
         ("raftstate.node.api.handlers", "from raftstate.client import _transport", "public"),
         ("raftstate.node.server", "from raftstate.node.chaos.run import run", "only the CLI"),

@@ -2,5 +2,7 @@
 (file format, state payload, restore), a status fetcher, and a local cluster of real node
 processes (used by ``raftstate chaos``, the scripts and the tests).
 
-May import: everything in raftstate.node except ``chaos``; the public client.
+May import: the hub (config, errors), ``state``, ``storage``, ``peers``, ``security``,
+``raftstate.raft`` and the public client — never ``api`` (it calls a node's routes over HTTP) or
+``chaos``.
 """
