@@ -53,7 +53,7 @@ def test_an_injected_bug_makes_the_run_fail(
     tmp_path: Path, bug: str, faults: tuple[str, ...], duration_s: float, must_fail: set[str]
 ) -> None:
     """A run with the bug must fail the named check. A partition may miss the leader, so up to
-    three seeds are tried (the measured catch rate is in the README)."""
+    three seeds are tried (the measured catch rate is in docs/chaos.md)."""
     tried = []
     for attempt in range(3):
         cfg = RunConfig(seed=_seed() + attempt, duration_s=duration_s, faults=faults, inject_bug=bug,

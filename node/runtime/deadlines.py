@@ -3,7 +3,7 @@ a shield future and callbacks) per request.
 
 The driver waits on a future per proposal and per linearizable read; at thousands of operations
 per second the per-request ``wait_for`` timers were a measured share of the leader's loop
-(profile in README "Performance"). Deadlines here are armed lazily: one ``call_at`` for the
+(profile in docs/performance.md). Deadlines here are armed lazily: one ``call_at`` for the
 earliest deadline; when it fires, every expired future gets its exception and the timer is
 re-armed for the earliest remaining one. A future that completes is simply dropped.
 """

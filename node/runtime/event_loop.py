@@ -1,7 +1,7 @@
 """The node's event loop: uvloop when installed (the optional ``fast`` extra), else asyncio's.
 
 uvloop runs the same asyncio code with its loop, sockets and timers in C; measured on put/get at
-64 concurrent it is a direct gain (README "Performance"). ``RAFTSTATE_EVENT_LOOP=asyncio`` forces the
+64 concurrent it is a direct gain (docs/performance.md). ``RAFTSTATE_EVENT_LOOP=asyncio`` forces the
 standard loop (A/B runs, or to rule uvloop out when debugging).
 """
 
