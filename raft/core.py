@@ -221,12 +221,6 @@ class RaftNode:
         self._conf_history = [(i, m) for i, m in self._conf_history if i > index]
         self.log.compact(index)
 
-    def report_unreachable(self, peer: str) -> None:
-        """The driver failed to deliver to ``peer``: stop pipelining to it until it answers."""
-        pr = self.progress.get(peer)
-        if pr is not None and pr.state == ProgressState.REPLICATE:
-            pr.become_probe()
-
     def persisted(self, index: int, term: int) -> None:
         """Entries up to ``index`` (whose entry has ``term``) are durable on this node."""
         if index > self.log.persisted_index and self.log.term_at(index) == term:

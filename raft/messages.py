@@ -7,6 +7,7 @@ are harmless.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
 from typing import Any, ClassVar, TypeAlias
@@ -250,20 +251,10 @@ Message: TypeAlias = (
     | TimeoutNow
 )
 
-_BY_TYPE: dict[int, type[Any]] = {
-    c.TYPE: c
-    for c in (
-        RequestVote,
-        RequestVoteResp,
-        AppendEntries,
-        AppendEntriesResp,
-        Heartbeat,
-        HeartbeatResp,
-        InstallSnapshot,
-        InstallSnapshotResp,
-        TimeoutNow,
-    )
-}
+#: wire type code -> message class, read off the Message union: a class added there is decodable
+#: without a second list to forget (its TYPE code must be new: checked below)
+_BY_TYPE: dict[int, type[Any]] = {c.TYPE: c for c in typing.get_args(Message)}
+assert len(_BY_TYPE) == len(typing.get_args(Message)), "two message classes share a TYPE code"
 
 
 # --------------------------------------------------------------------------- codec
@@ -362,7 +353,13 @@ def message_from_wire(w: list[Any]) -> Message:
     try:
         if type(w[0]) is not int:
             raise ValueError(f"message type must be an integer, got {type(w[0]).__name__}")
-        cls = _BY_TYPE[w[0]]
+        cls = _BY_TYPE.get(w[0])
+        if cls is None:
+            known = ", ".join(map(str, sorted(_BY_TYPE)))
+            raise ValueError(
+                f"unknown message type {w[0]} (this node knows types {known}): "
+                "is the sender running an incompatible version?"
+            )
         args = list(w[1:])
         names = [f.name for f in fields(cls)]
         if len(args) != len(names):

@@ -4,7 +4,8 @@ State machine per follower (only the leader keeps these):
 
     PROBE      ── append accepted ─────────────▶ REPLICATE
     PROBE      ── needs compacted entries ─────▶ SNAPSHOT
-    REPLICATE  ── reject / stall / unreachable ▶ PROBE
+    REPLICATE  ── reject / stall ──────────────▶ PROBE     (stall: a heartbeat round without progress)
+    any        ── follower reports lost data ──▶ PROBE
     SNAPSHOT   ── snapshot acked or timed out ─▶ PROBE
 
 PROBE sends one append at a time and waits (or a heartbeat reply) before the next, to find the

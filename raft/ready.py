@@ -80,19 +80,6 @@ class Ready:
     #: the latest membership (effective as soon as its entry is appended), when it changed
     membership: Membership | None = None
 
-    def empty(self) -> bool:
-        return not (
-            self.hard_state
-            or self.entries
-            or self.snapshot
-            or self.messages
-            or self.committed
-            or self.reads
-            or self.soft_state
-            or self.dropped_reads
-            or self.membership
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class PersistedState:

@@ -26,6 +26,7 @@ from raftstate.raft import (
     Role,
     SnapshotMeta,
 )
+from raftstate.raft.progress import ProgressState
 
 ABC = Membership(frozenset("abc"))
 votes = is_msg(RequestVote, RequestVoteResp)
@@ -493,8 +494,9 @@ def test_entries_are_applied_once_and_in_order_across_restarts() -> None:
 def test_duplicated_stale_refusal_never_moves_match_backwards() -> None:
     """Pitfall: a follower's match index never moves backwards on a duplicated or reordered reply.
     Scenario: B missed entries 2..5; the leader's next append (prev 5) is refused with "my log
-    ends at 1"; the leader repairs B (match 5), later falls back to probing it (an unreachable
-    report: next = match + 1 = 6), and then the network delivers a duplicate of that old refusal.
+    ends at 1"; the leader repairs B (match 5), later falls back to probing it (as after a
+    heartbeat round without progress: next = match + 1 = 6), and then the network delivers a
+    duplicate of that old refusal.
     It answers an append the leader no longer cares about and must be ignored."""
     net = settled()
     net.cut |= {("a", "b")}
@@ -507,7 +509,8 @@ def test_duplicated_stale_refusal_never_moves_match_backwards() -> None:
     refusals = [m for m in net.sent if isinstance(m, AppendEntriesResp) and m.src == "b" and not m.success]
     assert [(m.index, m.hint_index, m.hint_term) for m in refusals] == [(5, 2, 0)]
     assert a.progress["b"].match == 5
-    a.report_unreachable("b")  # back to probing from match + 1
+    a.progress["b"].become_probe()  # back to probing from match + 1 (what a stalled round does)
+    assert (a.progress["b"].state, a.progress["b"].next) == (ProgressState.PROBE, 6)
     a.step(refusals[0])  # the network delivers a duplicate of the old refusal
     assert a.progress["b"].match == 5
 
