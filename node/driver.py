@@ -3,13 +3,16 @@
 Two tasks share the core's output, so that a slow disk never holds up a leader's heartbeats:
 
     ready loop      takes each Ready as soon as the core has one and sends, at once, the messages
-                    that may leave before the fsync (a leader's appends and heartbeats)
-    persist worker  takes every queued Ready, persists all of them under ONE fsync (group commit,
-                    in a thread), then for each in order: installs a received snapshot, sends the
-                    remaining messages, applies committed entries, answers reads, advances the core
+                    that may leave before the fsync (a leader's appends and heartbeats; heartbeat
+                    replies while no term or vote change awaits its fsync)
+    persist worker  takes the queued Readys (up to the next one that installs a snapshot), persists
+                    them under ONE fsync (group commit, in a thread), then for each in order:
+                    installs a received snapshot, sends the remaining messages, applies committed
+                    entries, answers reads, advances the core
 
 Incoming peer messages, proposals and ticks only *step* the core and wake the ready loop.
-Blocking work (fsync, snapshot writes and reads) never runs on the event loop.
+Once started, blocking work (fsync, snapshot writes and reads) never runs on the event loop; the
+constructor loads the data dir synchronously, before the node serves anything.
 """
 
 from __future__ import annotations
@@ -169,13 +172,16 @@ class RaftDriver:
     async def propose(self, command: bytes, timeout_s: float) -> Any:
         """Replicate ``command`` and return the state machine's result once applied here.
 
-        Raises NotLeader (nothing was appended: safe to retry elsewhere), ProposalLost (certainly
-        not applied), OutcomeUnknown (timed out: may or may not be applied)."""
+        Raises NotLeader or LeadershipTransferInProgress (nothing was appended: safe to retry
+        elsewhere), CommandError (applied: the state machine refused the command), ProposalLost
+        (certainly not applied), OutcomeUnknown (timed out, shutting down, or a snapshot replaced
+        the log first: may or may not be applied)."""
         return await self._wait_applied(self.raft.propose(command, self.clock_ms()), timeout_s)
 
     async def propose_conf_change(self, cc: ConfChange, timeout_s: float) -> None:
         """Append a membership change and return once it is applied here (committed). Raises like
-        :meth:`propose`, and ConfChangeInProgress (nothing appended) when another change is pending."""
+        :meth:`propose`, and ConfChangeInProgress (nothing appended) when another change is pending
+        or this one is invalid."""
         await self._wait_applied(self.raft.propose_conf_change(cc, self.clock_ms()), timeout_s)
 
     async def _wait_applied(self, index: int, timeout_s: float) -> Any:
@@ -226,7 +232,9 @@ class RaftDriver:
             self._reads.pop(ctx, None)
 
     async def transfer_leadership(self, target: str | None, timeout_s: float) -> str | None:
-        """Hand leadership to ``target`` (default: the most caught-up voter). Returns the new leader."""
+        """Hand leadership to ``target`` (default: the most caught-up voter). Returns the leader
+        known at the end: the new one, None while unknown, or this node if the handover did not
+        happen within ``timeout_s``."""
         if self.raft.role != Role.LEADER:
             return self.raft.leader
         if target is None:

@@ -1,7 +1,8 @@
 """RaftNode: the consensus algorithm as a deterministic state machine.
 
 Inputs:  tick(now_ms), step(msg), propose(data), propose_conf_change(cc), read_index(ctx),
-         transfer_leadership(target), compact(index), persisted(index, term), advance(ready).
+         transfer_leadership(target), campaign(), compact(index), persisted(index, term),
+         advance(ready).
 Outputs: ready() -> Ready (see raft/ready.py for the persist → send → apply contract).
 
 Rules implemented here, by section of the Raft dissertation (Ongaro 2014):
@@ -747,8 +748,9 @@ class RaftNode:
             for peer in sorted(self.progress):
                 self._send_heartbeat(peer)
         if self._need_broadcast_append or self._need_broadcast_commit:
-            # A new commit index travels even without new entries (followers apply sooner);
-            # nothing else sends an empty append, so idle clusters stay quiet.
+            # A new commit index travels even without new entries (followers apply sooner).
+            # Otherwise only a follower that lags gets an empty append (a probe), so idle
+            # clusters stay quiet.
             allow_empty = self._need_broadcast_commit
             self._need_broadcast_append = self._need_broadcast_commit = False
             for peer in sorted(self.progress):

@@ -227,7 +227,8 @@ class InstallSnapshotResp:
     term: int
     src: str
     dst: str
-    #: the snapshot index the follower now has (0 if it refused)
+    #: how far the follower's log now matches the leader's: the snapshot's index, or its own
+    #: commit index when that already reached past the snapshot (a follower never refuses one)
     index: int
 
 
