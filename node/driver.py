@@ -285,7 +285,8 @@ class RaftDriver:
                         self._send(out.msg)
                     else:
                         later.append(out)
-                rd.messages = later  # what is left waits for this batch's fsync
+                if len(later) != len(rd.messages):
+                    rd = replace(rd, messages=tuple(later))  # what is left waits for this batch's fsync
                 self._pipeline.append(rd)
                 self._pipeline_wake.set()
 

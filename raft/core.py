@@ -249,24 +249,29 @@ class RaftNode:
 
     def ready(self) -> Ready:
         self._flush_broadcasts()
-        rd = Ready()
         hs = self._hard_state()
-        if hs.term != self._prev_hard.term or hs.vote != self._prev_hard.vote:
-            rd.hard_state = hs
+        changed_hs = hs.term != self._prev_hard.term or hs.vote != self._prev_hard.vote
         self._prev_hard = hs
-        rd.snapshot, self._pending_snapshot = self._pending_snapshot, None
-        rd.entries = self.log.unstable()
-        rd.messages, self._msgs = self._msgs, []
-        rd.committed = self.log.to_apply()
-        # Every released read has index <= committed, and everything up to committed is applied
-        # once rd.committed is: so the driver may answer them right after applying.
-        rd.reads, self._ready_reads = self._ready_reads, []
-        rd.dropped_reads, self._dropped_reads = self._dropped_reads, []
         soft = self._soft_state()
-        if soft != self._prev_soft:
-            rd.soft_state = self._prev_soft = soft
-        if self.membership != self._prev_membership:
-            rd.membership = self._prev_membership = self.membership
+        changed_soft = soft != self._prev_soft
+        self._prev_soft = soft
+        changed_membership = self.membership != self._prev_membership
+        self._prev_membership = self.membership
+        rd = Ready(
+            hard_state=hs if changed_hs else None,
+            entries=self.log.unstable(),
+            snapshot=self._pending_snapshot,
+            messages=tuple(self._msgs),
+            committed=self.log.to_apply(),
+            # Every released read has index <= committed, and everything up to committed is
+            # applied once rd.committed is: so the driver may answer them right after applying.
+            reads=tuple(self._ready_reads),
+            soft_state=soft if changed_soft else None,
+            dropped_reads=tuple(self._dropped_reads),
+            membership=self.membership if changed_membership else None,
+        )
+        self._pending_snapshot = None
+        self._msgs, self._ready_reads, self._dropped_reads = [], [], []
         return rd
 
     def advance(self, rd: Ready) -> None:

@@ -172,18 +172,18 @@ class RaftLog:
         self.committed = self.applied = self.handed_index = meta.index
         self.persisted_index = meta.index
 
-    def unstable(self) -> list[Entry]:
+    def unstable(self) -> tuple[Entry, ...]:
         """Entries not yet handed to the driver to persist; marks them handed."""
         if self.handed_index >= self.last_index:
-            return []
-        out = self.slice(self.handed_index + 1, self.last_index)
+            return ()
+        out = tuple(self.slice(self.handed_index + 1, self.last_index))
         self.handed_index = self.last_index
         return out
 
-    def to_apply(self) -> list[Entry]:
+    def to_apply(self) -> tuple[Entry, ...]:
         """Committed entries not yet handed to the driver to apply; marks them handed."""
         if self.applied >= self.committed:
-            return []
-        out = self.slice(self.applied + 1, self.committed)
+            return ()
+        out = tuple(self.slice(self.applied + 1, self.committed))
         self.applied = self.committed
         return out

@@ -65,18 +65,24 @@ class SnapshotToInstall:
     data: bytes = field(repr=False)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Ready:
+    """One batch of work for the driver (the contract above). Immutable once handed out: the
+    driver persists and applies exactly what the core checked, and hands the same batch back to
+    ``advance`` (to keep some messages for later, it makes a changed copy with ``replace``)."""
+
     hard_state: HardState | None = None
-    entries: list[Entry] = field(default_factory=list)
+    #: to persist; contiguous, after the snapshot (see RaftNode._check_ready)
+    entries: tuple[Entry, ...] = ()
     snapshot: SnapshotToInstall | None = None
-    messages: list[Outbound] = field(default_factory=list)
-    committed: list[Entry] = field(default_factory=list)
-    reads: list[ReadState] = field(default_factory=list)
+    messages: tuple[Outbound, ...] = ()
+    #: to apply, in order; contiguous, right after everything handed out to apply before
+    committed: tuple[Entry, ...] = ()
+    reads: tuple[ReadState, ...] = ()
     #: set when role, term or leader changed since the previous Ready
     soft_state: SoftState | None = None
     #: reads refused since the previous Ready because leadership was lost (ctx values)
-    dropped_reads: list[Hashable] = field(default_factory=list)
+    dropped_reads: tuple[Hashable, ...] = ()
     #: the latest membership (effective as soon as its entry is appended), when it changed
     membership: Membership | None = None
 

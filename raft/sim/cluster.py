@@ -524,7 +524,7 @@ class Cluster:
                 inv.log_matching(self.h, n.id, rd.entries, core.log.term_at(first - 1))
             batch = WriteBatch(
                 (rd.snapshot.meta, rd.snapshot.data) if rd.snapshot is not None else None,
-                rd.entries,
+                list(rd.entries),
                 rd.hard_state,
             )
             # with batches ahead of it, even a batch with nothing to persist waits its turn
