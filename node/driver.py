@@ -376,10 +376,19 @@ class RaftDriver:
         for out in rd.messages:
             self._send(out.msg)
         for k, e in enumerate(rd.committed, 1):
+            # The core checked the run when it made the Ready; this is the other side of the pair.
+            assert e.index == self.sm.applied_index + 1, (
+                f"node {self.id}: committed entries are applied once each, in log order, with no gap: "
+                f"entry {e.index} after applied {self.sm.applied_index}"
+            )
             self._apply(e)
             if k % APPLY_YIELD_EVERY == 0:
                 await asyncio.sleep(0)
         for rs in rd.reads:
+            assert rs.index <= self.sm.applied_index, (
+                f"node {self.id}: a linearizable read is answered only once its index is applied "
+                f"(§6.4): read index {rs.index}, applied {self.sm.applied_index}"
+            )
             fut = self._reads.get(rs.ctx)
             if fut is not None and not fut.done():
                 fut.set_result(None)

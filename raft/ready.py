@@ -85,6 +85,8 @@ class Ready:
     dropped_reads: tuple[Hashable, ...] = ()
     #: the latest membership (effective as soon as its entry is appended), when it changed
     membership: Membership | None = None
+    #: 1, 2, ... in the order the core handed Readys out; ``advance`` takes them back in that order
+    number: int = 0
 
 
 @dataclass(frozen=True, slots=True)
