@@ -68,16 +68,23 @@ class SnapshotToInstall:
 @dataclass(frozen=True, slots=True)
 class Ready:
     """One batch of work for the driver (the contract above). Immutable once handed out: the
-    driver persists and applies exactly what the core checked, and hands the same batch back to
-    ``advance`` (to keep some messages for later, it makes a changed copy with ``replace``)."""
+    driver persists and applies exactly what the core checked, then hands it back to ``advance``
+    (a driver that sends some messages early keeps the rest in a copy made with
+    ``dataclasses.replace``; the copy keeps the ``number``). The invariants noted on the fields are
+    asserted by RaftNode when it makes the Ready and again when ``advance`` takes it back."""
 
+    #: set when term or vote changed: the term never decreases, a vote never changes within its
+    #: term, and commit <= the last index handed out to persist (this batch or an earlier one)
     hard_state: HardState | None = None
-    #: to persist; contiguous, after the snapshot (see RaftNode._check_ready)
+    #: to persist: contiguous, term and time_ms non-decreasing, continuing the log after the snapshot
     entries: tuple[Entry, ...] = ()
+    #: meta.index <= the commit index; ``entries`` and ``committed`` start after it
     snapshot: SnapshotToInstall | None = None
+    #: every one from this node
     messages: tuple[Outbound, ...] = ()
-    #: to apply, in order; contiguous, right after everything handed out to apply before
+    #: to apply, in order: contiguous, from applied + 1 (the last Ready's end) to the commit index
     committed: tuple[Entry, ...] = ()
+    #: each at an index <= the commit index, so safe once ``committed`` is applied
     reads: tuple[ReadState, ...] = ()
     #: set when role, term or leader changed since the previous Ready
     soft_state: SoftState | None = None
