@@ -344,12 +344,10 @@ class RaftNode:
 
     def _check_log_indexes(self) -> None:
         log = self.log
-        assert log.snapshot_index <= log.applied <= log.committed <= log.last_index, (
+        last = log.last_index
+        assert log.snapshot_index <= log.applied <= log.committed <= last and log.persisted_index <= last, (
             f"{self.id}: snapshot_index {log.snapshot_index} <= applied {log.applied} <= "
-            f"committed {log.committed} <= last_index {log.last_index} must hold"
-        )
-        assert log.persisted_index <= log.last_index, (
-            f"{self.id}: persisted index {log.persisted_index} beyond last index {log.last_index}"
+            f"committed {log.committed} <= last_index {last} >= persisted {log.persisted_index} must hold"
         )
 
     def _check_ready_made(self, rd: Ready, prev_hard: HardState, applied_before: int) -> None:
@@ -1092,12 +1090,10 @@ def _check_ready_shape(rd: Ready) -> None:
     """What holds within one Ready on its own: the entries to persist, and those to apply, each run
     contiguously with terms and cluster times that never decrease (the order of every Raft log),
     and both start after the snapshot the Ready installs."""
-    for what, run in (("to persist", rd.entries), ("to apply", rd.committed)):
-        for a, b in pairwise(run):
-            assert b.index == a.index + 1 and b.term >= a.term and b.time_ms >= a.time_ms, (
-                f"entries {what} run contiguously with non-decreasing term and time: "
-                f"{a.index}/t{a.term}/{a.time_ms}ms then {b.index}/t{b.term}/{b.time_ms}ms"
-            )
+    if len(rd.entries) > 1:  # (most Readys carry one entry or none: skip the loop's setup)
+        _check_run(rd.entries, "to persist")
+    if len(rd.committed) > 1:
+        _check_run(rd.committed, "to apply")
     if rd.snapshot is not None:
         snap = rd.snapshot.meta.index
         assert not rd.entries or rd.entries[0].index > snap, (
@@ -1107,4 +1103,12 @@ def _check_ready_shape(rd: Ready) -> None:
         assert not rd.committed or rd.committed[0].index > snap, (
             f"entries to apply start after the snapshot installed with them: "
             f"{rd.committed[0].index} <= {snap}"
+        )
+
+
+def _check_run(run: tuple[Entry, ...], what: str) -> None:
+    for a, b in pairwise(run):
+        assert b.index == a.index + 1 and b.term >= a.term and b.time_ms >= a.time_ms, (
+            f"entries {what} run contiguously with non-decreasing term and time: "
+            f"{a.index}/t{a.term}/{a.time_ms}ms then {b.index}/t{b.term}/{b.time_ms}ms"
         )

@@ -191,14 +191,16 @@ def test_a_ready_is_immutable_once_handed_out() -> None:
 def test_applied_never_passes_committed() -> None:
     n = solo_leader(proposals=2)
     n.log.applied = n.log.committed + 1
-    with pytest.raises(AssertionError, match=r"applied 4 <= committed 3 <= last_index 3 must hold"):
+    with pytest.raises(
+        AssertionError, match=r"applied 4 <= committed 3 <= last_index 3 >= persisted 3 must hold"
+    ):
         n.ready()
 
 
 def test_the_commit_index_never_passes_the_log() -> None:
     n = solo_leader(proposals=2)
     n.log.committed = n.log.applied = n.log.last_index + 2
-    with pytest.raises(AssertionError, match=r"committed 5 <= last_index 3 must hold"):
+    with pytest.raises(AssertionError, match=r"committed 5 <= last_index 3 >= persisted 3 must hold"):
         n.ready()
 
 
