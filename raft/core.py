@@ -260,7 +260,8 @@ class RaftNode:
     # ================================================================= outputs
 
     def has_ready(self) -> bool:
-        return bool(
+        # The driver asks after every input: compare fields, not freshly built state objects.
+        if (
             self._msgs
             or self._need_broadcast_append
             or self._need_broadcast_commit
@@ -270,19 +271,29 @@ class RaftNode:
             or self._pending_snapshot
             or self._ready_reads
             or self._dropped_reads
-            or self._hard_state() != self._prev_hard_core()
-            or self._soft_state() != self._prev_soft
+        ):
+            return True
+        hs, prev = self._hard_state(), self._prev_hard
+        # a commit change alone does not make a Ready (the commit index is persisted lazily)
+        return (
+            hs.term != prev.term
+            or hs.vote != prev.vote
+            or self._soft_changed()
             or self.membership != self._prev_membership
         )
+
+    def _soft_changed(self) -> bool:
+        s = self._prev_soft
+        return self.role != s.role or self.term != s.term or self.leader != s.leader
 
     def ready(self) -> Ready:
         self._flush_broadcasts()
         prev_hard, hs = self._prev_hard, self._hard_state()
         changed_hs = hs.term != prev_hard.term or hs.vote != prev_hard.vote
         self._prev_hard = hs
-        soft = self._soft_state()
-        changed_soft = soft != self._prev_soft
-        self._prev_soft = soft
+        changed_soft = self._soft_changed()
+        if changed_soft:
+            self._prev_soft = self._soft_state()
         changed_membership = self.membership != self._prev_membership
         self._prev_membership = self.membership
         applied_before = self.log.applied
@@ -296,7 +307,7 @@ class RaftNode:
             # Every released read has index <= committed, and everything up to committed is
             # applied once rd.committed is: so the driver may answer them right after applying.
             reads=tuple(self._ready_reads),
-            soft_state=soft if changed_soft else None,
+            soft_state=self._prev_soft if changed_soft else None,
             dropped_reads=tuple(self._dropped_reads),
             membership=self.membership if changed_membership else None,
             number=self._readys_handed,
@@ -332,10 +343,6 @@ class RaftNode:
 
     def _hard_state(self) -> HardState:
         return HardState(self.term, self.vote, self.log.committed)
-
-    def _prev_hard_core(self) -> HardState:
-        # commit changes alone do not make a Ready (it is persisted lazily)
-        return HardState(self._prev_hard.term, self._prev_hard.vote, self.log.committed)
 
     def _soft_state(self) -> SoftState:
         return SoftState(self.role, self.term, self.leader)
