@@ -7,10 +7,9 @@ are harmless.
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar, TypeAlias, get_args
 
 import msgpack
 
@@ -254,8 +253,8 @@ Message: TypeAlias = (
 
 #: wire type code -> message class, read off the Message union: a class added there is decodable
 #: without a second list to forget (its TYPE code must be new: checked below)
-_BY_TYPE: dict[int, type[Any]] = {c.TYPE: c for c in typing.get_args(Message)}
-assert len(_BY_TYPE) == len(typing.get_args(Message)), "two message classes share a TYPE code"
+_BY_TYPE: dict[int, type[Any]] = {c.TYPE: c for c in get_args(Message)}
+assert len(_BY_TYPE) == len(get_args(Message)), "two message classes share a TYPE code"
 
 
 # --------------------------------------------------------------------------- codec

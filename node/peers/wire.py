@@ -23,6 +23,7 @@ from raftstate.raft.messages import (
 
 __all__ = ["FrameError", "decode_frame", "encode_frame", "encode_one", "frame_header"]
 
+
 class FrameError(ValueError):
     """An inbound frame is malformed: a *remote* fault, so the receiver logs, counts and drops it."""
 
