@@ -7,11 +7,12 @@ Driver contract for one :class:`Ready` (the order matters; see ``RaftNode.ready`
    means *truncate the stored log from that index, then append*; write ``hard_state`` if set;
    fsync everything (one fsync may cover the whole batch: group commit).
 2. **Send** ``messages``. An :class:`Outbound` with ``after_persist=False`` may be sent before step 1
-   finishes (a leader's appends to followers); every other one only after the fsync.
+   finishes (what a leader sends its followers: appends, heartbeats, snapshots, TimeoutNow); every
+   other one only after the fsync.
    An ``InstallSnapshot`` leaves the core with empty ``data``: the driver fills in the snapshot bytes.
 3. **Apply** ``committed`` entries in order, then answer ``reads`` (each is safe once everything
    in ``committed`` is applied).
-4. Call ``RaftNode.advance(ready)``.
+4. Call ``RaftNode.advance(ready)``: each Ready once, in the order taken (the core asserts it).
 
 A driver may take the next Ready before it has finished with this one (so that a leader's
 heartbeats leave while an fsync is in flight), provided it sends the early messages at once and
