@@ -539,3 +539,25 @@ def test_duplicated_lost_data_report_never_moves_match_backwards() -> None:
     assert a.progress["c"].match == a.log.last_index == 6
     a.step(reports[0])  # the network delivers a duplicate of the old report
     assert a.progress["c"].match == 6
+
+
+def test_appends_lost_while_replicating_are_resent_after_a_heartbeat_round() -> None:
+    """Nothing tells the core that a peer is unreachable (etcd has ReportUnreachable; here the
+    transport keeps each peer's queue across redials, and only a frame lost with a broken link or
+    an overflowing queue goes missing). A leader that pipelined appends into the void finds out
+    from the next heartbeat replies — no progress over a round, or an append the follower cannot
+    place — falls back to probing, and resends what the follower lacks."""
+    net = settled()
+    for k in range(3):
+        net.propose("a", b"%d" % k)
+    a, b = net.node("a"), net.node("b")
+    assert a.progress["b"].state == ProgressState.REPLICATE and a.progress["b"].match == a.log.last_index
+    net.cut |= {("a", "b")}
+    net.propose("a", b"lost")  # pipelined to b and dropped; c acknowledges, so it commits
+    net.cut -= {("a", "b")}
+    assert b.log.last_index == a.log.last_index - 1 and a.progress["b"].inflight
+    for _ in range(2):
+        net.tick("a")
+        net.deliver()
+    assert b.log.last_index == a.log.last_index and a.progress["b"].match == a.log.last_index
+    assert net.applied_data("b")[-1] == b"lost"
