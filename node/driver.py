@@ -133,7 +133,8 @@ class RaftDriver:
         #: observers called with (role, term, leader) on every change
         self.role_listeners: list[Callable[[Role, int, str | None], None]] = []
         self.apply_listeners: list[Callable[[Entry], None]] = []
-        #: called once if persisting or applying fails; the process must exit and recover from disk
+        #: called once if persisting or applying fails, or a core invariant breaks (an assertion in
+        #: step, tick or ready); the process must exit and recover from disk
         self.fatal_listeners: list[Callable[[BaseException], None]] = []
         self.fatal_error: BaseException | None = None
         self.addresses: dict[str, str] = dict(self.raft.membership.addresses)
@@ -166,7 +167,11 @@ class RaftDriver:
         if self._stopped:
             return
         self.last_contact_ms[msg.src] = self.clock_ms()
-        self.raft.step(msg)
+        try:
+            self.raft.step(msg)
+        except AssertionError as exc:  # a core invariant broke: never carry on past it
+            self._fail(exc, f"broke a Raft invariant stepping {type(msg).__name__} from {msg.src}")
+            raise
         self._wake.set()
 
     async def propose(self, command: bytes, timeout_s: float) -> Any:
@@ -265,13 +270,26 @@ class RaftDriver:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             if loop.time() - next_at > 5 * interval:
                 next_at = loop.time()  # we were paused (SIGSTOP, GC): don't fire a burst of ticks
-            self.raft.tick(self.clock_ms())
+            try:
+                self.raft.tick(self.clock_ms())
+            except Exception as exc:  # a core invariant broke; a dead ticker would hang the node
+                self._fail(exc, "broke a Raft invariant on a tick")
+                raise
             self._wake.set()
 
     async def _ready_loop(self) -> None:
         """Take Ready batches as soon as the core has them; send what may leave before the fsync
         at once (a leader's appends and heartbeats keep flowing while the disk is slow), and queue
         the rest for the persist worker, which keeps the batches in order."""
+        try:
+            await self._take_readys()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a core invariant broke (ready() checks every batch it makes)
+            self._fail(exc, "broke a Raft invariant while taking a Ready")
+            raise
+
+    async def _take_readys(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -320,13 +338,19 @@ class RaftDriver:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            # Memory and disk may now disagree: stop serving rather than answer from either.
-            log.critical("node %s cannot persist or apply (%s): stopping", self.id, exc, exc_info=True)
-            self.fatal_error = exc
-            self._stopped = True
-            for cb in self.fatal_listeners:
-                cb(exc)
+            self._fail(exc, "cannot persist or apply")
             raise
+
+    def _fail(self, exc: BaseException, what: str) -> None:
+        """Stop serving, once: memory and disk may now disagree, or an invariant broke, so answer
+        from neither. The listeners (the server) make the process exit; a restart recovers from disk."""
+        if self.fatal_error is not None:
+            return
+        log.critical("node %s %s (%s): stopping", self.id, what, exc, exc_info=exc)
+        self.fatal_error = exc
+        self._stopped = True
+        for cb in self.fatal_listeners:
+            cb(exc)
 
     def _take_batch(self) -> list[Ready]:
         """Queued batches to persist together. A batch that installs a snapshot may only come

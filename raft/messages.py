@@ -333,14 +333,18 @@ def _check_fields(msg: Message) -> None:
         if isinstance(value, int) and not isinstance(value, bool) and value < 0:
             raise ValueError(f"{name_of}.{name} is negative ({value})")
     if isinstance(msg, AppendEntries):
-        expect, term = msg.prev_index + 1, 0
+        # A slice of a leader's log: contiguous after prev, terms from prev_term up, cluster times
+        # never decreasing. The core asserts the same order on its own log; refusing it here keeps
+        # a buggy peer's message from ever reaching those assertions.
+        expect, term, time_ms = msg.prev_index + 1, msg.prev_term, 0
         for pos, e in enumerate(msg.entries):
-            if e.index != expect or e.term < term:
+            if e.index != expect or e.term < term or e.time_ms < time_ms:
                 raise ValueError(
-                    f"AppendEntries entries must run from prev_index+1 upwards with non-decreasing "
-                    f"terms; got index {e.index} term {e.term} at position {pos}"
+                    f"AppendEntries entries must run from prev_index+1 upwards with terms from "
+                    f"prev_term up and non-decreasing times; got index {e.index} term {e.term} "
+                    f"time {e.time_ms} at position {pos}"
                 )
-            expect, term = expect + 1, e.term
+            expect, term, time_ms = expect + 1, e.term, e.time_ms
     if isinstance(msg, InstallSnapshot):
         m = msg.meta
         if min(m.index, m.term, m.time_ms) < 0 or not all(isinstance(x, str) for x in m.membership.members):

@@ -439,3 +439,60 @@ def test_the_driver_checks_the_consumers_half(sabotage: str, message: str) -> No
     check is fatal to the node (memory and disk may disagree), like a failed fsync."""
     error = asyncio.run(_driver_failure(sabotage))
     assert isinstance(error, AssertionError) and re.search(message, str(error)), error
+
+
+async def _driver_facing_a_second_leader() -> tuple[RaftDriver, BaseException | None]:
+    d = RaftDriver(
+        "b",
+        bootstrap=ABC,
+        storage=MemoryStorage(),
+        transport=_NullTransport(),
+        settings=DriverSettings(tick_ms=60_000),
+    )
+    await d.start()
+    d.step(Heartbeat(1, "a", "b", 0, 1))  # b follows a in term 1
+    raised = None
+    try:
+        d.step(AppendEntries(1, "c", "b", 0, 0, (), 0))  # c claims term 1 too: a split brain
+    except AssertionError as exc:
+        raised = exc
+    await d.stop()
+    return d, raised
+
+
+def test_a_core_assertion_in_step_stops_the_node() -> None:
+    """A broken invariant is never carried past: the transport would log and drop an exception
+    from step() and keep the stream, so the driver marks the node failed first (the server exits)."""
+    d, raised = asyncio.run(_driver_facing_a_second_leader())
+    assert isinstance(raised, AssertionError) and "at most one leader per term" in str(raised)
+    assert d.fatal_error is raised
+
+
+async def _driver_whose_ready_breaks() -> RaftDriver:
+    d = RaftDriver(
+        "b",
+        bootstrap=ABC,
+        storage=MemoryStorage(),
+        transport=_NullTransport(),
+        settings=DriverSettings(tick_ms=60_000),
+    )
+
+    def broken() -> Ready:
+        raise AssertionError("b: snapshot_index 0 <= applied 1 <= committed 0 ... must hold")
+
+    d.raft.ready = broken  # type: ignore[method-assign]
+    await d.start()
+    d.step(Heartbeat(1, "a", "b", 0, 1))
+    for _ in range(1_000):
+        if d.fatal_error is not None:
+            break
+        await asyncio.sleep(0)
+    await d.stop()
+    return d
+
+
+def test_a_core_assertion_in_ready_stops_the_node_instead_of_hanging_it() -> None:
+    """Before, an exception in the ready loop ended that task silently: the node kept its
+    connections and answered nothing. Now it is fatal, like a failed fsync."""
+    d = asyncio.run(_driver_whose_ready_breaks())
+    assert isinstance(d.fatal_error, AssertionError) and "must hold" in str(d.fatal_error)
