@@ -3,13 +3,16 @@
 Two tasks share the core's output, so that a slow disk never holds up a leader's heartbeats:
 
     ready loop      takes each Ready as soon as the core has one and sends, at once, the messages
-                    that may leave before the fsync (a leader's appends and heartbeats)
-    persist worker  takes every queued Ready, persists all of them under ONE fsync (group commit,
-                    in a thread), then for each in order: installs a received snapshot, sends the
-                    remaining messages, applies committed entries, answers reads, advances the core
+                    that may leave before the fsync (a leader's appends and heartbeats; heartbeat
+                    replies while no term or vote change awaits its fsync)
+    persist worker  takes the queued Readys (up to the next one that installs a snapshot), persists
+                    them under ONE fsync (group commit, in a thread), then for each in order:
+                    installs a received snapshot, sends the remaining messages, applies committed
+                    entries, answers reads, advances the core
 
 Incoming peer messages, proposals and ticks only *step* the core and wake the ready loop.
-Blocking work (fsync, snapshot writes and reads) never runs on the event loop.
+Once started, blocking work (fsync, snapshot writes and reads) never runs on the event loop; the
+constructor loads the data dir synchronously, before the node serves anything.
 """
 
 from __future__ import annotations
@@ -131,7 +134,8 @@ class RaftDriver:
         #: observers called with (role, term, leader) on every change
         self.role_listeners: list[Callable[[Role, int, str | None], None]] = []
         self.apply_listeners: list[Callable[[Entry], None]] = []
-        #: called once if persisting or applying fails; the process must exit and recover from disk
+        #: called once if persisting or applying fails, or a core invariant breaks (an assertion in
+        #: step, tick or ready); the process must exit and recover from disk
         self.fatal_listeners: list[Callable[[BaseException], None]] = []
         self.fatal_error: BaseException | None = None
         self.addresses: dict[str, str] = dict(self.raft.membership.addresses)
@@ -164,19 +168,26 @@ class RaftDriver:
         if self._stopped:
             return
         self.last_contact_ms[msg.src] = self.clock_ms()
-        self.raft.step(msg)
+        try:
+            self.raft.step(msg)
+        except AssertionError as exc:  # a core invariant broke: never carry on past it
+            self._fail(exc, f"broke a Raft invariant stepping {type(msg).__name__} from {msg.src}")
+            raise
         self._wake.set()
 
     async def propose(self, command: bytes, timeout_s: float) -> Any:
         """Replicate ``command`` and return the state machine's result once applied here.
 
-        Raises NotLeader (nothing was appended: safe to retry elsewhere), ProposalLost (certainly
-        not applied), OutcomeUnknown (timed out: may or may not be applied)."""
+        Raises NotLeader or LeadershipTransferInProgress (nothing was appended: safe to retry
+        elsewhere), CommandError (applied: the state machine refused the command), ProposalLost
+        (certainly not applied), OutcomeUnknown (timed out, shutting down, or a snapshot replaced
+        the log first: may or may not be applied)."""
         return await self._wait_applied(self.raft.propose(command, self.clock_ms()), timeout_s)
 
     async def propose_conf_change(self, cc: ConfChange, timeout_s: float) -> None:
         """Append a membership change and return once it is applied here (committed). Raises like
-        :meth:`propose`, and ConfChangeInProgress (nothing appended) when another change is pending."""
+        :meth:`propose`, and ConfChangeInProgress (nothing appended) when another change is pending
+        or this one is invalid."""
         await self._wait_applied(self.raft.propose_conf_change(cc, self.clock_ms()), timeout_s)
 
     async def _wait_applied(self, index: int, timeout_s: float) -> Any:
@@ -227,7 +238,9 @@ class RaftDriver:
             self._reads.pop(ctx, None)
 
     async def transfer_leadership(self, target: str | None, timeout_s: float) -> str | None:
-        """Hand leadership to ``target`` (default: the most caught-up voter). Returns the new leader."""
+        """Hand leadership to ``target`` (default: the most caught-up voter). Returns the leader
+        known at the end: the new one, None while unknown, or this node if the handover did not
+        happen within ``timeout_s``."""
         if self.raft.role != Role.LEADER:
             return self.raft.leader
         if target is None:
@@ -258,13 +271,26 @@ class RaftDriver:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             if loop.time() - next_at > 5 * interval:
                 next_at = loop.time()  # we were paused (SIGSTOP, GC): don't fire a burst of ticks
-            self.raft.tick(self.clock_ms())
+            try:
+                self.raft.tick(self.clock_ms())
+            except Exception as exc:  # a core invariant broke; a dead ticker would hang the node
+                self._fail(exc, "broke a Raft invariant on a tick")
+                raise
             self._wake.set()
 
     async def _ready_loop(self) -> None:
         """Take Ready batches as soon as the core has them; send what may leave before the fsync
         at once (a leader's appends and heartbeats keep flowing while the disk is slow), and queue
         the rest for the persist worker, which keeps the batches in order."""
+        try:
+            await self._take_readys()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a core invariant broke (ready() checks every batch it makes)
+            self._fail(exc, "broke a Raft invariant while taking a Ready")
+            raise
+
+    async def _take_readys(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -278,7 +304,8 @@ class RaftDriver:
                         self._send(out.msg)
                     else:
                         later.append(out)
-                rd.messages = later  # what is left waits for this batch's fsync
+                if len(later) != len(rd.messages):
+                    rd = replace(rd, messages=tuple(later))  # what is left waits for this batch's fsync
                 self._pipeline.append(rd)
                 self._pipeline_wake.set()
 
@@ -312,13 +339,19 @@ class RaftDriver:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
-            # Memory and disk may now disagree: stop serving rather than answer from either.
-            log.critical("node %s cannot persist or apply (%s): stopping", self.id, exc, exc_info=True)
-            self.fatal_error = exc
-            self._stopped = True
-            for cb in self.fatal_listeners:
-                cb(exc)
+            self._fail(exc, "cannot persist or apply")
             raise
+
+    def _fail(self, exc: BaseException, what: str) -> None:
+        """Stop serving, once: memory and disk may now disagree, or an invariant broke, so answer
+        from neither. The listeners (the server) make the process exit; a restart recovers from disk."""
+        if self.fatal_error is not None:
+            return
+        log.critical("node %s %s (%s): stopping", self.id, what, exc, exc_info=exc)
+        self.fatal_error = exc
+        self._stopped = True
+        for cb in self.fatal_listeners:
+            cb(exc)
 
     def _take_batch(self) -> list[Ready]:
         """Queued batches to persist together. A batch that installs a snapshot may only come
@@ -368,10 +401,19 @@ class RaftDriver:
         for out in rd.messages:
             self._send(out.msg)
         for k, e in enumerate(rd.committed, 1):
+            # The core checked the run when it made the Ready; this is the other side of the pair.
+            assert e.index == self.sm.applied_index + 1, (
+                f"node {self.id}: committed entries are applied once each, in log order, with no gap: "
+                f"entry {e.index} after applied {self.sm.applied_index}"
+            )
             self._apply(e)
             if k % APPLY_YIELD_EVERY == 0:
                 await asyncio.sleep(0)
         for rs in rd.reads:
+            assert rs.index <= self.sm.applied_index, (
+                f"node {self.id}: a linearizable read is answered only once its index is applied "
+                f"(§6.4): read index {rs.index}, applied {self.sm.applied_index}"
+            )
             fut = self._reads.get(rs.ctx)
             if fut is not None and not fut.done():
                 fut.set_result(None)

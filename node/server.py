@@ -1,6 +1,6 @@
 """One node process: storage, peer transport, Raft driver and HTTP API on one aiohttp server.
 
-``run_node(config, node_id)`` is what ``raftstate node`` runs. SIGTERM/SIGINT: a leader first hands
+``serve(config, node_id)`` is what ``raftstate node`` runs. SIGTERM/SIGINT: a leader first hands
 leadership to the most caught-up voter, then the node stops serving, flushes and exits 0.
 """
 

@@ -1,7 +1,8 @@
 """RaftNode: the consensus algorithm as a deterministic state machine.
 
 Inputs:  tick(now_ms), step(msg), propose(data), propose_conf_change(cc), read_index(ctx),
-         transfer_leadership(target), compact(index), persisted(index, term), advance(ready).
+         transfer_leadership(target), campaign(), compact(index), persisted(index, term),
+         advance(ready).
 Outputs: ready() -> Ready (see raft/ready.py for the persist → send → apply contract).
 
 Rules implemented here, by section of the Raft dissertation (Ongaro 2014):
@@ -17,14 +18,20 @@ Rules implemented here, by section of the Raft dissertation (Ongaro 2014):
 Plus: every entry carries the leader's clock (``time_ms``), clamped so it never decreases along
 the log, which gives the state machine a monotonic cluster time across leader changes.
 
-Role changes happen only in the ``_become_*`` methods. Small methods are deliberate override
-points: the simulator's mutation tests subclass RaftNode to break one rule at a time.
+Role changes happen only in the ``_become_*`` methods (and ``_refresh_follower_role``, which
+moves a follower to learner and back as the membership changes); each asserts it is entered from a
+legal role (:data:`_ENTERED_FROM`) and the term/vote/leader invariants it leaves behind. Every
+Ready is checked when it is made and again when ``advance`` takes it back (``_check_ready_*``).
+Small methods are deliberate override points: the simulator's mutation tests subclass RaftNode to
+break one rule at a time (so the assertions here stay off the rules the mutants break: the
+simulator's invariants must be the ones that catch those).
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Protocol
 
 from raftstate.raft.errors import ConfChangeInProgress, LeadershipTransferInProgress, NotLeader
@@ -65,6 +72,23 @@ class Rng(Protocol):
     """The only randomness the core uses; ``random.Random`` fits. Inject a seeded one."""
 
     def randrange(self, start: int, stop: int, /) -> int: ...
+
+
+#: The roles each ``_become_*`` may be entered from, and why (etcd's become* panic the same way).
+#: A leader is made only from a candidate that won; nobody campaigns while leading: a leader that
+#: loses its quorum or sees a higher term becomes a follower first. Learners never campaign.
+_ENTERED_FROM: dict[Role, tuple[frozenset[Role], str]] = {
+    Role.FOLLOWER: (frozenset(Role), "any role may step down to follower"),
+    Role.PRE_CANDIDATE: (
+        frozenset({Role.FOLLOWER, Role.PRE_CANDIDATE, Role.CANDIDATE}),
+        "a pre-vote starts only from a follower, or a (pre-)candidate whose election timed out",
+    ),
+    Role.CANDIDATE: (
+        frozenset({Role.FOLLOWER, Role.PRE_CANDIDATE, Role.CANDIDATE}),
+        "an election starts only from a follower, or a (pre-)candidate whose election timed out",
+    ),
+    Role.LEADER: (frozenset({Role.CANDIDATE}), "only a candidate that won its election becomes leader"),
+}
 
 
 @dataclass(slots=True)
@@ -126,6 +150,11 @@ class RaftNode:
         self._need_broadcast_append = False
         self._need_broadcast_commit = False
         self._need_broadcast_heartbeat = False
+
+        #: Readys handed out by ready() and taken back by advance(), numbered from 1:
+        #: invariant advanced <= handed (a Ready is advanced once, in the order handed out)
+        self._readys_handed = 0
+        self._readys_advanced = 0
 
         self._prev_hard = HardState(self.term, self.vote, self.log.committed)
         self._prev_soft = SoftState(self.role, self.term, self.leader)
@@ -221,12 +250,6 @@ class RaftNode:
         self._conf_history = [(i, m) for i, m in self._conf_history if i > index]
         self.log.compact(index)
 
-    def report_unreachable(self, peer: str) -> None:
-        """The driver failed to deliver to ``peer``: stop pipelining to it until it answers."""
-        pr = self.progress.get(peer)
-        if pr is not None and pr.state == ProgressState.REPLICATE:
-            pr.become_probe()
-
     def persisted(self, index: int, term: int) -> None:
         """Entries up to ``index`` (whose entry has ``term``) are durable on this node."""
         if index > self.log.persisted_index and self.log.term_at(index) == term:
@@ -237,7 +260,8 @@ class RaftNode:
     # ================================================================= outputs
 
     def has_ready(self) -> bool:
-        return bool(
+        # The driver asks after every input: compare fields, not freshly built state objects.
+        if (
             self._msgs
             or self._need_broadcast_append
             or self._need_broadcast_commit
@@ -247,35 +271,56 @@ class RaftNode:
             or self._pending_snapshot
             or self._ready_reads
             or self._dropped_reads
-            or self._hard_state() != self._prev_hard_core()
-            or self._soft_state() != self._prev_soft
+        ):
+            return True
+        hs, prev = self._hard_state(), self._prev_hard
+        # a commit change alone does not make a Ready (the commit index is persisted lazily)
+        return (
+            hs.term != prev.term
+            or hs.vote != prev.vote
+            or self._soft_changed()
             or self.membership != self._prev_membership
         )
 
+    def _soft_changed(self) -> bool:
+        s = self._prev_soft
+        return self.role != s.role or self.term != s.term or self.leader != s.leader
+
     def ready(self) -> Ready:
         self._flush_broadcasts()
-        rd = Ready()
-        hs = self._hard_state()
-        if hs.term != self._prev_hard.term or hs.vote != self._prev_hard.vote:
-            rd.hard_state = hs
+        prev_hard, hs = self._prev_hard, self._hard_state()
+        changed_hs = hs.term != prev_hard.term or hs.vote != prev_hard.vote
         self._prev_hard = hs
-        rd.snapshot, self._pending_snapshot = self._pending_snapshot, None
-        rd.entries = self.log.unstable()
-        rd.messages, self._msgs = self._msgs, []
-        rd.committed = self.log.to_apply()
-        # Every released read has index <= committed, and everything up to committed is applied
-        # once rd.committed is: so the driver may answer them right after applying.
-        rd.reads, self._ready_reads = self._ready_reads, []
-        rd.dropped_reads, self._dropped_reads = self._dropped_reads, []
-        soft = self._soft_state()
-        if soft != self._prev_soft:
-            rd.soft_state = self._prev_soft = soft
-        if self.membership != self._prev_membership:
-            rd.membership = self._prev_membership = self.membership
+        changed_soft = self._soft_changed()
+        if changed_soft:
+            self._prev_soft = self._soft_state()
+        changed_membership = self.membership != self._prev_membership
+        self._prev_membership = self.membership
+        applied_before = self.log.applied
+        self._readys_handed += 1
+        rd = Ready(
+            hard_state=hs if changed_hs else None,
+            entries=self.log.unstable(),
+            snapshot=self._pending_snapshot,
+            messages=tuple(self._msgs),
+            committed=self.log.to_apply(),
+            # Every released read has index <= committed, and everything up to committed is
+            # applied once rd.committed is: so the driver may answer them right after applying.
+            reads=tuple(self._ready_reads),
+            soft_state=self._prev_soft if changed_soft else None,
+            dropped_reads=tuple(self._dropped_reads),
+            membership=self.membership if changed_membership else None,
+            number=self._readys_handed,
+        )
+        self._pending_snapshot = None
+        self._msgs, self._ready_reads, self._dropped_reads = [], [], []
+        self._check_ready_made(rd, prev_hard, applied_before)
         return rd
 
     def advance(self, rd: Ready) -> None:
-        """The driver persisted, sent and applied ``rd``."""
+        """The driver persisted, sent and applied ``rd`` (and every Ready handed out before it)."""
+        self._check_ready_returned(rd)
+        self._readys_advanced = rd.number
         if rd.snapshot is not None:
             self.persisted(rd.snapshot.meta.index, rd.snapshot.meta.term)
         if rd.entries:
@@ -299,16 +344,130 @@ class RaftNode:
     def _hard_state(self) -> HardState:
         return HardState(self.term, self.vote, self.log.committed)
 
-    def _prev_hard_core(self) -> HardState:
-        # commit changes alone do not make a Ready (it is persisted lazily)
-        return HardState(self._prev_hard.term, self._prev_hard.vote, self.log.committed)
-
     def _soft_state(self) -> SoftState:
         return SoftState(self.role, self.term, self.leader)
 
+    # ================================================================= Ready invariants
+
+    def _check_log_indexes(self) -> None:
+        log = self.log
+        last = log.last_index
+        assert log.snapshot_index <= log.applied <= log.committed <= last and log.persisted_index <= last, (
+            f"{self.id}: snapshot_index {log.snapshot_index} <= applied {log.applied} <= "
+            f"committed {log.committed} <= last_index {last} >= persisted {log.persisted_index} must hold"
+        )
+
+    def _check_ready_made(self, rd: Ready, prev_hard: HardState, applied_before: int) -> None:
+        """A Ready the core just made, against the state it was made from."""
+        _check_ready_shape(rd)
+        log = self.log
+        self._check_log_indexes()
+        assert log.handed_index == log.last_index, (
+            f"after ready() every entry is handed out to persist: handed {log.handed_index}, "
+            f"last {log.last_index}"
+        )
+        if rd.entries:
+            first = rd.entries[0]
+            before = log.term_at(first.index - 1)
+            assert first.index > log.snapshot_index and before is not None and before <= first.term, (
+                f"entries to persist continue the log after the snapshot ({log.snapshot_index}) with "
+                f"terms that never decrease: entry {first.index} of term {first.term} after term {before}"
+            )
+        if rd.committed:
+            assert rd.committed[0].index == applied_before + 1 and rd.committed[-1].index == log.committed, (
+                f"committed entries run from applied + 1 ({applied_before + 1}) to the commit index "
+                f"({log.committed}); got {rd.committed[0].index}..{rd.committed[-1].index}"
+            )
+        hs = rd.hard_state
+        if hs is not None:
+            assert hs.term > prev_hard.term or (
+                hs.term == prev_hard.term and prev_hard.vote in (None, hs.vote)
+            ), (
+                f"the term never goes down and a vote never changes within its term (§3.4): hard state "
+                f"term {prev_hard.term} vote {prev_hard.vote} -> term {hs.term} vote {hs.vote}"
+            )
+            assert hs.commit <= log.last_index, (
+                f"the commit index written to disk ({hs.commit}) lies within the log written before "
+                f"or with it (last index {log.last_index})"
+            )
+        if rd.snapshot is not None:
+            assert rd.snapshot.meta.index <= log.committed, (
+                f"a snapshot to install holds committed entries only: index {rd.snapshot.meta.index}, "
+                f"commit index {log.committed}"
+            )
+        for rs in rd.reads:
+            assert rs.index <= log.committed, (
+                f"a read is released at an index already committed (§6.4): {rs.index} > {log.committed}"
+            )
+        for out in rd.messages:
+            assert out.msg.src == self.id, f"{self.id} sends only its own messages, not {out.msg}"
+
+    def _check_ready_returned(self, rd: Ready) -> None:
+        """A Ready handed back to ``advance``: one of ours, in order, and consistent with what the
+        core handed out since (the same rules, from the other side)."""
+        assert self._readys_advanced < rd.number <= self._readys_handed, (
+            f"{self.id}: each Ready is advanced once, in the order handed out: got #{rd.number} after "
+            f"#{self._readys_advanced} (last handed out: #{self._readys_handed})"
+        )
+        _check_ready_shape(rd)
+        if rd.committed:
+            assert rd.committed[-1].index <= self.log.applied, (
+                f"advance() acknowledges only entries handed out to apply: {rd.committed[-1].index} > "
+                f"applied {self.log.applied}"
+            )
+        if rd.hard_state is not None:
+            assert rd.hard_state.term <= self.term, (
+                f"a persisted term is one the core had: {rd.hard_state.term} > {self.term}"
+            )
+        if rd.snapshot is not None:
+            assert rd.snapshot.meta.index <= self.log.committed, (
+                f"an installed snapshot holds committed entries only: index {rd.snapshot.meta.index}, "
+                f"commit index {self.log.committed}"
+            )
+        self._check_log_indexes()
+
     # ================================================================= role changes
 
+    def _check_entered_from(self, to: Role) -> None:
+        legal, why = _ENTERED_FROM[to]
+        assert self.role in legal, (
+            f"illegal role change {self.role} -> {to} on {self.id} in term {self.term}: {why}"
+        )
+
+    def _check_role(self) -> None:
+        """The term/vote/leader invariants of the role just entered."""
+        role, me = self.role, self.id
+        if role in (Role.FOLLOWER, Role.LEARNER):
+            assert self.leader != me and not self.progress and not self.votes, (
+                f"a {role} never names itself leader and keeps no votes or progress ({me}, term {self.term})"
+            )
+            return
+        assert me in self.membership.voters, f"only a voter campaigns or leads: {me} is {role}"
+        if role == Role.LEADER:
+            assert self.leader == me and self.vote == me, (
+                f"a leader leads the term it won with its own vote: {me} in term {self.term} "
+                f"has leader {self.leader}, vote {self.vote}"
+            )
+            assert set(self.progress) == self.membership.members - {me}, (
+                f"a leader tracks every other member: {sorted(self.progress)} "
+                f"vs {sorted(self.membership.members)}"
+            )
+            return
+        assert self.leader is None and self.votes.get(me) is True, (
+            f"a {role} knows no leader and counts its own vote ({me}, term {self.term})"
+        )
+        if role == Role.CANDIDATE:
+            assert self.vote == me, (
+                f"a candidate votes for itself: {me} voted {self.vote} in term {self.term}"
+            )
+
     def _become_follower(self, term: int, leader: str | None, *, reset_timer: bool = True) -> None:
+        self._check_entered_from(Role.FOLLOWER)
+        assert term >= self.term, f"terms never go down (§3.3): {self.id} in term {self.term} told {term}"
+        assert term > self.term or leader is None or self.leader in (None, leader), (
+            f"at most one leader per term (Election Safety, §3.6.3): {self.id} follows {leader} in "
+            f"term {term}, which already had leader {self.leader}"
+        )
         was_leader = self.role == Role.LEADER
         if term > self.term:
             self.term = term
@@ -324,14 +483,17 @@ class RaftNode:
         self.transfer_target = None
         if was_leader:
             self._drop_reads()
+        self._check_role()
 
     def _become_pre_candidate(self) -> None:
         # PreVote (§9.6): ask whether we *could* win at term+1 without disturbing anyone's term.
+        self._check_entered_from(Role.PRE_CANDIDATE)
         self.role = Role.PRE_CANDIDATE
         self.leader = None
         self.votes = {self.id: True}
         self.election_elapsed = 0
         self._reset_randomized_timeout()
+        self._check_role()
         if self._tally() == "won":
             self._become_candidate(transfer=False)
             return
@@ -344,6 +506,7 @@ class RaftNode:
             )
 
     def _become_candidate(self, *, transfer: bool) -> None:
+        self._check_entered_from(Role.CANDIDATE)
         self.role = Role.CANDIDATE
         self.term += 1
         self.vote = self.id
@@ -351,6 +514,7 @@ class RaftNode:
         self.votes = {self.id: True}
         self.election_elapsed = 0
         self._reset_randomized_timeout()
+        self._check_role()
         if self._tally() == "won":
             self._become_leader()
             return
@@ -363,6 +527,11 @@ class RaftNode:
             )
 
     def _become_leader(self) -> None:
+        self._check_entered_from(Role.LEADER)
+        assert self._tally() == "won", (
+            f"a leader holds a quorum of its term's votes (§3.4): {self.id} in term {self.term} "
+            f"has {self.votes}"
+        )
         self.role = Role.LEADER
         self.leader = self.id
         self.votes = {}
@@ -376,8 +545,11 @@ class RaftNode:
         # §8: a no-op of the new term, so that the leader learns its commit index quickly and
         # ReadIndex/conf changes may start once it commits.
         self._append_own(EntryKind.NOOP, b"", None)
+        assert self.log.last_term == self.term, f"a new leader's log ends with its no-op (term {self.term})"
+        self._check_role()
 
     def _refresh_follower_role(self) -> None:
+        # The one role change outside _become_*: between follower and learner, with the membership.
         if self.role in (Role.FOLLOWER, Role.LEARNER):
             self.role = Role.FOLLOWER if self.id in self.membership.voters else Role.LEARNER
 
@@ -490,6 +662,10 @@ class RaftNode:
     def _on_request_vote(self, msg: RequestVote) -> None:
         grant = self._can_vote_for(msg) and self._log_ok_for_vote(msg)
         if grant and not msg.pre_vote:
+            assert self.vote in (None, msg.src), (
+                f"one vote per term (§3.4; a candidate or leader voted for itself): {self.id} "
+                f"({self.role}) voted {self.vote} in term {self.term}, asked by {msg.src}"
+            )
             self.vote = msg.src
             self.election_elapsed = 0  # granting a vote resets the timer (§3.4)
         term = msg.term if grant and msg.pre_vote else self.term
@@ -617,6 +793,7 @@ class RaftNode:
                 pr.become_replicate()
             # Only what is new: an empty append here would ping-pong forever on an idle cluster.
             self._send_append(msg.src, allow_empty=False)
+            pr.check()
             return
         # Rejected. Stale if it answers an append we no longer care about.
         if msg.index <= pr.match or (pr.state == ProgressState.PROBE and msg.index != pr.next - 1):
@@ -627,6 +804,7 @@ class RaftNode:
         pr.probe_sent = False
         pr.inflight.clear()
         self._send_append(msg.src)
+        pr.check()
 
     def _next_from_hint(self, msg: AppendEntriesResp) -> int:
         if msg.hint_term == 0:
@@ -657,6 +835,7 @@ class RaftNode:
                 pr.become_probe()  # no progress for a heartbeat round: appends were lost
             self._send_append(msg.src)
         pr.match_at_last_heartbeat = pr.match
+        pr.check()
 
     def _on_install_snapshot_resp(self, msg: InstallSnapshotResp) -> None:
         pr = self._leader_progress(msg.src)
@@ -675,6 +854,7 @@ class RaftNode:
             pr.match_round = self._read_seq
         self._maybe_commit()
         self._send_append(msg.src)
+        pr.check()
 
     def _leader_progress(self, peer: str) -> Progress | None:
         if self.role != Role.LEADER:
@@ -753,8 +933,9 @@ class RaftNode:
             for peer in sorted(self.progress):
                 self._send_heartbeat(peer)
         if self._need_broadcast_append or self._need_broadcast_commit:
-            # A new commit index travels even without new entries (followers apply sooner);
-            # nothing else sends an empty append, so idle clusters stay quiet.
+            # A new commit index travels even without new entries (followers apply sooner).
+            # Otherwise only a follower that lags gets an empty append (a probe), so idle
+            # clusters stay quiet.
             allow_empty = self._need_broadcast_commit
             self._need_broadcast_append = self._need_broadcast_commit = False
             for peer in sorted(self.progress):
@@ -910,3 +1091,31 @@ class RaftNode:
 
     def _send(self, msg: Message, *, after_persist: bool) -> None:
         self._msgs.append(Outbound(msg, after_persist))
+
+
+def _check_ready_shape(rd: Ready) -> None:
+    """What holds within one Ready on its own: the entries to persist, and those to apply, each run
+    contiguously with terms and cluster times that never decrease (the order of every Raft log),
+    and both start after the snapshot the Ready installs."""
+    if len(rd.entries) > 1:  # (most Readys carry one entry or none: skip the loop's setup)
+        _check_run(rd.entries, "to persist")
+    if len(rd.committed) > 1:
+        _check_run(rd.committed, "to apply")
+    if rd.snapshot is not None:
+        snap = rd.snapshot.meta.index
+        assert not rd.entries or rd.entries[0].index > snap, (
+            f"entries to persist start after the snapshot installed with them: "
+            f"{rd.entries[0].index} <= {snap}"
+        )
+        assert not rd.committed or rd.committed[0].index > snap, (
+            f"entries to apply start after the snapshot installed with them: "
+            f"{rd.committed[0].index} <= {snap}"
+        )
+
+
+def _check_run(run: tuple[Entry, ...], what: str) -> None:
+    for a, b in pairwise(run):
+        assert b.index == a.index + 1 and b.term >= a.term and b.time_ms >= a.time_ms, (
+            f"entries {what} run contiguously with non-decreasing term and time: "
+            f"{a.index}/t{a.term}/{a.time_ms}ms then {b.index}/t{b.term}/{b.time_ms}ms"
+        )

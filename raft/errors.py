@@ -3,7 +3,8 @@
     RaftError
     ├── NotLeader                      this node cannot take the request; carries the leader it knows
     ├── LeadershipTransferInProgress   the leader is handing over; retry on the new leader
-    └── ConfChangeInProgress           one membership change at a time (or no own-term commit yet)
+    └── ConfChangeInProgress           a membership change refused: another is not committed yet,
+                                       no entry of this term committed yet, or the change is invalid
 
 All are *local* refusals: nothing was appended, so the caller may retry elsewhere safely.
 """

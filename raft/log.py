@@ -1,10 +1,11 @@
 """The in-memory Raft log: entries after the latest snapshot, plus bookkeeping for the driver.
 
-Invariants (asserted where cheap):
-    snapshot_index <= applied <= committed <= last_index
-    persisted_index <= last_index; handed_index <= last_index
-    entries[k].index == snapshot_index + 1 + k
-    time_ms is non-decreasing along the log
+Invariants:
+    snapshot_index <= applied <= committed <= last_index        (RaftNode._check_log_indexes)
+    persisted_index <= last_index; handed_index <= last_index   (ditto; and after ready(): ==)
+    entries[k].index == snapshot_index + 1 + k                  (append, and at load)
+    term and time_ms are non-decreasing along the log           (append, at each boundary; within
+                                                                 each batch: the Ready checks)
 """
 
 from __future__ import annotations
@@ -104,9 +105,16 @@ class RaftLog:
     # ----------------------------------------------------------------- changes
 
     def append(self, entries: list[Entry]) -> None:
-        """Append entries that start right after our last index (leader path)."""
+        """Append entries that start right after our last index."""
         if entries:
-            assert entries[0].index == self.last_index + 1, (entries[0].index, self.last_index)
+            first = entries[0]
+            assert first.index == self.last_index + 1, (
+                f"appended entries continue the log: {first.index} after last index {self.last_index}"
+            )
+            assert first.term >= self.last_term and first.time_ms >= self.last_time_ms, (
+                f"term and cluster time never decrease along the log: entry {first.index} "
+                f"t{first.term}/{first.time_ms}ms after t{self.last_term}/{self.last_time_ms}ms"
+            )
             self.entries.extend(entries)
 
     def truncate_after(self, index: int) -> None:
@@ -172,18 +180,18 @@ class RaftLog:
         self.committed = self.applied = self.handed_index = meta.index
         self.persisted_index = meta.index
 
-    def unstable(self) -> list[Entry]:
+    def unstable(self) -> tuple[Entry, ...]:
         """Entries not yet handed to the driver to persist; marks them handed."""
         if self.handed_index >= self.last_index:
-            return []
-        out = self.slice(self.handed_index + 1, self.last_index)
+            return ()
+        out = tuple(self.slice(self.handed_index + 1, self.last_index))
         self.handed_index = self.last_index
         return out
 
-    def to_apply(self) -> list[Entry]:
+    def to_apply(self) -> tuple[Entry, ...]:
         """Committed entries not yet handed to the driver to apply; marks them handed."""
         if self.applied >= self.committed:
-            return []
-        out = self.slice(self.applied + 1, self.committed)
+            return ()
+        out = tuple(self.slice(self.applied + 1, self.committed))
         self.applied = self.committed
         return out

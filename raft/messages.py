@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar, TypeAlias, get_args
 
 import msgpack
 
@@ -226,7 +226,8 @@ class InstallSnapshotResp:
     term: int
     src: str
     dst: str
-    #: the snapshot index the follower now has (0 if it refused)
+    #: how far the follower's log now matches the leader's: the snapshot's index, or its own
+    #: commit index when that already reached past the snapshot (a follower never refuses one)
     index: int
 
 
@@ -250,20 +251,10 @@ Message: TypeAlias = (
     | TimeoutNow
 )
 
-_BY_TYPE: dict[int, type[Any]] = {
-    c.TYPE: c
-    for c in (
-        RequestVote,
-        RequestVoteResp,
-        AppendEntries,
-        AppendEntriesResp,
-        Heartbeat,
-        HeartbeatResp,
-        InstallSnapshot,
-        InstallSnapshotResp,
-        TimeoutNow,
-    )
-}
+#: wire type code -> message class, read off the Message union: a class added there is decodable
+#: without a second list to forget (its TYPE code must be new: checked below)
+_BY_TYPE: dict[int, type[Any]] = {c.TYPE: c for c in get_args(Message)}
+assert len(_BY_TYPE) == len(get_args(Message)), "two message classes share a TYPE code"
 
 
 # --------------------------------------------------------------------------- codec
@@ -342,14 +333,18 @@ def _check_fields(msg: Message) -> None:
         if isinstance(value, int) and not isinstance(value, bool) and value < 0:
             raise ValueError(f"{name_of}.{name} is negative ({value})")
     if isinstance(msg, AppendEntries):
-        expect, term = msg.prev_index + 1, 0
+        # A slice of a leader's log: contiguous after prev, terms from prev_term up, cluster times
+        # never decreasing. The core asserts the same order on its own log; refusing it here keeps
+        # a buggy peer's message from ever reaching those assertions.
+        expect, term, time_ms = msg.prev_index + 1, msg.prev_term, 0
         for pos, e in enumerate(msg.entries):
-            if e.index != expect or e.term < term:
+            if e.index != expect or e.term < term or e.time_ms < time_ms:
                 raise ValueError(
-                    f"AppendEntries entries must run from prev_index+1 upwards with non-decreasing "
-                    f"terms; got index {e.index} term {e.term} at position {pos}"
+                    f"AppendEntries entries must run from prev_index+1 upwards with terms from "
+                    f"prev_term up and non-decreasing times; got index {e.index} term {e.term} "
+                    f"time {e.time_ms} at position {pos}"
                 )
-            expect, term = expect + 1, e.term
+            expect, term, time_ms = expect + 1, e.term, e.time_ms
     if isinstance(msg, InstallSnapshot):
         m = msg.meta
         if min(m.index, m.term, m.time_ms) < 0 or not all(isinstance(x, str) for x in m.membership.members):
@@ -362,7 +357,13 @@ def message_from_wire(w: list[Any]) -> Message:
     try:
         if type(w[0]) is not int:
             raise ValueError(f"message type must be an integer, got {type(w[0]).__name__}")
-        cls = _BY_TYPE[w[0]]
+        cls = _BY_TYPE.get(w[0])
+        if cls is None:
+            known = ", ".join(map(str, sorted(_BY_TYPE)))
+            raise ValueError(
+                f"unknown message type {w[0]} (this node knows types {known}): "
+                "is the sender running an incompatible version?"
+            )
         args = list(w[1:])
         names = [f.name for f in fields(cls)]
         if len(args) != len(names):

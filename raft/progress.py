@@ -4,7 +4,8 @@ State machine per follower (only the leader keeps these):
 
     PROBE      ── append accepted ─────────────▶ REPLICATE
     PROBE      ── needs compacted entries ─────▶ SNAPSHOT
-    REPLICATE  ── reject / stall / unreachable ▶ PROBE
+    REPLICATE  ── reject / stall ──────────────▶ PROBE     (stall: a heartbeat round without progress)
+    any        ── follower reports lost data ──▶ PROBE
     SNAPSHOT   ── snapshot acked or timed out ─▶ PROBE
 
 PROBE sends one append at a time and waits (or a heartbeat reply) before the next, to find the
@@ -48,7 +49,10 @@ class Progress:
     match_round: int = 0
 
     def check(self) -> None:
-        assert self.match < self.next, (self.match, self.next)
+        assert self.match < self.next, (
+            f"a follower's next index lies beyond its match (everything up to match is acknowledged, "
+            f"next is the first entry not yet sent): match {self.match}, next {self.next}"
+        )
 
     def become_probe(self) -> None:
         # From SNAPSHOT, resume just after the snapshot if it got there; else after match.

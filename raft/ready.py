@@ -7,11 +7,12 @@ Driver contract for one :class:`Ready` (the order matters; see ``RaftNode.ready`
    means *truncate the stored log from that index, then append*; write ``hard_state`` if set;
    fsync everything (one fsync may cover the whole batch: group commit).
 2. **Send** ``messages``. An :class:`Outbound` with ``after_persist=False`` may be sent before step 1
-   finishes (a leader's appends to followers); every other one only after the fsync.
+   finishes (what a leader sends its followers: appends, heartbeats, snapshots, TimeoutNow); every
+   other one only after the fsync.
    An ``InstallSnapshot`` leaves the core with empty ``data``: the driver fills in the snapshot bytes.
 3. **Apply** ``committed`` entries in order, then answer ``reads`` (each is safe once everything
    in ``committed`` is applied).
-4. Call ``RaftNode.advance(ready)``.
+4. Call ``RaftNode.advance(ready)``: each Ready once, in the order taken (the core asserts it).
 
 A driver may take the next Ready before it has finished with this one (so that a leader's
 heartbeats leave while an fsync is in flight), provided it sends the early messages at once and
@@ -65,33 +66,35 @@ class SnapshotToInstall:
     data: bytes = field(repr=False)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Ready:
+    """One batch of work for the driver (the contract above). Immutable once handed out: the
+    driver persists and applies exactly what the core checked, then hands it back to ``advance``
+    (a driver that sends some messages early keeps the rest in a copy made with
+    ``dataclasses.replace``; the copy keeps the ``number``). The invariants noted on the fields are
+    asserted by RaftNode when it makes the Ready and again when ``advance`` takes it back."""
+
+    #: set when term or vote changed: the term never decreases, a vote never changes within its
+    #: term, and commit <= the last index handed out to persist (this batch or an earlier one)
     hard_state: HardState | None = None
-    entries: list[Entry] = field(default_factory=list)
+    #: to persist: contiguous, term and time_ms non-decreasing, continuing the log after the snapshot
+    entries: tuple[Entry, ...] = ()
+    #: meta.index <= the commit index; ``entries`` and ``committed`` start after it
     snapshot: SnapshotToInstall | None = None
-    messages: list[Outbound] = field(default_factory=list)
-    committed: list[Entry] = field(default_factory=list)
-    reads: list[ReadState] = field(default_factory=list)
+    #: every one from this node
+    messages: tuple[Outbound, ...] = ()
+    #: to apply, in order: contiguous, from applied + 1 (the last Ready's end) to the commit index
+    committed: tuple[Entry, ...] = ()
+    #: each at an index <= the commit index, so safe once ``committed`` is applied
+    reads: tuple[ReadState, ...] = ()
     #: set when role, term or leader changed since the previous Ready
     soft_state: SoftState | None = None
     #: reads refused since the previous Ready because leadership was lost (ctx values)
-    dropped_reads: list[Hashable] = field(default_factory=list)
+    dropped_reads: tuple[Hashable, ...] = ()
     #: the latest membership (effective as soon as its entry is appended), when it changed
     membership: Membership | None = None
-
-    def empty(self) -> bool:
-        return not (
-            self.hard_state
-            or self.entries
-            or self.snapshot
-            or self.messages
-            or self.committed
-            or self.reads
-            or self.soft_state
-            or self.dropped_reads
-            or self.membership
-        )
+    #: 1, 2, ... in the order the core handed Readys out; ``advance`` takes them back in that order
+    number: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,14 +63,16 @@ metas = st.builds(SnapshotMeta, u64, u64, memberships(), u64)
 
 
 @st.composite
-def contiguous_entries(draw: st.DrawFn, prev: int) -> tuple[Entry, ...]:
+def contiguous_entries(draw: st.DrawFn, prev: int, prev_term: int) -> tuple[Entry, ...]:
     n = draw(st.integers(0, 5))
-    terms = sorted(draw(small) for _ in range(n))  # a log's terms never decrease
+    # a log's terms (from the previous entry's on) and cluster times never decrease
+    terms = sorted(draw(st.integers(prev_term, prev_term + 1000)) for _ in range(n))
+    times = sorted(draw(u64) for _ in range(n))
     return tuple(
         Entry(
             prev + 1 + k,
             terms[k],
-            draw(u64),
+            times[k],
             draw(st.sampled_from(EntryKind)),
             draw(st.binary(max_size=32)),
         )
@@ -80,9 +82,9 @@ def contiguous_entries(draw: st.DrawFn, prev: int) -> tuple[Entry, ...]:
 
 @st.composite
 def appends(draw: st.DrawFn) -> AppendEntries:
-    prev = draw(small)
+    prev, prev_term = draw(small), draw(small)
     return AppendEntries(
-        draw(u64), draw(ids), draw(ids), prev, draw(u64), draw(contiguous_entries(prev)), draw(u64)
+        draw(u64), draw(ids), draw(ids), prev, prev_term, draw(contiguous_entries(prev, prev_term)), draw(u64)
     )
 
 
@@ -259,10 +261,14 @@ def test_fields_of_the_wrong_type_raise_value_error(data: bytes) -> None:
         pytest.param([[5, 1, 0, 0, b""]], id="gap after prev"),
         pytest.param([[1, 1, 0, 0, b""], [1, 1, 0, 0, b""]], id="duplicate index"),
         pytest.param([[1, 2, 0, 0, b""], [2, 1, 0, 0, b""]], id="decreasing term"),
+        pytest.param([[6, 1, 0, 0, b""]], id="term below prev_term"),
+        pytest.param([[6, 2, 9, 0, b""], [7, 2, 8, 0, b""]], id="time going back"),
     ],
 )
 def test_append_entries_must_run_contiguously_from_prev(entries: list[Any]) -> None:
-    """An AppendEntries whose entries do not run prev_index+1, prev_index+2, … with
-    non-decreasing terms cannot come from a leader's log: it is malformed (ValueError)."""
-    with pytest.raises(ValueError):
-        decode_message(packed([3, 2, "a", "b", 0, 0, entries, 0]))
+    """An AppendEntries whose entries do not run prev_index+1, prev_index+2, … with terms from
+    prev_term up and non-decreasing cluster times cannot come from a leader's log: it is malformed
+    (ValueError), refused before the core (which asserts that order on its own log) sees it."""
+    prev_index, prev_term = (5, 2) if entries[0][0] >= 6 else (0, 0)
+    with pytest.raises(ValueError, match="must run from prev_index"):
+        decode_message(packed([3, 2, "a", "b", prev_index, prev_term, entries, 0]))

@@ -26,6 +26,7 @@ from raftstate.raft import (
     Role,
     SnapshotMeta,
 )
+from raftstate.raft.progress import ProgressState
 from raftstate.raft.testing import MemDisk, one_way
 
 ABC = Membership(frozenset("abc"))
@@ -494,8 +495,9 @@ def test_entries_are_applied_once_and_in_order_across_restarts() -> None:
 def test_duplicated_stale_refusal_never_moves_match_backwards() -> None:
     """Pitfall: a follower's match index never moves backwards on a duplicated or reordered reply.
     Scenario: B missed entries 2..5; the leader's next append (prev 5) is refused with "my log
-    ends at 1"; the leader repairs B (match 5), later falls back to probing it (an unreachable
-    report: next = match + 1 = 6), and then the network delivers a duplicate of that old refusal.
+    ends at 1"; the leader repairs B (match 5), later falls back to probing it (as after a
+    heartbeat round without progress: next = match + 1 = 6), and then the network delivers a
+    duplicate of that old refusal.
     It answers an append the leader no longer cares about and must be ignored."""
     net = settled()
     net.block(one_way("a", "b"))
@@ -508,7 +510,8 @@ def test_duplicated_stale_refusal_never_moves_match_backwards() -> None:
     refusals = [m for m in net.sent if isinstance(m, AppendEntriesResp) and m.src == "b" and not m.success]
     assert [(m.index, m.hint_index, m.hint_term) for m in refusals] == [(5, 2, 0)]
     assert a.progress["b"].match == 5
-    a.report_unreachable("b")  # back to probing from match + 1
+    a.progress["b"].become_probe()  # back to probing from match + 1 (what a stalled round does)
+    assert (a.progress["b"].state, a.progress["b"].next) == (ProgressState.PROBE, 6)
     a.step(refusals[0])  # the network delivers a duplicate of the old refusal
     assert a.progress["b"].match == 5
 
@@ -537,3 +540,25 @@ def test_duplicated_lost_data_report_never_moves_match_backwards() -> None:
     assert a.progress["c"].match == a.log.last_index == 6
     a.step(reports[0])  # the network delivers a duplicate of the old report
     assert a.progress["c"].match == 6
+
+
+def test_appends_lost_while_replicating_are_resent_after_a_heartbeat_round() -> None:
+    """Nothing tells the core that a peer is unreachable (etcd has ReportUnreachable; here the
+    transport keeps each peer's queue across redials, and only a frame lost with a broken link or
+    an overflowing queue goes missing). A leader that pipelined appends into the void finds out
+    from the next heartbeat replies — no progress over a round, or an append the follower cannot
+    place — falls back to probing, and resends what the follower lacks."""
+    net = settled()
+    for k in range(3):
+        net.propose("a", b"%d" % k)
+    a, b = net.node("a"), net.node("b")
+    assert a.progress["b"].state == ProgressState.REPLICATE and a.progress["b"].match == a.log.last_index
+    net.cut |= {("a", "b")}
+    net.propose("a", b"lost")  # pipelined to b and dropped; c acknowledges, so it commits
+    net.cut -= {("a", "b")}
+    assert b.log.last_index == a.log.last_index - 1 and a.progress["b"].inflight
+    for _ in range(2):
+        net.tick("a")
+        net.deliver()
+    assert b.log.last_index == a.log.last_index and a.progress["b"].match == a.log.last_index
+    assert net.applied_data("b")[-1] == b"lost"

@@ -12,6 +12,7 @@ import logging
 import random
 import socket
 import time
+import typing
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from raftstate.node.peers.transport import (
     StreamReceiver,
     TransportOptions,
 )
-from raftstate.node.peers.wire import decode_frame, encode_frame, encode_one
+from raftstate.node.peers.wire import FrameError, decode_frame, encode_frame, encode_one
 from raftstate.raft.messages import (
     AppendEntries,
     AppendEntriesResp,
@@ -478,4 +479,23 @@ def test_frames_round_trip_every_message_kind() -> None:
         InstallSnapshotResp(2, "a", "b", index=5),
         TimeoutNow(2, "a", "b"),
     ]
+    assert {type(m) for m in msgs} == set(typing.get_args(Message)), "every kind, and only those"
     assert decode_frame(frame(*msgs)) == msgs
+
+
+def test_a_frame_with_an_unknown_message_type_is_refused_with_a_clear_error() -> None:
+    """A peer on another version may send a message type this node does not know. The whole frame
+    is refused, and the reason names the message, its type and the types this node knows (not a
+    bare KeyError): it is what the receiver logs and counts."""
+    data = raw_frame(GOOD_HB, [99, 1, "n1", "n2"])
+    with pytest.raises(FrameError) as ei:
+        decode_frame(data)
+    known = ", ".join(str(c.TYPE) for c in sorted(typing.get_args(Message), key=lambda c: c.TYPE))
+    assert str(ei.value) == (
+        f"message 1: malformed raft message: unknown message type 99 (this node knows types {known}): "
+        "is the sender running an incompatible version?"
+    )
+    got: list[Message] = []
+    receiver = StreamReceiver("n2", CLUSTER, got.append)
+    assert receiver._deliver(data, "n1") == str(ei.value)
+    assert got == [], "a frame is accepted or refused whole"

@@ -426,10 +426,6 @@ class StreamReceiver:
         app.router.add_get(STREAM_PATH, self.handle)
         app.on_shutdown.append(self._on_shutdown)
 
-    @property
-    def connected_peers(self) -> list[str]:
-        return sorted(set(self._streams.values()))
-
     async def handle(self, request: web.Request) -> web.StreamResponse:
         peername = request.transport.get_extra_info("peername") if request.transport else None
         remote = f"{peername[0]}:{peername[1]}" if peername else (request.remote or "?")

@@ -11,9 +11,7 @@ crash it. A frame is accepted or rejected whole.
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Iterable
-from typing import Any
 
 import msgpack
 
@@ -25,9 +23,6 @@ from raftstate.raft.messages import (
 )
 
 __all__ = ["FrameError", "decode_frame", "encode_frame", "encode_one", "frame_header"]
-
-# Every message class of the core, read off its Message union so a new one is never forgotten here.
-_MESSAGE_TYPES: tuple[type[Any], ...] = typing.get_args(Message)
 
 
 class FrameError(RemoteFault, ValueError):

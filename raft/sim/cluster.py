@@ -619,9 +619,6 @@ class Cluster:
         self.stats.messages += 1
         delays = self.net.route(msg.src, msg.dst)
         if not delays:
-            dst = self.nodes.get(msg.dst)
-            if dst is not None and n.core is not None and n.core.role == Role.LEADER and not dst.up:
-                n.core.report_unreachable(msg.dst)
             return
         for d in delays:
             self._push(d, DELIVER, msg, None)
