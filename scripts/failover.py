@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from raftstate.client.protocol import KV_SET
 from raftstate.node.ops.local_cluster import HttpError, LocalCluster, http
 
 
@@ -32,13 +33,13 @@ def first_write_after(c: LocalCluster, key: str, deadline_s: float) -> float:
         if not c.alive(nid):
             continue
         try:
-            http("PUT", c.url(nid, f"/v1/kv/{key}"), {"value": i}, timeout=1.0)
+            http("PUT", c.url(nid, KV_SET.path_for(key)), {"value": i}, timeout=1.0)
             return time.monotonic() - t0
         except HttpError as exc:
             addr = exc.body.get("error", {}).get("leader_address")
             if exc.code == "not_leader" and addr:
                 try:
-                    http("PUT", f"http://{addr}/v1/kv/{key}", {"value": i}, timeout=1.0)
+                    http("PUT", f"http://{addr}{KV_SET.path_for(key)}", {"value": i}, timeout=1.0)
                     return time.monotonic() - t0
                 except (HttpError, OSError):
                     pass

@@ -26,11 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from raftstate.client.protocol import LOCK_ACQUIRE, LOCK_RELEASE
 from raftstate.node.ops.local_cluster import HttpError, LocalCluster, http
 
 HOLDER = textwrap.dedent(
     """
     import json, sys, time, urllib.error, urllib.request
+    from raftstate.client import protocol as p
     addrs, name, ttl = json.loads(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 
     def post(path, body):
@@ -51,12 +53,12 @@ HOLDER = textwrap.dedent(
             time.sleep(0.02)
         sys.exit("no node answered")
 
-    token = post(f"/v1/locks/{name}/acquire", {"owner": "holder", "ttl": ttl})["token"]
+    token = post(p.LOCK_ACQUIRE.path_for(name), {"owner": "holder", "ttl": ttl})["token"]
     print(json.dumps({"acquired": time.monotonic(), "token": token}), flush=True)
     while True:
         time.sleep(ttl / 3)
         sent = time.monotonic()
-        post(f"/v1/locks/{name}/renew", {"token": token})
+        post(p.LOCK_RENEW.path_for(name), {"token": token})
         print(json.dumps({"renewed": time.monotonic(), "sent": sent}), flush=True)
     """
 )
@@ -70,7 +72,7 @@ def acquire_via_any(c: LocalCluster, name: str, ttl: float) -> dict[str, Any] | 
         try:
             out: dict[str, Any] = http(
                 "POST",
-                c.url(nid, f"/v1/locks/{name}/acquire?timeout=1"),
+                c.url(nid, LOCK_ACQUIRE.path_for(name) + "?timeout=1"),
                 {"owner": "waiter", "ttl": ttl},
                 2.0,
             )
@@ -116,7 +118,7 @@ def trial(
             raise TimeoutError(f"trial {i}: lock {name} not acquirable {ttl + 30}s after the crash")
         time.sleep(poll)
     try:
-        http("POST", c.url(c.wait_leader(), f"/v1/locks/{name}/release"), {"token": got["token"]})
+        http("POST", c.url(c.wait_leader(), LOCK_RELEASE.path_for(name)), {"token": got["token"]})
     except (HttpError, OSError):
         pass  # it expires anyway
     if leader is not None:

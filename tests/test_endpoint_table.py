@@ -257,10 +257,26 @@ def _route_literals(path: Path) -> list[str]:
     ]
 
 
+#: (file, literal) that look like our routes but are not: the bench's etcd answers GET /health, and
+#: f"/proc/{pid}/status" holds a "/status" piece
+_NOT_OURS = {("scripts/benchlib/clusters.py", "'/health'"), ("scripts/benchlib/scale.py", "'/status'")}
+
+
+def _ours(hit: str) -> bool:
+    where, _, literal = hit.partition(": ")
+    return (where.rsplit(":", 1)[0], literal) not in _NOT_OURS
+
+
 def test_the_table_is_the_only_place_a_path_is_written() -> None:
-    sources = [f for d in ("node", "client") for f in sorted((ROOT / d).rglob("*.py"))]
+    sources = [f for d in ("node", "client", "scripts") for f in sorted((ROOT / d).rglob("*.py"))]
     assert len(sources) > 50
-    found = [hit for f in sources if f != ROOT / "client" / "protocol.py" for hit in _route_literals(f)]
+    found = [
+        hit
+        for f in sources
+        if f != ROOT / "client" / "protocol.py"
+        for hit in _route_literals(f)
+        if _ours(hit)
+    ]
     assert not found, "paths written outside client/protocol.py:\n" + "\n".join(found)
     # the scan does find them where they are
     assert len(_route_literals(ROOT / "client" / "protocol.py")) == len(p.ENDPOINTS)

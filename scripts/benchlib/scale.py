@@ -16,6 +16,7 @@ from typing import Any
 
 from clusters import raftstate_endpoints, wait_ready
 
+from raftstate.client.protocol import READY
 from raftstate.node.ops.local_cluster import LocalCluster, http, wait_until
 
 _SNAP_LOG = re.compile(r"took a snapshot at index (\d+) \((\d+) bytes, (\d+) ms\)")
@@ -47,7 +48,7 @@ def restore_seconds(path: Path) -> float:
 
 def caught_up(c: LocalCluster, nid: str, index: int) -> bool:
     st = c.status(nid)
-    ready = http("GET", c.url(nid, "/ready"), timeout=1.0)
+    ready = http("GET", c.url(nid, READY.path), timeout=1.0)
     return bool(ready.get("ready")) and st["applied_index"] >= index
 
 
