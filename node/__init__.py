@@ -14,6 +14,8 @@ The hub (this folder) ties the rooms together; each package says its job and wha
     ops/       operator commands (member, snapshot, transfer), backups, a local cluster runner
     runtime/   clock, cluster time, deadlines, the expiry sweeper, the event loop, log filters
     chaos/     Jepsen-style chaos runs against real processes (``raftstate chaos``)
+    sim/       the seeded simulator: a second driver of the pure core, with a simulated network,
+               disk and clock (``python -m raftstate.node.sim``); imports only raftstate.raft
 
 Imports point one way: the hub and every package may import ``raftstate.raft`` and the public
 modules of ``raftstate.client``; ``state/`` imports only itself, ``raftstate.node.errors`` and

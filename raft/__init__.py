@@ -1,7 +1,7 @@
 """raftstate.raft — the Raft consensus core as a pure, deterministic state machine.
 
 It does no I/O: no clock reads, no sleeping, no sockets or files, no global randomness.
-The driver (``raftstate.node``, or the simulator in ``raftstate.raft.sim``) feeds it ticks,
+The driver (``raftstate.node``, or the simulator in ``raftstate.node.sim``) feeds it ticks,
 messages and proposals, then consumes a :class:`Ready` batch in the order *persist → send →
 apply* and acknowledges it with :meth:`RaftNode.advance`.
 """

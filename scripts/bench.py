@@ -9,7 +9,7 @@
     .venv/bin/python scripts/bench.py --no-fault-minutes 5  # term changes under load, no faults
 
 Each system is a fresh 3-node cluster in a temp dir (fsync on, default timeouts) on 127.0.0.1; the
-load comes from scripts/benchlib/loadgen.py in its OWN process (asyncio, aiohttp, one request per
+load comes from node/bench/loadgen.py in its OWN process (asyncio, aiohttp, one request per
 operation, uvloop when installed). Workloads: put (100-byte values over 10k keys), linearizable
 get, stale get, increment over 100 hot counters, 80/20 get/put, lock acquire+release over 100 names,
 set_if_absent claims. After every increment run the counters are read back: final value must equal
@@ -29,16 +29,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE / "benchlib"))
+from raftstate.node.bench.clusters import (
+    ETCD_MISSING,
+    EtcdCluster,
+    etcd_binary,
+    raftstate_endpoints,
+    wait_ready,
+)
+from raftstate.node.bench.report import check_counters, plot, print_table
+from raftstate.node.bench.targets import WORKLOADS
+from raftstate.node.ops.local_cluster import LocalCluster
 
-from clusters import ETCD_MISSING, EtcdCluster, etcd_binary, raftstate_endpoints, wait_ready  # noqa: E402
-from report import check_counters, plot, print_table  # noqa: E402
-from targets import WORKLOADS  # noqa: E402
-
-from raftstate.node.ops.local_cluster import LocalCluster  # noqa: E402
-
-LOADGEN = HERE / "benchlib" / "loadgen.py"
+#: the load generator runs in its own process (node/bench/loadgen.py)
+LOADGEN = ("-m", "raftstate.node.bench.loadgen")
 
 
 def loadgen_cmd(
@@ -52,7 +55,7 @@ def loadgen_cmd(
 ) -> list[str]:
     return [
         sys.executable,
-        str(LOADGEN),
+        *LOADGEN,
         "--system",
         system,
         "--endpoints",

@@ -1,6 +1,6 @@
 """A farm of real :class:`RaftDriver` instances in one asyncio loop, with seeded faults.
 
-The seeded simulator in raft/sim/ checks the pure core under the test kit's Ready driver; this farm
+The seeded simulator in node/sim/ checks the pure core under the test kit's Ready driver; this farm
 checks the *real* driver's asyncio pipeline (ready loop, persist worker, group commit, background
 snapshot writes and sends) with the real core and the real state machine:
 

@@ -1,6 +1,6 @@
 """A tiny synchronous network of RaftNodes for rule-by-rule unit tests (like etcd's raft_test.go
 ``network``). Persistence is instant and perfect; messages are delivered when the test says so.
-The seeded simulator in raft/sim/ is the place for faults and randomness.
+The seeded simulator in node/sim/ is the place for faults and randomness.
 
 Built on the shared raft test kit (raft/testing/), as the simulator is: each node's disk is a
 :class:`MemDisk`, its Readys go through a :class:`ReadyDriver` (persist → send → apply → advance;

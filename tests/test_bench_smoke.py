@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts" / "benchlib"))
+from raftstate.node.bench.report import check_counters
+from raftstate.node.bench.targets import WORKLOADS
 
-from report import check_counters  # noqa: E402
-from targets import WORKLOADS  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.cluster

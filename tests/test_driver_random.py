@@ -1,6 +1,6 @@
 """Seeded, randomized runs of real RaftDrivers in one event loop (the farm: tests/driverfarm.py).
 
-The core has its own seeded simulator (raft/sim/); this file aims at the *driver*: its ready
+The core has its own seeded simulator (node/sim/); this file aims at the *driver*: its ready
 loop and persist worker, group commit over queued Ready batches, snapshots written and sent in the
 background, installs racing local snapshots, crash and restart from what was saved. Each seed runs
 a few seconds of real time (10 ms ticks) with message loss, duplication, reordering, partitions,

@@ -174,7 +174,7 @@ def test_a_handler_without_its_row_is_refused() -> None:
 
 
 def test_a_row_without_its_handler_is_named() -> None:
-    with pytest.raises(NotImplementedError, match=r"define Api\.op_echo"):
+    with pytest.raises(TypeError, match=r"define Api\.op_echo"):
         object.__new__(Api).operation(ECHO)
 
 
@@ -259,7 +259,7 @@ def _route_literals(path: Path) -> list[str]:
 
 #: (file, literal) that look like our routes but are not: the bench's etcd answers GET /health, and
 #: f"/proc/{pid}/status" holds a "/status" piece
-_NOT_OURS = {("scripts/benchlib/clusters.py", "'/health'"), ("scripts/benchlib/scale.py", "'/status'")}
+_NOT_OURS = {("node/bench/clusters.py", "'/health'"), ("node/bench/scale.py", "'/status'")}
 
 
 def _ours(hit: str) -> bool:

@@ -3,7 +3,7 @@ misused by its driver stops the node at once, with a message that states the bro
 
 No legal sequence of inputs reaches most of these, so each test provokes one by calling a private
 method, corrupting a field, or handing ``advance`` a doctored copy — the way a bug in the core or
-in a driver would. The simulator's mutants (raft/sim/mutants.py) break the *protocol* rules; these
+in a driver would. The simulator's mutants (node/sim/mutants.py) break the *protocol* rules; these
 assertions guard the bookkeeping around them and stay off what the mutants break.
 """
 

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from raftstate.node.sim import MIXES, Cluster, SimConfig, SimulationFailure, run_seed
+from raftstate.node.sim import invariants as inv
+from raftstate.node.sim.mutants import MUTANTS
+from raftstate.node.sim.network import NetConfig, Network
+from raftstate.node.sim.statemachine import KVStateMachine
+from raftstate.node.sim.summary import ClassSummary
 from raftstate.raft import Entry, EntryKind, RaftLog
-from raftstate.raft.sim import MIXES, Cluster, SimConfig, SimulationFailure, run_seed
-from raftstate.raft.sim import invariants as inv
-from raftstate.raft.sim.mutants import MUTANTS
-from raftstate.raft.sim.network import NetConfig, Network
-from raftstate.raft.sim.statemachine import KVStateMachine
-from raftstate.raft.sim.summary import ClassSummary
 from raftstate.raft.testing import MemDisk, one_way
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,7 +195,7 @@ def test_same_seed_same_run() -> None:
 def test_replay_is_independent_of_hash_randomization() -> None:
     """Set iteration order changes with PYTHONHASHSEED; neither the core nor the driver may depend on it."""
     code = (
-        "from raftstate.raft.sim import Cluster, SimConfig\n"
+        "from raftstate.node.sim import Cluster, SimConfig\n"
         "from test_simulator import _digest\n"
         "c = Cluster(SimConfig(seed=5, steps=1500, mix='membership', nodes=5, check_idle_traffic=False))\n"
         "c.run(); print(_digest(c))\n"

@@ -1,5 +1,5 @@
 """Tools users run from an install: ``raftstate chaos`` (also ``python -m raftstate.node.chaos`` and
-the checkout's scripts/chaos.py) and the simulator (``python -m raftstate.raft.sim`` and
+the checkout's scripts/chaos.py) and the simulator (``python -m raftstate.node.sim`` and
 scripts/simulate.py) — each one command with one parser, however it is started."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def test_chaos_is_listed_in_the_cli_help() -> None:
 
 
 SIM_WAYS = {
-    "python -m": [sys.executable, "-m", "raftstate.raft.sim"],
+    "python -m": [sys.executable, "-m", "raftstate.node.sim"],
     "checkout script": [sys.executable, str(ROOT / "scripts" / "simulate.py")],
 }
 

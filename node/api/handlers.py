@@ -202,8 +202,8 @@ class Api:
         """The function of client operation ``ep``: the method ``op_<name>``."""
         assert ep.stream, f"{ep.name} is not a client operation"
         fn: Operation | None = getattr(self, f"op_{ep.name}", None)
-        if fn is None:
-            raise NotImplementedError(
+        if fn is None:  # a wiring mistake, found when the node builds its routes (before serving)
+            raise TypeError(
                 f"the endpoint table names client operation {ep.name!r}: define Api.op_{ep.name}"
             )
         return fn

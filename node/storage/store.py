@@ -137,7 +137,7 @@ class MemoryStorage:
     Everything saved counts as durable, so a simulator "crashes" a node by dropping its core and
     rebuilding it from ``load()`` of the same instance (tests/driverfarm.py does, behind a view that
     loses unfinished saves). Used by node tests and tools that need the node's Storage protocol.
-    The core's harnesses (raft/sim, tests/raftnet.py) use the raft test kit's ``MemDisk`` instead:
+    The core's harnesses (node/sim, tests/raftnet.py) use the raft test kit's ``MemDisk`` instead:
     the twin of the core's persist step, with unsynced and torn writes, and no node dependency.
     """
 

@@ -3,15 +3,15 @@ clock, no threads; it imports nothing but :mod:`raftstate.raft`, and the core ne
 
 * :mod:`~raftstate.raft.testing.disk` — :class:`MemDisk` (one node's disk: synced state, snapshots
   by index), :class:`WriteBatch` (one Ready's persist step, tearable), :class:`DiskContractError`.
-  Used by raft/sim and tests/raftnet.py.
+  Used by node/sim and tests/raftnet.py.
 * :mod:`~raftstate.raft.testing.driver` — :class:`ReadyDriver`: persist → send → apply → advance,
-  Readys in flight behind an fsync, crashes that lose or tear them. Used by raft/sim and
+  Readys in flight behind an fsync, crashes that lose or tear them. Used by node/sim and
   tests/raftnet.py.
 * :mod:`~raftstate.raft.testing.partition` — :class:`Partition` and its builders (``symmetric``,
-  ``one_way``, ``isolate``, ``bridge``). Used by raft/sim, tests/raftnet.py and tests/driverfarm.py.
+  ``one_way``, ``isolate``, ``bridge``). Used by node/sim, tests/raftnet.py and tests/driverfarm.py.
 
 Like etcd-io/raft's ``rafttest``, it ships with the core for the harnesses built on it: the seeded
-simulator (:mod:`raftstate.raft.sim`), the rule-by-rule network of tests/raftnet.py, and the
+simulator (:mod:`raftstate.node.sim`), the rule-by-rule network of tests/raftnet.py, and the
 driver farm of tests/driverfarm.py, which drives the real node driver over the node's own
 ``MemoryStorage`` and so shares only the partitions.
 """

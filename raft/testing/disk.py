@@ -1,6 +1,6 @@
 """One node's disk in memory: what it has persisted *and synced*, and the writes still in flight.
 
-Who uses it: the seeded simulator (raft/sim: each SimNode's disk, crashes with unsynced and torn
+Who uses it: the seeded simulator (node/sim: each SimNode's disk, crashes with unsynced and torn
 writes) and tests/raftnet.py (each Peer's disk, for the rule-by-rule unit tests). Both reach it
 through :class:`~raftstate.raft.testing.driver.ReadyDriver`, which turns each Ready into a
 :class:`WriteBatch`; the batch reaches the disk only when its fsync completes (:meth:`MemDisk.sync`).

@@ -1,6 +1,6 @@
 """The Ready driver of the in-memory harnesses: the contract of raft/ready.py, written once.
 
-Who uses it: the seeded simulator (raft/sim: one per SimNode incarnation; when an fsync completes,
+Who uses it: the seeded simulator (node/sim: one per SimNode incarnation; when an fsync completes,
 how many batches it covers and when a node crashes are the simulator's to decide) and
 tests/raftnet.py (one per Peer; ``Net.hold``/``Net.release`` keep its Readys waiting behind a slow
 fsync). The production driver is node/driver.py (asyncio, threads, the node's Storage); the farm in

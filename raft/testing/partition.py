@@ -1,7 +1,7 @@
 """Network partitions for the test harnesses: a :class:`Partition` is a set of blocked *directed*
 links ``(src, dst)``, built by the helpers below and combined with ``|``.
 
-Who uses it: the seeded simulator (raft/sim: its Network carries one Partition at a time, drawn by
+Who uses it: the seeded simulator (node/sim: its Network carries one Partition at a time, drawn by
 the fault injector), tests/raftnet.py (``Net.block``, ``Net.isolate`` and ``Net.partition`` add a
 partition's links to the net's cut set; the rule tests build the odd shapes themselves) and
 tests/driverfarm.py (the nemesis' splits, leader isolations and one-way cuts).

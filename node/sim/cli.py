@@ -1,4 +1,4 @@
-"""Run the deterministic cluster simulator for soaks and replays: ``python -m raftstate.raft.sim``
+"""Run the deterministic cluster simulator for soaks and replays: ``python -m raftstate.node.sim``
 (from an install) or ``python scripts/simulate.py`` (a checkout) — one command, one parser.
 
     python scripts/simulate.py --seed 17 --steps 2000 --mix chaos         replay one seed (verbose)
@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import time
 
-from raftstate.raft.sim import MIXES, SimConfig, SimulationFailure, run_seed
-from raftstate.raft.sim.mutants import MUTANTS
-from raftstate.raft.sim.summary import ClassSummary
+from raftstate.node.sim import MIXES, SimConfig, SimulationFailure, run_seed
+from raftstate.node.sim.mutants import MUTANTS
+from raftstate.node.sim.summary import ClassSummary
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m raftstate.raft.sim",
+        prog="python -m raftstate.node.sim",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

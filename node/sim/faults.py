@@ -32,12 +32,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from raftstate.node.sim.network import NetConfig
 from raftstate.raft import ConfChange, ConfChangeOp, RaftError, Role
-from raftstate.raft.sim.network import NetConfig
 from raftstate.raft.testing import partition
 
 if TYPE_CHECKING:
-    from raftstate.raft.sim.cluster import Cluster
+    from raftstate.node.sim.cluster import Cluster
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,13 @@ server), cluster (the event loop: ticks, deliveries, fsync completions, clients)
 the injector), invariants (the named checks), mutants (broken cores the tests must catch), summary
 (soak reports). The disk (durable vs in-flight writes), the Ready driver and the partition builders
 are the raft test kit's (:mod:`raftstate.raft.testing`), shared with tests/raftnet.py.
+
+It lives in node/, not raft/: like the node's driver it *drives* the pure core, and a driver owns
+the seeded ``random.Random`` and the wall clock it reports with — raft/ takes both as inputs.
+May import only ``raftstate.raft`` (the core and its test kit) and itself.
 """
 
-from raftstate.raft.sim.cluster import Cluster, RunStats, SimConfig, SimulationFailure, run_seed
-from raftstate.raft.sim.faults import MIXES, Mix
+from raftstate.node.sim.cluster import Cluster, RunStats, SimConfig, SimulationFailure, run_seed
+from raftstate.node.sim.faults import MIXES, Mix
 
 __all__ = ["MIXES", "Cluster", "Mix", "RunStats", "SimConfig", "SimulationFailure", "run_seed"]

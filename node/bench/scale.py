@@ -14,9 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from clusters import raftstate_endpoints, wait_ready
-
 from raftstate.client.protocol import READY
+from raftstate.node.bench.clusters import raftstate_endpoints, wait_ready
 from raftstate.node.ops.local_cluster import LocalCluster, http, wait_until
 
 _SNAP_LOG = re.compile(r"took a snapshot at index (\d+) \((\d+) bytes, (\d+) ms\)")
@@ -78,7 +77,11 @@ def run_scale(
         leader = c.wait_leader()
         commit = c.status(leader)["commit_index"]
         for nid in c.ids:
-            wait_until(lambda nid=nid: c.status(nid)["applied_index"] >= commit, 120, f"{nid} applied")
+
+            def applied(nid: str = nid) -> bool:
+                return bool(c.status(nid)["applied_index"] >= commit)
+
+            wait_until(applied, 120, f"{nid} applied")
         time.sleep(3)  # let a snapshot in flight finish
         terms1 = max(c.status(x)["term"] for x in c.ids)
         print(f"term changes while loading: {terms1 - terms0}")

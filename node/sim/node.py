@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from raftstate.node.sim.statemachine import KVStateMachine
 from raftstate.raft import Membership, RaftNode, ReadState
-from raftstate.raft.sim.statemachine import KVStateMachine
 from raftstate.raft.testing import MemDisk, ReadyDriver
 
 

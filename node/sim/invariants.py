@@ -27,8 +27,8 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
+from raftstate.node.sim.statemachine import chain_step
 from raftstate.raft import Entry, RaftLog, SnapshotMeta
-from raftstate.raft.sim.statemachine import chain_step
 from raftstate.raft.testing.disk import MemDisk
 
 

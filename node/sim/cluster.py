@@ -32,6 +32,11 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+from raftstate.node.sim import invariants as inv
+from raftstate.node.sim.faults import MIXES, FaultInjector, Mix
+from raftstate.node.sim.network import Network
+from raftstate.node.sim.node import SimNode
+from raftstate.node.sim.statemachine import KVStateMachine, command
 from raftstate.raft import (
     ConfChange,
     ConfChangeOp,
@@ -48,11 +53,6 @@ from raftstate.raft import (
     RequestVoteResp,
     Role,
 )
-from raftstate.raft.sim import invariants as inv
-from raftstate.raft.sim.faults import MIXES, FaultInjector, Mix
-from raftstate.raft.sim.network import Network
-from raftstate.raft.sim.node import SimNode
-from raftstate.raft.sim.statemachine import KVStateMachine, command
 from raftstate.raft.testing import DiskContractError, Partition, ReadyDriver, WriteBatch
 
 # event kinds
@@ -884,7 +884,7 @@ class Cluster:
 def run_seed(cfg: SimConfig) -> RunStats:
     node_cls: Callable[..., RaftNode] = RaftNode
     if cfg.mutant:
-        from raftstate.raft.sim.mutants import MUTANTS
+        from raftstate.node.sim.mutants import MUTANTS
 
         node_cls = MUTANTS[cfg.mutant]
     return Cluster(cfg, node_cls).run()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from raftstate.raft.sim.cluster import RunStats, SimulationFailure
+from raftstate.node.sim.cluster import RunStats, SimulationFailure
 
 
 @dataclass(slots=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The load generator: one process, asyncio, N concurrent workers running one workload.
 
-    python scripts/benchlib/loadgen.py --system raftstate --endpoints http://127.0.0.1:P1,... \
+    python -m raftstate.node.bench.loadgen --system raftstate --endpoints http://127.0.0.1:P1,... \
         --workload put --concurrency 64 --duration 5 --run r1
 
 Prints ONE JSON document on stdout: ops, errors (by code), busy, retries, latencies (percentiles
@@ -22,14 +22,11 @@ import random
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from targets import EtcdTarget, OpError, RaftstateTarget, Target
+from raftstate.node.bench.targets import EtcdTarget, OpError, RaftstateTarget, Target
 
 
 def percentiles(lat_s: list[float]) -> dict[str, Any]:
