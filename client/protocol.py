@@ -131,6 +131,8 @@ class Endpoint:
     openable: bool = False
     #: the path parameter carrying the key, lock name or id (None: the path has none) — from ``path``
     param: str | None = field(init=False)
+    #: the path before and after the parameter (computed once: path_for runs on every request)
+    _around: tuple[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         params = _PARAM.findall(self.path)
@@ -138,6 +140,8 @@ class Endpoint:
         assert self.path.startswith("/") and len(params) <= 1, f"{self.name}: path {self.path!r}"
         assert not (self.stream and self.access not in (Access.READ, Access.WRITE, Access.ADMIN)), self.name
         object.__setattr__(self, "param", params[0] if params else None)
+        head, _, tail = _PARAM.sub("\0", self.path).partition("\0")
+        object.__setattr__(self, "_around", (head, tail))
 
     @property
     def canonical(self) -> str:
@@ -156,12 +160,12 @@ class Endpoint:
         seg = quote(name, safe="")
         if seg in (".", ".."):
             seg = seg.replace(".", "%2E")
-        return _PARAM.sub(lambda _: seg, self.path)
+        return seg.join(self._around)
 
     def describe(self, name: str | None = None) -> str:
         """``METHOD /path`` for messages: with ``name`` as it is (not encoded) in place of the
         parameter, "PUT /v1/kv/a b"; without, the canonical template, "PUT /v1/kv/{key}"."""
-        path = self.canonical if name is None else _PARAM.sub(lambda _: name, self.path)
+        path = self.canonical if name is None else name.join(self._around)
         return f"{self.method} {path}"
 
 
