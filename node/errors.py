@@ -1,7 +1,7 @@
 """Every error a node raises, as one tree: refusals answered to a client, and faults kept apart by
 whose they are (this node's own files and settings, or another process's answer).
 
-    NodeError                      base of every exception class defined under raftstate.node
+    NodeError                      base of every exception class of the node (not the sim/, bench/ tools)
     │
     ├── Refusal                    a request refused with a wire code: ``code`` (raftstate.client.protocol),
     │                              ``status`` (STATUS_OF[code]), ``message``, ``fields`` (extra body keys).
@@ -56,7 +56,8 @@ __all__ = ["ConfigError", "Interrupted", "LocalFault", "NodeError", "Refusal", "
 
 
 class NodeError(Exception):
-    """Base of every exception class defined under raftstate.node (tests/test_errors.py checks it)."""
+    """Base of every exception class of the node (tests/test_errors.py checks it; the tools in
+    node/sim/ and node/bench/ report their own failures to their callers)."""
 
 
 class Refusal(NodeError):

@@ -27,6 +27,12 @@ NODE_DIR = Path(raftstate.node.__file__).parent
 T0 = 1_700_000_000_000
 
 
+#: packages of tools that drive a core or a cluster from outside the node process: their failures
+#: are reports to their caller (a simulator failure is an AssertionError, so pytest shows it), not
+#: errors of a node
+TOOLS = ("sim", "bench")
+
+
 def _exception_classes() -> dict[str, type[BaseException]]:
     """Every exception class defined under node/, by ``module:qualname``: class statements are found
     in the source (so none is missed for not being imported yet), then looked up in their module."""
@@ -51,6 +57,8 @@ def _exception_classes() -> dict[str, type[BaseException]]:
     for path in sorted(NODE_DIR.rglob("*.py")):
         if path.name == "__main__.py":
             continue  # runs the CLI when imported
+        if path.relative_to(NODE_DIR).parts[0] in TOOLS:
+            continue
         parts = [part for part in path.relative_to(NODE_DIR).with_suffix("").parts if part != "__init__"]
         name = ".".join(["raftstate.node", *parts])
         visit(ast.parse(path.read_text(encoding="utf-8")), name, importlib.import_module(name), "")
