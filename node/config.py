@@ -49,6 +49,8 @@ class Settings:
     heartbeat_ms: int = 100  #: a multiple of tick_ms, less than election_timeout_ms
     election_timeout_ms: int = 500  #: base; a follower waits a random time in [e, 2e)
     snapshot_threshold: int = 10_000  #: entries applied since the last snapshot before taking a new one
+    #: SQLite page cache of the state store (MiB): the node's memory for state, whatever the key count
+    state_cache_mb: int = 64
     max_key_bytes: int = 1024
     max_value_bytes: int = 1 << 20
     max_request_bytes: int = 4 << 20  #: >= max_key_bytes + max_value_bytes

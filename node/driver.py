@@ -10,6 +10,13 @@ Two tasks share the core's output, so that a slow disk never holds up a leader's
                     installs a received snapshot, sends the remaining messages, applies committed
                     entries, answers reads, advances the core
 
+The state machine's data lives in a store of its own (node/storage/state_file.py) when the node has
+one: then a "snapshot" in the Raft sense is a point up to which the store is durable (a checkpoint),
+the snapshot file holds only a small descriptor, a lagging follower receives a copy of the store
+streamed in chunks (node/peers/snapshot_transfer.py), and entries at or below the store's applied
+index are skipped on replay (etcd's consistent index). Without one (tests, tools), the state is
+in memory and its snapshots are the canonical msgpack bytes.
+
 Incoming peer messages, proposals and ticks only *step* the core and wake the ready loop.
 Once started, blocking work (fsync, snapshot writes and reads) never runs on the event loop; the
 constructor loads the data dir synchronously, before the node serves anything.
@@ -24,11 +31,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 from raftstate.node.errors import Interrupted, Refusal
 from raftstate.node.runtime.deadlines import Deadlines
 from raftstate.node.state.machine import KVStateMachine
+from raftstate.node.state.tables import StateTables
+from raftstate.node.storage.errors import StorageCorruption
+from raftstate.node.storage.state_file import StateFile, StoreDescriptor
 from raftstate.node.storage.store import Storage
 from raftstate.raft import (
     ConfChange,
@@ -55,6 +66,12 @@ APPLY_YIELD_EVERY = 2000
 class Transport(Protocol):
     def send(self, msg: Message) -> None: ...
     def update_peers(self, addresses: dict[str, str]) -> None: ...
+
+
+class SnapshotSender(Protocol):
+    """Streams a copy of the state store to a follower (node/peers/snapshot_transfer.py)."""
+
+    async def send(self, address: str, msg: InstallSnapshot, path: Path) -> None: ...
 
 
 class ProposalLost(Interrupted):
@@ -92,20 +109,29 @@ class RaftDriver:
         transport: Transport,
         settings: DriverSettings,
         state_machine: KVStateMachine | None = None,
+        state_file: StateFile | None = None,
+        snapshot_sender: SnapshotSender | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         on_fsync: Callable[[float], None] | None = None,
         seed: int | None = None,
     ) -> None:
+        """``state_file``: the store the state lives in (then ``snapshot_sender`` ships copies of it
+        to followers); without one the state is in memory (``state_machine``, or a new one)."""
         self.id = node_id
         self.storage = storage
         self.transport = transport
         self.settings = settings
+        self.state_file = state_file
+        self.snapshot_sender = snapshot_sender
+        if state_file is not None:
+            assert state_machine is None, "the state machine of a state file is opened here"
+            state_machine = KVStateMachine(StateTables(state_file.connect()))
         self.sm = state_machine or KVStateMachine()
         self.clock_ms = clock_ms
         self.on_fsync = on_fsync
         loaded = storage.load()
-        if loaded.snapshot_data is not None:
-            self.sm.restore(loaded.snapshot_data)
+        if loaded.snapshot_data is not None and loaded.persisted.snapshot is not None:
+            self._take_up_snapshot(loaded.persisted.snapshot.index, loaded.snapshot_data)
         self.raft = RaftNode(
             node_id,
             bootstrap=bootstrap,
@@ -128,6 +154,8 @@ class RaftDriver:
         self._term_changes_in_flight = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._snapshotting = False
+        #: followers a copy of the store is being sent to (one transfer per follower at a time)
+        self._sending_to: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._stopped = False
         self.last_contact_ms: dict[str, int] = {}
@@ -376,6 +404,8 @@ class RaftDriver:
                 entries.extend(rd.entries)
         if hard_state is None and not entries and snapshot is None:
             return
+        if snapshot is not None and self.state_file is not None:
+            snapshot = replace(snapshot, data=await self._install_store(snapshot.meta.index, snapshot.data))
         t0 = time.perf_counter()
         await asyncio.to_thread(self.storage.save, hard_state, entries, snapshot)
         if self.on_fsync is not None:
@@ -389,7 +419,9 @@ class RaftDriver:
         one's advance(); reads are answered only after this Ready's entries are applied; and what
         runs meanwhile sees the state after a whole entry, as between any two Readys."""
         if rd.snapshot is not None:
-            self.sm.restore(rd.snapshot.data)
+            if self.state_file is None:
+                self.sm.restore(rd.snapshot.data)
+            # else: the received store was installed before the snapshot was saved (_persist)
             self.snapshot_index = rd.snapshot.meta.index
             log.info(
                 "node %s installed a snapshot at index %d from the leader", self.id, rd.snapshot.meta.index
@@ -401,6 +433,12 @@ class RaftDriver:
         for out in rd.messages:
             self._send(out.msg)
         for k, e in enumerate(rd.committed, 1):
+            if e.index <= self.sm.applied_index:
+                # The store already holds this entry (it was durable before a restart, or came in
+                # a received store that is ahead of the snapshot's index): applying it again would
+                # apply it twice. Only a store can be ahead of the core.
+                assert self.state_file is not None, (e.index, self.sm.applied_index)
+                continue
             # The core checked the run when it made the Ready; this is the other side of the pair.
             assert e.index == self.sm.applied_index + 1, (
                 f"node {self.id}: committed entries are applied once each, in log order, with no gap: "
@@ -408,7 +446,9 @@ class RaftDriver:
             )
             self._apply(e)
             if k % APPLY_YIELD_EVERY == 0:
+                self.sm.flush()
                 await asyncio.sleep(0)
+        self.sm.flush()  # the applied index is committed with what it covers
         for rs in rd.reads:
             assert rs.index <= self.sm.applied_index, (
                 f"node {self.id}: a linearizable read is answered only once its index is applied "
@@ -449,6 +489,9 @@ class RaftDriver:
         task.add_done_callback(self._background.discard)
 
     async def _send_snapshot(self, msg: InstallSnapshot) -> None:
+        if self.state_file is not None:
+            await self._send_store(msg)
+            return
         try:
             stored = await asyncio.to_thread(self.storage.snapshot_data)
         except Exception:
@@ -510,17 +553,135 @@ class RaftDriver:
         applied = self.sm.applied_index  # the core may have handed out entries not applied yet
         if applied < self.raft.log.snapshot_index:
             return  # a snapshot from the leader is queued for install: ours would be older
-        # A snapshot costs time proportional to the state; entries since the last one, to the
-        # write rate. Waiting for at least a quarter of the key count between snapshots keeps the
-        # cost per write bounded: at 1M keys a 10k-entry threshold meant snapshotting non-stop.
-        due = max(self.settings.snapshot_threshold, len(self.sm.keys) // 4)
-        if self._snapshotting or applied - self.snapshot_index < due:
+        if self._snapshotting or applied - self.snapshot_index < self._snapshot_every():
             return
         self._snapshotting = True
+        if self.state_file is not None:
+            self._spawn(self._checkpoint())
+            return
         meta = self.raft.snapshot_meta(applied)
         # The state as of ``applied`` (cheap copies, on the loop); encoded in a thread.
         build = self.sm.snapshot_later()
         self._spawn(self._write_snapshot(meta.index, meta, build))
+
+    def _snapshot_every(self) -> int:
+        if self.state_file is not None:
+            return self.settings.snapshot_threshold  # a checkpoint costs the writes since the last
+        # An in-memory snapshot costs time proportional to the state: waiting for at least a
+        # quarter of the key count between snapshots keeps the cost per write bounded.
+        return max(self.settings.snapshot_threshold, len(self.sm.keys) // 4)
+
+    def _take_up_snapshot(self, index: int, data: bytes) -> None:
+        """At start: the stored snapshot (at ``index``) and the state agree, or the node refuses."""
+        desc = StoreDescriptor.decode(data)
+        if self.state_file is None:
+            if desc is not None:
+                raise RuntimeError(f"the snapshot at {index} describes a state store, and this node has none")
+            self.sm.restore(data)
+            return
+        if desc is None:
+            # A whole state (a node from before the store, or a restored backup): import it once.
+            if self.sm.applied_index < index:
+                self.sm.restore(data)
+                log.info("node %s imported the state of the snapshot at %d into its store", self.id, index)
+            return
+        if self.sm.applied_index < index:
+            raise StorageCorruption(
+                self.state_file.path,
+                f"the state store is at applied index {self.sm.applied_index}, behind the snapshot at "
+                f"{index}: the log before {index} is gone, so the state cannot be rebuilt here",
+            )
+
+    async def _checkpoint(self) -> None:
+        """Make the store durable, then let the log go up to the index it now covers."""
+        assert self.state_file is not None
+        try:
+            t0 = time.perf_counter()
+            durable = await asyncio.to_thread(self.state_file.checkpoint)
+            if durable is None:
+                return
+            index = min(durable, self.raft.applied_index)
+            if index <= max(self.snapshot_index, self.raft.log.snapshot_index):
+                return
+            meta = self.raft.snapshot_meta(index)
+            await asyncio.to_thread(self.storage.save_snapshot, meta, StoreDescriptor(index).encode())
+            self.raft.compact(index)
+            self.snapshot_index = max(self.snapshot_index, index)
+            log.info(
+                "node %s: its state store is durable at index %d (checkpoint and snapshot %.0f ms)",
+                self.id,
+                index,
+                (time.perf_counter() - t0) * 1000,
+            )
+        except Exception:
+            log.exception("node %s failed to checkpoint its state store; will retry", self.id)
+        finally:
+            self._snapshotting = False
+
+    async def _send_store(self, msg: InstallSnapshot) -> None:
+        """A follower needs the whole state: send it a consistent copy of the store, in chunks on a
+        connection of its own (heartbeats never wait behind it). The copy may be newer than the
+        snapshot's index; the follower then skips the entries the copy already holds."""
+        assert self.state_file is not None
+        address = self.addresses.get(msg.dst)
+        if msg.dst in self._sending_to or address is None or self.snapshot_sender is None:
+            return
+        self._sending_to.add(msg.dst)
+        copy: Path | None = None
+        try:
+            t0 = time.perf_counter()
+            copy, index = await asyncio.to_thread(self.state_file.copy_to, self.state_file.directory)
+            size = copy.stat().st_size
+            log.info("node %s sends its state (index %d, %d bytes) to %s", self.id, index, size, msg.dst)
+            await self.snapshot_sender.send(address, replace(msg, data=StoreDescriptor(index).encode()), copy)
+            log.info(
+                "node %s sent its state at index %d to %s in %.1f s",
+                self.id,
+                index,
+                msg.dst,
+                time.perf_counter() - t0,
+            )
+        except Exception as exc:
+            log.warning(
+                "node %s could not send its state to %s (%s); the leader retries", self.id, msg.dst, exc
+            )
+        finally:
+            self._sending_to.discard(msg.dst)
+            if copy is not None:
+                copy.unlink(missing_ok=True)
+
+    def receive_store(self, msg: InstallSnapshot, path: Path) -> None:
+        """A copy of the leader's store arrived (complete, checksummed, fsynced) at ``path``, which
+        is now ours: hand the snapshot to the core; it is installed if the core still wants it."""
+        desc = StoreDescriptor.decode(msg.data)
+        if self._stopped or desc is None or self.state_file is None:
+            log.warning("node %s: a state copy from %s cannot be used here; dropped", self.id, msg.src)
+            path.unlink(missing_ok=True)
+            return
+        self.step(replace(msg, data=replace(desc, file=str(path)).encode()))
+
+    async def _install_store(self, index: int, data: bytes) -> bytes:
+        """Install a received copy of the store (the snapshot at ``index`` points at it) before the
+        snapshot is saved and the log discarded: a crash in between leaves the new store with the
+        old log, whose entries the store's applied index then skips. Returns what to save."""
+        assert self.state_file is not None
+        desc = StoreDescriptor.decode(data)
+        if desc is None or desc.file is None:
+            raise RuntimeError(f"the snapshot at {index} carries no state store copy to install")
+        path = Path(desc.file)
+        copy_index = await asyncio.to_thread(self.state_file.check_copy, path)
+        if copy_index < index:
+            raise StorageCorruption(
+                path, f"the state copy is at index {copy_index}, before its snapshot's {index}"
+            )
+        await asyncio.to_thread(self.state_file.checkpoint)  # so that closing copies nothing on the loop
+        # One step on the loop, no await: no read ever sees a closed store.
+        self.sm.tables.conn.close()
+        self.state_file.replace_with(path)
+        self.sm.reopen(StateTables(self.state_file.connect()))
+        await asyncio.to_thread(self.state_file.sync_dir)
+        log.info("node %s installed the leader's state store at index %d", self.id, copy_index)
+        return StoreDescriptor(copy_index).encode()
 
     async def _write_snapshot(self, index: int, meta: Any, build: Callable[[], bytes]) -> None:
         try:

@@ -28,6 +28,7 @@ from raftstate.node.runtime.clock import NodeClock
 from raftstate.node.runtime.cluster_time import ClusterTime
 from raftstate.node.runtime.sweeper import ExpirySweeper
 from raftstate.node.security.node_security import NodeSecurity
+from raftstate.node.storage.state_file import StateFile
 from raftstate.node.storage.store import DiskStorage, Storage
 from raftstate.node.test_hooks import TestHooks
 from raftstate.raft import Membership, Role
@@ -98,6 +99,9 @@ class NodeServer:
             bootstrap=bootstrap,
             storage=self.storage,
             transport=self.transport,
+            state_file=StateFile(
+                disk.path / "state", cache_mb=s.state_cache_mb, on_fsync=self.metrics.fsync_seconds.observe
+            ),
             settings=DriverSettings(
                 tick_ms=s.tick_ms, snapshot_threshold=s.snapshot_threshold, raft=s.raft_settings
             ),

@@ -263,7 +263,7 @@ class _LiveKeys(Mapping[str, Record]):
         return rec
 
     def __iter__(self) -> Iterator[str]:
-        return (k for k in list(self._keys.data) if self._keys.live(k, self._now) is not None)
+        return (k for k in self._keys.names() if self._keys.live(k, self._now) is not None)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)

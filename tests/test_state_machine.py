@@ -164,7 +164,7 @@ def test_sweep_rechecks_expiry_at_its_own_entry_time() -> None:
     log.ok(SetKey("b", 2, ttl_ms=1000), T0 + 50)  # renewed before the sweep applies
     assert due is not None
     assert log.ok(due, T0 + 100) == {"keys": 1, "locks": 0, "sessions": 0}
-    assert sorted(log.sm.keys.data) == ["b", "keep"]
+    assert log.sm.keys.names() == ["b", "keep"]
     assert log.sm.due(T0 + 100, 10) is None
     assert log.sm.due(T0 + 1050, 10) == Expire(("b",))
 
@@ -411,13 +411,22 @@ def test_a_snapshot_of_the_node_issue_format_restores() -> None:
     assert rec is not None and (rec.value, rec.version) == ("x", 7)
 
 
-def test_expiry_index_stays_bounded_when_a_key_is_rewritten_forever() -> None:
+def test_expiry_index_stays_bounded_when_a_lock_is_renewed_forever() -> None:
     log = Log()
+    token = log.ok(AcquireLock("L", "me", ttl_ms=1_000_000), T0)["token"]
     for i in range(5000):
-        log.ok(SetKey("k", i, ttl_ms=1_000_000), T0 + i)
-    idx: ExpiryIndex[str] = log.sm.keys._expiry
+        log.ok(RenewLock("L", token), T0 + i)
+    idx: ExpiryIndex[str] = log.sm.locks._expiry
     assert len(idx) <= 2 * 1 + 1024 + 1
-    assert log.sm.due(T0 + 1_005_000, 10) == Expire(("k",))
+    assert log.sm.due(T0 + 1_005_000, 10) == Expire((), ("L",))
+
+
+def test_a_key_rewritten_forever_is_due_once_at_its_last_expiry() -> None:
+    log = Log()
+    for i in range(500):
+        log.ok(SetKey("k", i, ttl_ms=1_000_000), T0 + i)
+    assert log.sm.due(T0 + 1_000_498, 10) is None
+    assert log.sm.due(T0 + 1_000_499, 10) == Expire(("k",))
 
 
 # Random operation sequences. Small name spaces so that operations collide; times advance by random

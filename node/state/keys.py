@@ -10,16 +10,21 @@ removes it has been applied yet. Reads never change anything (they run at differ
 different nodes); only apply removes expired keys: when they are overwritten or deleted, or when
 the leader's sweep (:meth:`KeyStore.expire`) names them.
 
+Storage: the ``kv`` table of state/tables.py, ordered by the key's UTF-8 bytes (the code point
+order the API lists in); the sweep asks the ``kv_expiry`` index. Nothing per key is held in memory,
+so the cost of an operation does not grow with the number of keys (O(log n) page lookups), and
+values stay the msgpack bytes they were written as until a client reads them.
+
 Invariants: ``version`` is the log index of the key's last change (so versions only grow);
-``_sorted`` holds exactly the stored keys, in order.
+``count`` is the number of stored rows (kept here: ``count(*)`` is a full scan in SQLite).
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Final
+
+import msgpack
 
 from raftstate.client import protocol as p
 from raftstate.node.errors import Refusal
@@ -31,74 +36,127 @@ from raftstate.node.state.commands import (
     SetKey,
     to_seconds,
 )
-from raftstate.node.state.expiry import ExpiryIndex
+from raftstate.node.state.tables import StateTables
 
-__all__ = ["KeyStore", "Record"]
+__all__ = ["KeyStore", "Record", "pack_value"]
+
+#: rows fetched per step of a listing (expired rows are skipped, so a page may need several)
+_SCAN_STEP: Final = 256
 
 
-@dataclass(slots=True)
+def pack_value(value: Any) -> bytes:
+    out: bytes = msgpack.packb(value, use_bin_type=True)
+    return out
+
+
 class Record:
-    value: Any
-    #: log index of the last change
-    version: int
-    #: cluster time (ms) from which the key is gone; None: never expires
-    expires_at_ms: int | None = None
+    """A stored key as of a read: its value is decoded from ``raw`` on first use."""
+
+    __slots__ = ("_value", "expires_at_ms", "raw", "version")
+
+    def __init__(self, raw: bytes, version: int, expires_at_ms: int | None = None) -> None:
+        self.raw = raw
+        #: log index of the last change
+        self.version = version
+        #: cluster time (ms) from which the key is gone; None: never expires
+        self.expires_at_ms = expires_at_ms
+        self._value: Any = _UNDECODED
+
+    @property
+    def value(self) -> Any:
+        if self._value is _UNDECODED:
+            self._value = msgpack.unpackb(self.raw, raw=False)
+        return self._value
 
     def live_at(self, now_ms: int) -> bool:
         return self.expires_at_ms is None or now_ms < self.expires_at_ms
 
+    def __repr__(self) -> str:
+        return f"Record({self.value!r}, version={self.version}, expires_at_ms={self.expires_at_ms})"
+
+
+_UNDECODED: Final = object()
+
 
 class KeyStore:
-    def __init__(self) -> None:
-        self.data: dict[str, Record] = {}
-        self._sorted: list[str] = []
-        self._expiry: ExpiryIndex[str] = ExpiryIndex(self._expiry_of)
+    def __init__(self, tables: StateTables) -> None:
+        self._t = tables
+        self._db = tables.conn
+        self.count = int(tables.meta("key_count") or 0)
 
     def __len__(self) -> int:
-        return len(self.data)
+        return self.count
+
+    def save_count(self) -> None:
+        """Written with every commit (state/machine.py ``flush``)."""
+        self._t.set_meta("key_count", self.count)
 
     # ----------------------------------------------------------------- reads (pure)
 
+    def stored(self, key: str) -> Record | None:
+        """The stored row, live or expired-but-unswept."""
+        row = self._db.execute(
+            "SELECT value, version, expires_at FROM kv WHERE key = ?", (key.encode(),)
+        ).fetchone()
+        return None if row is None else Record(row[0], row[1], row[2])
+
     def live(self, key: str, now_ms: int) -> Record | None:
-        rec = self.data.get(key)
+        rec = self.stored(key)
         return rec if rec is not None and rec.live_at(now_ms) else None
 
     def scan(self, prefix: str, after: str | None, limit: int, now_ms: int) -> tuple[list[str], str | None]:
         """Live keys starting with ``prefix``, sorted, after ``after``; at most ``limit``. Returns
         (keys, next): ``next`` is the last key returned when more may follow, else None."""
         assert limit >= 1
-        start = bisect.bisect_left(self._sorted, prefix)
-        if after is not None:
-            start = max(start, bisect.bisect_right(self._sorted, after))
         out: list[str] = []
-        for key in self._iter_from(start, prefix):
-            if not self.data[key].live_at(now_ms):
-                continue
+        for key in self._live_keys(prefix, after, now_ms):
             if len(out) == limit:
                 return out, out[-1]
             out.append(key)
         return out, None
 
-    def due(self, now_ms: int, limit: int) -> list[str]:
-        """Stored keys that have expired by ``now_ms`` (for the leader's sweep)."""
-        return self._expiry.due(now_ms, limit)
+    def names(self) -> list[str]:
+        """Every stored key, sorted (tests and tools; a full scan)."""
+        return [k.decode() for (k,) in self._db.execute("SELECT key FROM kv ORDER BY key")]
 
-    def _iter_from(self, start: int, prefix: str) -> Iterator[str]:
-        for i in range(start, len(self._sorted)):
-            key = self._sorted[i]
-            if not key.startswith(prefix):
+    def due(self, now_ms: int, limit: int) -> list[str]:
+        """Stored keys that have expired by ``now_ms``, earliest first (for the leader's sweep)."""
+        rows = self._db.execute(
+            "SELECT key FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ? "
+            "ORDER BY expires_at, key LIMIT ?",
+            (now_ms, limit),
+        )
+        return [k.decode() for (k,) in rows]
+
+    def _live_keys(self, prefix: str, after: str | None, now_ms: int) -> Iterator[str]:
+        low = prefix.encode()
+        high = _prefix_end(low)
+        start = low if after is None or after.encode() < low else after.encode()
+        strict = after is not None and start == after.encode()
+        while True:
+            rows = self._db.execute(
+                f"SELECT key, expires_at FROM kv WHERE key {'>' if strict else '>='} ? "
+                + ("AND key < ? " if high is not None else "")
+                + "ORDER BY key LIMIT ?",
+                (start, high, _SCAN_STEP) if high is not None else (start, _SCAN_STEP),
+            ).fetchall()
+            for key, expires in rows:
+                if expires is None or now_ms < expires:
+                    yield key.decode()
+            if len(rows) < _SCAN_STEP:
                 return
-            yield key
+            start, strict = rows[-1][0], True
 
     # ----------------------------------------------------------------- apply
 
     def set(self, index: int, now_ms: int, op: SetKey) -> dict[str, Any]:
-        rec = self.live(op.key, now_ms)
+        stored = self.stored(op.key)
+        rec = stored if stored is not None and stored.live_at(now_ms) else None
         if op.if_absent and rec is not None:
             return {"version": rec.version, "created": False, "expires_at": to_seconds(rec.expires_at_ms)}
         self._check_version(op.key, rec, op.if_version)
         expires = now_ms + op.ttl_ms if op.ttl_ms is not None else op.expires_at_ms
-        self._put(op.key, Record(op.value, index, expires))
+        self._put(op.key, pack_value(op.value), index, expires, new=stored is None)
         return {"version": index, "created": rec is None, "expires_at": to_seconds(expires)}
 
     def delete(self, now_ms: int, op: DeleteKey) -> dict[str, Any]:
@@ -108,7 +166,8 @@ class KeyStore:
         return {"deleted": rec is not None}
 
     def increment(self, index: int, now_ms: int, op: Increment) -> dict[str, Any]:
-        rec = self.live(op.key, now_ms)
+        stored = self.stored(op.key)
+        rec = stored if stored is not None and stored.live_at(now_ms) else None
         current = 0 if rec is None else rec.value
         if isinstance(current, bool) or not isinstance(current, int):
             raise Refusal(
@@ -132,44 +191,43 @@ class KeyStore:
             expires = op.expires_at_ms
         else:
             expires = rec.expires_at_ms if rec is not None else None
-        self._put(op.key, Record(new, index, expires))
+        self._put(op.key, pack_value(new), index, expires, new=stored is None)
         return {"value": new, "version": index, "expires_at": to_seconds(expires)}
 
     def expire(self, keys: tuple[str, ...], now_ms: int) -> int:
         """The sweep: remove each named key that has expired at ``now_ms``. Returns how many."""
         removed = 0
         for key in keys:
-            rec = self.data.get(key)
-            if rec is not None and not rec.live_at(now_ms):
-                self._remove(key)
-                removed += 1
+            cur = self._db.execute(
+                "DELETE FROM kv WHERE key = ? AND expires_at IS NOT NULL AND expires_at <= ?",
+                (key.encode(), now_ms),
+            )
+            removed += cur.rowcount
+        self.count -= removed
         return removed
 
     # ----------------------------------------------------------------- snapshots
 
+    def raw_rows(self) -> Iterator[tuple[str, bytes, int, int | None]]:
+        """Canonical: sorted by key; values as their stored msgpack bytes."""
+        for k, v, ver, exp in self._db.execute("SELECT key, value, version, expires_at FROM kv ORDER BY key"):
+            yield k.decode(), v, ver, exp
+
     def rows(self) -> list[list[Any]]:
-        """Canonical: sorted by key."""
-        return list(self.rows_later()[1]())
-
-    def rows_later(self) -> tuple[int, Callable[[], Iterator[list[Any]]]]:
-        """How many rows, and the rows as they are now, produced later one by one (in a thread
-        while applies go on, never all in memory at once): only shallow copies are taken here —
-        safe because a Record is replaced on every change, never mutated."""
-        data, order = dict(self.data), list(self._sorted)
-
-        def rows() -> Iterator[list[Any]]:
-            for k in order:
-                r = data[k]
-                yield [k, r.value, r.version, r.expires_at_ms]
-
-        return len(order), rows
+        """Canonical: sorted by key, values decoded."""
+        return [[k, msgpack.unpackb(v, raw=False), ver, exp] for k, v, ver, exp in self.raw_rows()]
 
     def restore(self, rows: list[list[Any]]) -> None:
-        self.data = {
-            str(k): Record(v, int(ver), None if exp is None else int(exp)) for k, v, ver, exp in rows
-        }
-        self._sorted = sorted(self.data)
-        self._expiry.rebuild(self._expiring())
+        """Replace every key (inside the caller's transaction)."""
+        self._db.execute("DELETE FROM kv")
+        self._db.executemany(
+            "INSERT INTO kv(key, value, version, expires_at) VALUES (?, ?, ?, ?)",
+            (
+                (str(k).encode(), pack_value(v), int(ver), None if exp is None else int(exp))
+                for k, v, ver, exp in rows
+            ),
+        )
+        self.count = len(rows)
 
     # ----------------------------------------------------------------- helpers
 
@@ -187,27 +245,26 @@ class KeyStore:
             version=None if rec is None else rec.version,
         )
 
-    def _put(self, key: str, rec: Record) -> None:
-        if key not in self.data:
-            bisect.insort(self._sorted, key)
-        self.data[key] = rec
-        if rec.expires_at_ms is not None:
-            self._expiry.add(rec.expires_at_ms, key, size=len(self.data), live=self._expiring)
+    def _put(self, key: str, raw: bytes, version: int, expires: int | None, *, new: bool) -> None:
+        self._t.begin()
+        self._db.execute(
+            "INSERT OR REPLACE INTO kv(key, value, version, expires_at) VALUES (?, ?, ?, ?)",
+            (key.encode(), raw, version, expires),
+        )
+        if new:
+            self.count += 1
 
     def _remove(self, key: str) -> None:
-        if self.data.pop(key, None) is not None:
-            i = bisect.bisect_left(self._sorted, key)
-            assert self._sorted[i] == key, key
-            del self._sorted[i]
+        self._t.begin()
+        self.count -= self._db.execute("DELETE FROM kv WHERE key = ?", (key.encode(),)).rowcount
 
-    def _expiry_of(self, key: str) -> int | None:
-        rec = self.data.get(key)
-        return None if rec is None else rec.expires_at_ms
 
-    def _expiring(self) -> Iterator[tuple[int, str]]:
-        for k, r in self.data.items():
-            if r.expires_at_ms is not None:
-                yield r.expires_at_ms, k
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest byte string greater than every string starting with ``prefix`` (None: none)."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return None
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
 
 
 def _kind(value: Any) -> str:

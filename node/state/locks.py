@@ -63,6 +63,8 @@ class LockTable:
     def __init__(self) -> None:
         self.locks: dict[str, Lock] = {}
         self._expiry: ExpiryIndex[str] = ExpiryIndex(self._expiry_of)
+        #: names changed since the last :meth:`take_dirty` (the store writes only those rows)
+        self._dirty: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.locks)
@@ -115,17 +117,20 @@ class LockTable:
             raise self._lost(op.name, op.token, lk, f"renew lock {op.name!r}")
         lk.ttl_ms = op.ttl_ms if op.ttl_ms is not None else lk.ttl_ms
         lk.expires_at_ms = now_ms + lk.ttl_ms
+        self._dirty.add(op.name)
         self._expiry.add(lk.expires_at_ms, op.name, size=len(self.locks), live=self._expiring)
         return {"expires_at": to_seconds(lk.expires_at_ms)}
 
     def release(self, now_ms: int, op: ReleaseLock) -> dict[str, Any]:
         lk = self.held(op.name, now_ms)
         if lk is None:
-            self.locks.pop(op.name, None)  # an expired lease the sweep has not reached yet
+            if self.locks.pop(op.name, None) is not None:  # an expired lease not swept yet
+                self._dirty.add(op.name)
             return {"released": False}
         if lk.token != op.token:
             raise self._lost(op.name, op.token, lk, f"release lock {op.name!r}")
         del self.locks[op.name]
+        self._dirty.add(op.name)
         return {"released": True}
 
     def check_fence(self, fence: Fence, key: str, now_ms: int) -> None:
@@ -143,17 +148,26 @@ class LockTable:
             lk = self.locks.get(name)
             if lk is not None and not lk.held_at(now_ms):
                 del self.locks[name]
+                self._dirty.add(name)
                 removed += 1
         return removed
 
     # ----------------------------------------------------------------- snapshots
 
     def rows(self) -> list[list[Any]]:
-        return [[n, lk.owner, lk.token, lk.expires_at_ms, lk.ttl_ms] for n, lk in sorted(self.locks.items())]
+        return [_row(n, lk) for n, lk in sorted(self.locks.items())]
 
     def restore(self, rows: list[list[Any]]) -> None:
+        self._dirty.update(self.locks)
         self.locks = {str(n): Lock(str(o), int(t), int(e), int(ttl)) for n, o, t, e, ttl in rows}
+        self._dirty.update(self.locks)
         self._expiry.rebuild(self._expiring())
+
+    def take_dirty(self) -> list[tuple[str, list[Any] | None]]:
+        """The rows changed since the last call: (name, row), row None when the lock is gone."""
+        out = [(n, _row(n, self.locks[n]) if n in self.locks else None) for n in sorted(self._dirty)]
+        self._dirty.clear()
+        return out
 
     # ----------------------------------------------------------------- helpers
 
@@ -173,6 +187,7 @@ class LockTable:
 
     def _put(self, name: str, lk: Lock) -> None:
         self.locks[name] = lk
+        self._dirty.add(name)
         self._expiry.add(lk.expires_at_ms, name, size=len(self.locks), live=self._expiring)
 
     def _expiry_of(self, name: str) -> int | None:
@@ -182,3 +197,7 @@ class LockTable:
     def _expiring(self) -> Iterator[tuple[int, str]]:
         for n, lk in self.locks.items():
             yield lk.expires_at_ms, n
+
+
+def _row(name: str, lk: Lock) -> list[Any]:
+    return [name, lk.owner, lk.token, lk.expires_at_ms, lk.ttl_ms]

@@ -9,6 +9,7 @@ never raised), the same on every replica, and changes nothing.
 The state is split by concept, each module holding its own rules:
 
     commands.py      the command schema, encoding and validation (shared with the API)
+    tables.py        the SQLite tables the state lives in (a file on a node, memory in tests)
     keys.py          keys: versions, expiry, counters, listing
     locks.py         leases with fencing tokens
     sessions.py      exactly-once writes (remembered outcomes)
@@ -16,6 +17,11 @@ The state is split by concept, each module holding its own rules:
 
 Apply order for a command: decode → session admission (maybe the remembered outcome) → fence →
 the operation → remember the outcome in the session.
+
+Durability: apply writes into one open transaction; :meth:`KVStateMachine.flush` commits it with
+``applied_index`` and ``time_ms`` (the driver flushes after every batch of applied entries), so the
+committed state is always the state after exactly ``applied_index`` — a restart opens the store
+and replays only the log after it (node/storage/state_file.py makes it durable).
 
 Cluster time: ``time_ms`` is the largest entry time applied so far (entry times never decrease
 along the log, and this max keeps it so across snapshot installs). Reads pass their own ``now_ms``
@@ -25,7 +31,8 @@ along the log, and this max keeps it so across snapshot installs). Reads pass th
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import msgpack
@@ -49,6 +56,7 @@ from raftstate.node.state.commands import (
 from raftstate.node.state.keys import KeyStore, Record
 from raftstate.node.state.locks import Lock, LockTable
 from raftstate.node.state.sessions import Outcome, SessionTable
+from raftstate.node.state.tables import StateTables
 
 __all__ = ["KVStateMachine", "Record", "encode_command"]
 
@@ -67,14 +75,38 @@ def encode_command(op: str, **args: Any) -> bytes:
 class KVStateMachine:
     """Keys, locks and sessions; the job-state machine of the node."""
 
-    def __init__(self) -> None:
-        self.keys = KeyStore()
+    def __init__(self, tables: StateTables | None = None) -> None:
+        """The state stored in ``tables`` (default: a new in-memory database)."""
+        self.reopen(tables if tables is not None else StateTables.in_memory())
+
+    def reopen(self, tables: StateTables) -> None:
+        """Take up the state stored in ``tables`` (at start, and after a new store was installed)."""
+        self.tables = tables
+        self.keys = KeyStore(self.tables)
         self.locks = LockTable()
         self.sessions = SessionTable()
-        #: index of the last entry applied (any kind); snapshots record it
-        self.applied_index = 0
+        self.locks.restore([msgpack.unpackb(r, raw=False) for _, r in self.tables.read_rows("locks", "name")])
+        self.sessions.restore(
+            [msgpack.unpackb(r, raw=False) for _, r in self.tables.read_rows("sessions", "id")]
+        )
+        self.locks.take_dirty()
+        self.sessions.take_dirty()
+        #: index of the last entry applied (any kind); committed with the data (:meth:`flush`)
+        self.applied_index = int(self.tables.meta("applied_index") or 0)
         #: cluster time of the last applied entry (ms); never decreases
-        self.time_ms = 0
+        self.time_ms = int(self.tables.meta("time_ms") or 0)
+
+    def flush(self) -> None:
+        """Commit everything applied since the last flush, with the applied index it reached."""
+        t = self.tables
+        if not t.conn.in_transaction:
+            return
+        t.set_meta("applied_index", self.applied_index)
+        t.set_meta("time_ms", self.time_ms)
+        self.keys.save_count()
+        t.write_rows("locks", "name", ((n, _packed(r)) for n, r in self.locks.take_dirty()))
+        t.write_rows("sessions", "id", ((i, _packed(r)) for i, r in self.sessions.take_dirty()))
+        t.commit()
 
     # ----------------------------------------------------------------- apply
 
@@ -102,6 +134,7 @@ class KVStateMachine:
     def advance_to(self, index: int, time_ms: int) -> None:
         """Every entry moves index and time, also one that carries no command (no-op, membership)."""
         assert index > self.applied_index, f"apply out of order: {index} after {self.applied_index}"
+        self.tables.begin()
         self.applied_index = index
         self.time_ms = max(self.time_ms, time_ms)
 
@@ -113,6 +146,10 @@ class KVStateMachine:
             return self._dispatch(index, now, cmd.op)
         except Refusal as exc:
             return exc
+        except sqlite3.Error:
+            # The store failed (disk full, I/O error, corruption): not an outcome of the command,
+            # and this replica alone sees it. Stop (the driver's fatal path); a restart replays.
+            raise
         except Exception as exc:
             # A bug, not bad input (commands were validated): deterministic all the same — every
             # replica runs the same code on the same command — so answer it instead of stopping.
@@ -186,35 +223,41 @@ class KVStateMachine:
         return self.snapshot_later()()
 
     def snapshot_later(self) -> Callable[[], bytes]:
-        """``snapshot()`` of the state as it is NOW, encoded when the returned function is called —
-        in a thread, while the loop goes on applying. Here only shallow copies are taken (tens of
-        ms at 1M keys); building and encoding 1M rows on the loop took over a second and stalled
-        heartbeats."""
-        n_keys, key_rows = self.keys.rows_later()
+        """``snapshot()`` of the state as it is NOW: the canonical bytes, built at once (the rows
+        come from the store in key order, values packed as the bytes they are stored as). A node
+        with a state file never calls this on the loop: its snapshots are the store itself
+        (node/storage/state_file.py); this serves in-memory state, digests, backups and tests."""
+        data = self._encode()
+        return lambda: data
+
+    def _encode(self) -> bytes:
+        return b"".join(self.snapshot_chunks())
+
+    def snapshot_chunks(self, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+        """The bytes of :meth:`snapshot` in pieces of about ``chunk_bytes`` (a digest of millions of
+        keys never holds them all). The same bytes as packb({**head, "keys": rows, ...}), packed
+        row by row: a stored value is already the msgpack of the value, so it is copied as is."""
         head = (("format", SNAPSHOT_FORMAT), ("applied_index", self.applied_index), ("time_ms", self.time_ms))
-        locks, sessions = self.locks.rows(), self.sessions.rows()
-
-        def build() -> bytes:
-            # The same bytes as packb({**head, "keys": rows, "locks": ..., "sessions": ...}), but
-            # packed row by row into one buffer: one packb call over 1M rows holds the GIL for a
-            # second or more (and the loop thread with it), and a list of every row cost ~150 MB.
-            packer = msgpack.Packer(use_bin_type=True, autoreset=True)
-            buf = bytearray(packer.pack_map_header(len(head) + 3))
-            for name, value in head:
-                buf += packer.pack(name)
-                buf += packer.pack(value)
-            for name, count, rows in (
-                ("keys", n_keys, key_rows()),
-                ("locks", len(locks), iter(locks)),
-                ("sessions", len(sessions), iter(sessions)),
-            ):
-                buf += packer.pack(name)
-                buf += packer.pack_array_header(count)
-                for row in rows:
-                    buf += packer.pack(row)
-            return bytes(buf)
-
-        return build
+        packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+        buf = bytearray(packer.pack_map_header(len(head) + 3))
+        for name, value in head:
+            buf += packer.pack(name)
+            buf += packer.pack(value)
+        buf += packer.pack("keys")
+        buf += packer.pack_array_header(len(self.keys))
+        for key, raw, version, expires in self.keys.raw_rows():
+            buf += packer.pack_array_header(4)
+            buf += packer.pack(key)
+            buf += raw
+            buf += packer.pack(version)
+            buf += packer.pack(expires)
+            if len(buf) >= chunk_bytes:
+                yield bytes(buf)
+                buf.clear()
+        for name, rows in (("locks", self.locks.rows()), ("sessions", self.sessions.rows())):
+            buf += packer.pack(name)
+            buf += packer.pack(rows)
+        yield bytes(buf)
 
     def restore(self, blob: bytes) -> None:
         body = msgpack.unpackb(blob, raw=False)
@@ -223,13 +266,19 @@ class KVStateMachine:
         fmt = body.get("format", 1)
         if fmt not in (1, SNAPSHOT_FORMAT):
             raise ValueError(f"snapshot format {fmt} is newer than this node understands ({SNAPSHOT_FORMAT})")
+        self.tables.clear()
         self.applied_index = int(body["applied_index"])
         self.time_ms = int(body["time_ms"])
         if fmt == 1:  # keys without expiry, no locks or sessions
             self.keys.restore([[k, v, ver, None] for k, v, ver in body["data"]])
             self.locks.restore([])
             self.sessions.restore([])
-            return
-        self.keys.restore(body["keys"])
-        self.locks.restore(body["locks"])
-        self.sessions.restore(body["sessions"])
+        else:
+            self.keys.restore(body["keys"])
+            self.locks.restore(body["locks"])
+            self.sessions.restore(body["sessions"])
+        self.flush()
+
+
+def _packed(row: list[Any] | None) -> bytes | None:
+    return None if row is None else msgpack.packb(row, use_bin_type=True)

@@ -62,6 +62,8 @@ class SessionTable:
     def __init__(self) -> None:
         self.sessions: dict[int, Session] = {}
         self._expiry: ExpiryIndex[int] = ExpiryIndex(self._expiry_of)
+        #: ids changed since the last :meth:`take_dirty` (the store writes only those rows)
+        self._dirty: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -138,6 +140,7 @@ class SessionTable:
         s = self.sessions[ref.id]
         assert ref.seq > s.acked and ref.seq not in s.results, (ref, s.acked)
         s.results[ref.seq] = outcome
+        self._dirty.add(ref.id)
         assert len(s.results) <= s.max_results, (ref.id, len(s.results))
 
     def expire(self, ids: tuple[int, ...], now_ms: int) -> int:
@@ -146,6 +149,7 @@ class SessionTable:
             s = self.sessions.get(sid)
             if s is not None and not s.live_at(now_ms):
                 del self.sessions[sid]
+                self._dirty.add(sid)
                 removed += 1
         return removed
 
@@ -153,19 +157,23 @@ class SessionTable:
 
     def rows(self) -> list[list[Any]]:
         """Canonical: sessions by id, outcomes by seq."""
-        return [
-            [sid, s.last_active_ms, s.idle_timeout_ms, s.max_results, s.acked,
-             [[q, *_outcome_row(s.results[q])] for q in sorted(s.results)]]
-            for sid, s in sorted(self.sessions.items())
-        ]  # fmt: skip
+        return [_row(sid, s) for sid, s in sorted(self.sessions.items())]
 
     def restore(self, rows: list[list[Any]]) -> None:
+        self._dirty.update(self.sessions)
         self.sessions = {}
         for sid, last, idle, cap, acked, results in rows:
             s = Session(int(last), int(idle), int(cap), int(acked))
             s.results = {int(q): _outcome_from_row(rest) for q, *rest in results}
             self.sessions[int(sid)] = s
+        self._dirty.update(self.sessions)
         self._expiry.rebuild(self._expiring())
+
+    def take_dirty(self) -> list[tuple[int, list[Any] | None]]:
+        """The rows changed since the last call: (id, row), row None when the session is gone."""
+        out = [(i, _row(i, self.sessions[i]) if i in self.sessions else None) for i in sorted(self._dirty)]
+        self._dirty.clear()
+        return out
 
     # ----------------------------------------------------------------- helpers
 
@@ -182,6 +190,7 @@ class SessionTable:
 
     def _touched(self, sid: int) -> None:
         s = self.sessions[sid]
+        self._dirty.add(sid)
         self._expiry.add(s.expires_at_ms, sid, size=len(self.sessions), live=self._expiring)
 
     def _expiry_of(self, sid: int) -> int | None:
@@ -191,6 +200,13 @@ class SessionTable:
     def _expiring(self) -> Iterator[tuple[int, int]]:
         for sid, s in self.sessions.items():
             yield s.expires_at_ms, sid
+
+
+def _row(sid: int, s: Session) -> list[Any]:
+    return [
+        sid, s.last_active_ms, s.idle_timeout_ms, s.max_results, s.acked,
+        [[q, *_outcome_row(s.results[q])] for q in sorted(s.results)],
+    ]  # fmt: skip
 
 
 def _outcome_row(o: Outcome) -> list[Any]:
