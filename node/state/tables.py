@@ -61,7 +61,7 @@ class StateTables:
 
     @classmethod
     def in_memory(cls) -> StateTables:
-        return cls(sqlite3.connect(":memory:"))
+        return cls(sqlite3.connect(":memory:", check_same_thread=False))
 
     def begin(self) -> None:
         if not self.conn.in_transaction:
