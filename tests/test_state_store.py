@@ -36,7 +36,9 @@ def _mixed(i: int) -> Entry:
     if i % 2:
         return _incr(i)
     ttl = {"ttl_ms": 60_000} if i % 3 == 0 else {}
-    return Entry(i, 1, T0 + i, data=encode_command("set", key=f"evt:{i * 7919 % 1000:04d}:{i}", value={"i": i}, **ttl))
+    return Entry(
+        i, 1, T0 + i, data=encode_command("set", key=f"evt:{i * 7919 % 1000:04d}:{i}", value={"i": i}, **ttl)
+    )
 
 
 def _expected(n: int) -> KVStateMachine:
