@@ -629,10 +629,11 @@ class RaftDriver:
         copy: Path | None = None
         try:
             t0 = time.perf_counter()
-            copy, index = await asyncio.to_thread(self.state_file.copy_to, self.state_file.directory)
-            size = copy.stat().st_size
+            made, index = await asyncio.to_thread(self.state_file.copy_to, self.state_file.directory)
+            copy = made
+            size = made.stat().st_size
             log.info("node %s sends its state (index %d, %d bytes) to %s", self.id, index, size, msg.dst)
-            await self.snapshot_sender.send(address, replace(msg, data=StoreDescriptor(index).encode()), copy)
+            await self.snapshot_sender.send(address, replace(msg, data=StoreDescriptor(index).encode()), made)
             log.info(
                 "node %s sent its state at index %d to %s in %.1f s",
                 self.id,
@@ -700,6 +701,20 @@ class RaftDriver:
             log.exception("node %s failed to write a snapshot at index %d; will retry", self.id, index)
         finally:
             self._snapshotting = False
+
+    def pinned_state(self) -> KVStateMachine:
+        """The state as of now, for reading all of it in a worker thread while applies go on (a
+        digest, a backup): with a store, a read transaction on a connection of its own — close
+        ``.tables.conn`` when done; in memory, a copy."""
+        if self.state_file is None:
+            copy = KVStateMachine()
+            copy.restore(self.sm.snapshot())
+            return copy
+        self.sm.flush()  # what is applied is committed: the pinned view sees all of it
+        tables = StateTables(self.state_file.reader())
+        tables.conn.execute("BEGIN")
+        tables.conn.execute("SELECT count(*) FROM meta").fetchone()  # the read snapshot starts here
+        return KVStateMachine(tables)
 
     # ================================================================= status
 

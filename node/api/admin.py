@@ -33,9 +33,10 @@ from raftstate.node.config import _ID_RE, _ID_RULE, Settings, parse_address
 from raftstate.node.driver import RaftDriver
 from raftstate.node.errors import Refusal
 from raftstate.node.ops.backup_file import BackupHeader, stream_backup
-from raftstate.node.ops.backup_state import SnapshotMovedOn, backup_payload
+from raftstate.node.ops.backup_state import SnapshotMovedOn, backup_payload, pinned_payload
 from raftstate.node.peers import membership as rules
 from raftstate.node.peers.peer_memory import HeardFrom
+from raftstate.node.state.machine import KVStateMachine
 from raftstate.node.storage.store import Storage
 from raftstate.raft import (
     ConfChange,
@@ -205,6 +206,12 @@ class AdminApi:
         """What the backup holds for the applied index right after the read barrier: the stored
         snapshot and the log entries after it (node/ops/backup_state.py), prepared in a thread."""
         d = self.driver
+        if d.state_file is not None:
+            # The state lives in a store: the backup is the whole state at a pinned applied index.
+            pinned = d.pinned_state()
+            index = pinned.applied_index
+            term = d.raft.log.term_at(index) or 0
+            return await asyncio.to_thread(_pinned, pinned, term)
         for _ in range(3):
             # One step with no await: the index, its term and the entries up to it belong together.
             index, log = d.sm.applied_index, d.raft.log
@@ -223,6 +230,11 @@ class _Point:
     term: int
     time_ms: int
     base_index: int
+
+
+def _pinned(pinned: KVStateMachine, term: int) -> tuple[bytes, str, _Point]:
+    data, time_ms, index = pinned_payload(pinned)
+    return data, hashlib.sha256(data).hexdigest(), _Point(index, term, time_ms, index)
 
 
 def _payload(storage: Storage, entries: list[Entry], index: int, term: int) -> tuple[bytes, str, _Point]:

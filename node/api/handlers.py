@@ -13,6 +13,7 @@ expiry at this node's read time (node/runtime/cluster_time.py) and never change 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -31,6 +32,7 @@ from raftstate.node.errors import Refusal
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.runtime.cluster_time import ClusterTime
 from raftstate.node.state.commands import Command, encode, to_seconds
+from raftstate.node.state.machine import KVStateMachine
 from raftstate.raft import LeadershipTransferInProgress, NotLeader, Role
 
 log = logging.getLogger("raftstate.node")
@@ -63,6 +65,8 @@ class Api:
         self.timeout_s = request_timeout_s
         self.extra_status = extra_status
         self._linearizable_read = read_barrier or self._read_barrier
+        #: (applied index, sha256) of the last state digest (GET /status?digest=1)
+        self._digest_cache: tuple[int, str] | None = None
 
     def install(self, app: web.Application) -> None:
         """Route the operations endpoints, every client operation and the leader transfer."""
@@ -100,11 +104,19 @@ class Api:
         }
         if request.query.get("digest") == "1":
             # The whole state's canonical bytes, hashed: replicas at one applied index must agree.
-            body["state_digest"] = {
-                "applied_index": sm.applied_index,
-                "sha256": hashlib.sha256(sm.snapshot()).hexdigest(),
-            }
+            index, sha = await self._digest()
+            body["state_digest"] = {"applied_index": index, "sha256": sha}
         return respond(request, body)
+
+    async def _digest(self) -> tuple[int, str]:
+        """The digest at the applied index of the call: computed in a worker thread over a pinned
+        view of the store (millions of keys take seconds; the loop goes on), cached per index."""
+        index = self.driver.sm.applied_index
+        if self._digest_cache is not None and self._digest_cache[0] == index:
+            return self._digest_cache
+        pinned = self.driver.pinned_state()
+        self._digest_cache = (pinned.applied_index, await asyncio.to_thread(_sha256_of, pinned))
+        return self._digest_cache
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         r = self.driver.raft
@@ -203,9 +215,7 @@ class Api:
         assert ep.stream, f"{ep.name} is not a client operation"
         fn: Operation | None = getattr(self, f"op_{ep.name}", None)
         if fn is None:  # a wiring mistake, found when the node builds its routes (before serving)
-            raise TypeError(
-                f"the endpoint table names client operation {ep.name!r}: define Api.op_{ep.name}"
-            )
+            raise TypeError(f"the endpoint table names client operation {ep.name!r}: define Api.op_{ep.name}")
         return fn
 
     def operations(self) -> dict[str, Operation]:
@@ -335,3 +345,13 @@ async def _unknown_routes_as_errors(request: web.Request, handler: Handler) -> w
             f"no endpoint {request.method} {request.path} ({exc.reason}); see docs/api.md",
         )
         return error_response(request, err)
+
+
+def _sha256_of(sm: KVStateMachine) -> str:
+    try:
+        h = hashlib.sha256()
+        for chunk in sm.snapshot_chunks():
+            h.update(chunk)
+        return h.hexdigest()
+    finally:
+        sm.tables.conn.close()

@@ -71,6 +71,17 @@ def backup_payload(storage: Storage, entries: Sequence[Entry], index: int) -> tu
     return data, time_ms, base_index
 
 
+def pinned_payload(pinned: KVStateMachine) -> tuple[bytes, int, int]:
+    """The data section for a node whose state lives in a store: the whole state at the pinned
+    view's applied index, as a snapshot, with no entries (runs in a thread; closes the view)."""
+    try:
+        body = {"base_index": pinned.applied_index, "snapshot": pinned.snapshot(), "entries": []}
+    finally:
+        pinned.tables.conn.close()
+    data: bytes = msgpack.packb(body, use_bin_type=True)
+    return data, pinned.time_ms, pinned.applied_index
+
+
 def decode_payload(data: bytes) -> tuple[int, bytes | None, list[Entry]]:
     """(base index, snapshot bytes, entries) of a data section. Raises ValueError/KeyError/TypeError."""
     body: Any = msgpack.unpackb(data, raw=False)

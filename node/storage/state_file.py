@@ -125,6 +125,10 @@ class StateFile:
             raise
         return conn
 
+    def reader(self) -> sqlite3.Connection:
+        """A connection of its own for a whole-state read in a worker thread (digest, backup)."""
+        return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+
     # ----------------------------------------------------------------- worker threads
 
     def checkpoint(self) -> int | None:
