@@ -113,6 +113,7 @@ class RaftDriver:
         snapshot_sender: SnapshotSender | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         on_fsync: Callable[[float], None] | None = None,
+        on_snapshot: Callable[[float], None] | None = None,
         seed: int | None = None,
     ) -> None:
         """``state_file``: the store the state lives in (then ``snapshot_sender`` ships copies of it
@@ -129,6 +130,8 @@ class RaftDriver:
         self.sm = state_machine or KVStateMachine()
         self.clock_ms = clock_ms
         self.on_fsync = on_fsync
+        #: called with the seconds a snapshot took (a checkpoint, or installing a received state)
+        self.on_snapshot = on_snapshot
         loaded = storage.load()
         if loaded.snapshot_data is not None and loaded.persisted.snapshot is not None:
             self._take_up_snapshot(loaded.persisted.snapshot.index, loaded.snapshot_data)
@@ -606,6 +609,8 @@ class RaftDriver:
             await asyncio.to_thread(self.storage.save_snapshot, meta, StoreDescriptor(index).encode())
             self.raft.compact(index)
             self.snapshot_index = max(self.snapshot_index, index)
+            if self.on_snapshot is not None:
+                self.on_snapshot(time.perf_counter() - t0)
             log.info(
                 "node %s: its state store is durable at index %d (checkpoint and snapshot %.0f ms)",
                 self.id,
@@ -669,6 +674,7 @@ class RaftDriver:
         if desc is None or desc.file is None:
             raise RuntimeError(f"the snapshot at {index} carries no state store copy to install")
         path = Path(desc.file)
+        t0 = time.perf_counter()
         copy_index = await asyncio.to_thread(self.state_file.check_copy, path)
         if copy_index < index:
             raise StorageCorruption(
@@ -680,6 +686,8 @@ class RaftDriver:
         self.state_file.replace_with(path)
         self.sm.reopen(StateTables(self.state_file.connect()))
         await asyncio.to_thread(self.state_file.sync_dir)
+        if self.on_snapshot is not None:
+            self.on_snapshot(time.perf_counter() - t0)
         log.info("node %s installed the leader's state store at index %d", self.id, copy_index)
         return StoreDescriptor(copy_index).encode()
 

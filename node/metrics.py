@@ -76,9 +76,15 @@ class NodeMetrics:
         )
         self.snapshot_seconds = Histogram(
             "raftstate_snapshot_seconds",
-            "Duration of taking or installing a snapshot",
+            "Duration of a snapshot: a state store checkpoint, or installing a received state",
             buckets=SNAPSHOT_BUCKETS_S,
             registry=r,
+        )
+        self.state_store_bytes = Gauge(
+            "raftstate_state_store_bytes", "Size of the state store on disk (database file + WAL)", registry=r
+        )
+        self.state_keys = Gauge(
+            "raftstate_state_keys", "Keys stored (live or expired but not swept yet)", registry=r
         )
 
         # client API

@@ -106,6 +106,7 @@ class NodeServer:
                 tick_ms=s.tick_ms, snapshot_threshold=s.snapshot_threshold, raft=s.raft_settings
             ),
             clock_ms=cluster_time.stamp_ms,
+            on_snapshot=self.metrics.snapshot_seconds.observe,
         )
         self.driver.role_listeners.append(self._on_role)
         sec.attach(self.driver)

@@ -121,6 +121,9 @@ class Api:
     async def metrics_text(self, request: web.Request) -> web.Response:
         r = self.driver.raft
         self.metrics.set_indexes(committed=r.commit_index, applied=r.applied_index)
+        self.metrics.state_keys.set(len(self.driver.sm.keys))
+        if self.driver.state_file is not None:
+            self.metrics.state_store_bytes.set(self.driver.state_file.size_bytes())
         resp = web.Response(body=self.metrics.render())
         resp.content_type = "text/plain"
         resp.charset = "utf-8"

@@ -34,8 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--nodes", type=int, default=3, choices=[3, 5], help="cluster size")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of workload and faults per run")
-    p.add_argument("--faults", default="kill,pause,partition,clock,restart-all",
-                   help=f"comma-separated subset of: {', '.join(FAULTS)}")
+    p.add_argument(
+        "--faults",
+        default="kill,pause,partition,clock,restart-all",
+        help=f"comma-separated subset of: {', '.join(FAULTS)}",
+    )
     p.add_argument("--seed", type=int, help="seed of the (first) run; default: random")
     p.add_argument("--runs", type=int, default=1, help="runs, with seeds seed, seed+1, ...")
     p.add_argument("--inject-bug", choices=BUGS, help="run every node with this deliberate bug (test-only)")
@@ -57,10 +60,19 @@ def main(argv: list[str] | None = None) -> int:
         report = None
         if a.report is not None:
             report = a.report / f"seed-{seed}" if a.runs > 1 else a.report
-        cfg = RunConfig(seed=seed, nodes=a.nodes, duration_s=a.duration, faults=tuple(kinds),
-                        inject_bug=a.inject_bug, report_dir=report)
-        print(f"== run seed {seed}: {a.nodes} nodes, {a.duration:g}s, faults {','.join(kinds)}"
-              + (f", injected bug {a.inject_bug}" if a.inject_bug else ""), flush=True)
+        cfg = RunConfig(
+            seed=seed,
+            nodes=a.nodes,
+            duration_s=a.duration,
+            faults=tuple(kinds),
+            inject_bug=a.inject_bug,
+            report_dir=report,
+        )
+        print(
+            f"== run seed {seed}: {a.nodes} nodes, {a.duration:g}s, faults {','.join(kinds)}"
+            + (f", injected bug {a.inject_bug}" if a.inject_bug else ""),
+            flush=True,
+        )
         started = time.monotonic()
         try:
             res = run(cfg)
@@ -74,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         results.append(res)
         print(verdict_table(res))
         faults = ", ".join(f"{k} {n}" for k, n in sorted(res.fault_counts.items())) or "none"
-        print(f"   {'PASS' if res.passed else 'FAIL'} seed {seed}: {res.ops} ops, faults: {faults}, "
-              f"{time.monotonic() - started:.0f}s, report {res.report_dir}/report.html", flush=True)
+        print(
+            f"   {'PASS' if res.passed else 'FAIL'} seed {seed}: {res.ops} ops, faults: {faults}, "
+            f"{time.monotonic() - started:.0f}s, report {res.report_dir}/report.html",
+            flush=True,
+        )
         if not res.passed:
             print(f"   replay: {replay_command(cfg)}", flush=True)
     if a.runs > 1:
@@ -93,7 +108,8 @@ def summary(results: list[RunResult]) -> str:
     lines = [
         "== summary",
         f"runs: {len(results)} ({len(results) - len(failed)} passed, {len(failed)} failed)",
-        "faults injected: " + (", ".join(f"{k} {n}" for k, n in sorted(faults.items())) or "none")
+        "faults injected: "
+        + (", ".join(f"{k} {n}" for k, n in sorted(faults.items())) or "none")
         + f" (total {sum(faults.values())})",
         f"ops recorded: {sum(r.ops for r in results)}; ops checked: {checked}",
         f"anomalies: {sum(r.anomalies for r in results)}; undecided checks: {unknown}",
@@ -101,4 +117,3 @@ def summary(results: list[RunResult]) -> str:
     for r in failed:
         lines.append(f"FAILED seed {r.cfg.seed}: replay with: {replay_command(r.cfg)}")
     return "\n".join(lines)
-

@@ -60,8 +60,19 @@ class History:
         with self._lock:
             op = Op(len(self.ops), process, f, key, value, time.monotonic(), time.time(), extra=extra)
             self.ops.append(op)
-            self._write({"type": "invoke", "id": op.id, "process": process, "f": f, "key": key,
-                         "value": value, "t": op.invoke_t, "wall": op.invoke_wall, **extra})
+            self._write(
+                {
+                    "type": "invoke",
+                    "id": op.id,
+                    "process": process,
+                    "f": f,
+                    "key": key,
+                    "value": value,
+                    "t": op.invoke_t,
+                    "wall": op.invoke_wall,
+                    **extra,
+                }
+            )
         return op
 
     def complete(self, op: Op, status: Status, result: Any = None, error: str | None = None) -> None:
@@ -73,8 +84,19 @@ class History:
                 op.complete_t, op.complete_wall = time.monotonic(), time.time()
             else:  # unknown: it may take effect at any later time; keep when we gave up for the plot
                 op.extra["gave_up_t"] = time.monotonic()
-            self._write({"type": status, "id": op.id, "process": op.process, "f": op.f, "key": op.key,
-                         "result": result, "error": error, "t": time.monotonic(), "wall": time.time()})
+            self._write(
+                {
+                    "type": status,
+                    "id": op.id,
+                    "process": op.process,
+                    "f": op.f,
+                    "key": op.key,
+                    "result": result,
+                    "error": error,
+                    "t": time.monotonic(),
+                    "wall": time.time(),
+                }
+            )
 
     def close(self) -> None:
         if self._out is not None:
@@ -94,10 +116,14 @@ def load(path: Path) -> list[Op]:
         for line in f:
             ev = json.loads(line)
             if ev["type"] == "invoke":
-                extra = {k: v for k, v in ev.items()
-                         if k not in ("type", "id", "process", "f", "key", "value", "t", "wall")}
-                ops[ev["id"]] = Op(ev["id"], ev["process"], ev["f"], ev["key"], ev["value"],
-                                   ev["t"], ev["wall"], extra=extra)
+                extra = {
+                    k: v
+                    for k, v in ev.items()
+                    if k not in ("type", "id", "process", "f", "key", "value", "t", "wall")
+                }
+                ops[ev["id"]] = Op(
+                    ev["id"], ev["process"], ev["f"], ev["key"], ev["value"], ev["t"], ev["wall"], extra=extra
+                )
             else:
                 op = ops[ev["id"]]
                 op.status, op.result, op.error = ev["type"], ev["result"], ev["error"]

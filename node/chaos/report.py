@@ -1,10 +1,10 @@
 """The verdict table and the report folder of a chaos run.
 
-    report/history.jsonl   every op (written live by history.py)
-    report/faults.json     the fault timeline: kind, start/end (s since the workload began), what
-    report/result.json     verdicts, anomalies, fault counts, the replay command
-    report/report.html     verdicts plus latency over time, fault windows shaded (inline SVG)
-    report/n*.log          every node's log
+report/history.jsonl   every op (written live by history.py)
+report/faults.json     the fault timeline: kind, start/end (s since the workload began), what
+report/result.json     verdicts, anomalies, fault counts, the replay command
+report/report.html     verdicts plus latency over time, fault windows shaded (inline SVG)
+report/n*.log          every node's log
 """
 
 from __future__ import annotations
@@ -22,8 +22,14 @@ from raftstate.node.chaos.history import Op
 if TYPE_CHECKING:
     from raftstate.node.chaos.run import RunResult
 
-COLORS = {"kill": "#e45756", "pause": "#f58518", "partition": "#4c78a8", "clock": "#b279a2",
-          "restart-all": "#9d755d", "membership": "#72b7b2"}
+COLORS = {
+    "kill": "#e45756",
+    "pause": "#f58518",
+    "partition": "#4c78a8",
+    "clock": "#b279a2",
+    "restart-all": "#9d755d",
+    "membership": "#72b7b2",
+}
 STATUS_COLORS = {"ok": "#2a9d3a", "fail": "#d62728", "info": "#ff9f1c"}
 
 
@@ -54,8 +60,15 @@ def write_report(
     t0: float,
     replay: str,
 ) -> None:
-    timeline = [{"kind": w.kind, "start_s": round(w.start_t - t0, 3), "end_s": round(w.end_t - t0, 3),
-                 "detail": w.detail} for w in windows]
+    timeline = [
+        {
+            "kind": w.kind,
+            "start_s": round(w.start_t - t0, 3),
+            "end_s": round(w.end_t - t0, 3),
+            "detail": w.detail,
+        }
+        for w in windows
+    ]
     (report_dir / "faults.json").write_text(json.dumps(timeline, indent=1))
     (report_dir / "result.json").write_text(json.dumps(summary_json(result, replay), indent=1, default=repr))
     (report_dir / "report.html").write_text(_html(result, ops, timeline, t0, replay), encoding="utf-8")
@@ -68,14 +81,23 @@ def summary_json(result: RunResult, replay: str) -> dict[str, Any]:
         "error": result.error,
         "ops": result.ops,
         "faults": dict(result.fault_counts),
-        "checks": [{"name": r.name, "verdict": r.verdict, "ops_checked": r.ops_checked,
-                    "anomalies": r.anomalies, "note": r.note} for r in result.results],
+        "checks": [
+            {
+                "name": r.name,
+                "verdict": r.verdict,
+                "ops_checked": r.ops_checked,
+                "anomalies": r.anomalies,
+                "note": r.note,
+            }
+            for r in result.results
+        ],
         "replay": replay,
     }
 
 
-def latency_svg(ops: Sequence[Op], timeline: list[dict[str, Any]], t0: float,
-                width: int = 1100, height: int = 360) -> str:
+def latency_svg(
+    ops: Sequence[Op], timeline: list[dict[str, Any]], t0: float, width: int = 1100, height: int = 360
+) -> str:
     """Latency (log scale) of every op over time; unknown outcomes drawn at the time they were given
     up on; fault windows shaded and labelled."""
     pad_l, pad_b, pad_t = 55, 30, 20
@@ -90,23 +112,33 @@ def latency_svg(ops: Sequence[Op], timeline: list[dict[str, Any]], t0: float,
         lat = min(max(lat, lo), hi)
         return pad_t + (height - pad_t - pad_b) * (1 - math.log(lat / lo) / math.log(hi / lo))
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11" '
-           'font-family="sans-serif">']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11" '
+        'font-family="sans-serif">'
+    ]
     for w in timeline:
         x0, x1 = x(w["start_s"]), x(max(w["end_s"], w["start_s"] + 0.05))
-        out.append(f'<rect x="{x0:.1f}" y="{pad_t}" width="{x1 - x0:.1f}" height="{height - pad_t - pad_b}" '
-                   f'fill="{COLORS.get(w["kind"], "#999")}" opacity="0.18"><title>{html.escape(w["detail"])}'
-                   f'</title></rect>')
-        out.append(f'<text x="{x0 + 2:.1f}" y="{pad_t - 4}" fill="{COLORS.get(w["kind"], "#999")}">'
-                   f'{html.escape(w["kind"])}</text>')
+        out.append(
+            f'<rect x="{x0:.1f}" y="{pad_t}" width="{x1 - x0:.1f}" height="{height - pad_t - pad_b}" '
+            f'fill="{COLORS.get(w["kind"], "#999")}" opacity="0.18"><title>{html.escape(w["detail"])}'
+            f"</title></rect>"
+        )
+        out.append(
+            f'<text x="{x0 + 2:.1f}" y="{pad_t - 4}" fill="{COLORS.get(w["kind"], "#999")}">'
+            f"{html.escape(w['kind'])}</text>"
+        )
     for t, lat, status in pts:
-        out.append(f'<circle cx="{x(t):.1f}" cy="{y(lat):.1f}" r="1.6" fill="{STATUS_COLORS[status]}" '
-                   'opacity="0.6"/>')
+        out.append(
+            f'<circle cx="{x(t):.1f}" cy="{y(lat):.1f}" r="1.6" fill="{STATUS_COLORS[status]}" '
+            'opacity="0.6"/>'
+        )
     for dec in range(-3, 3):
         v = 10.0**dec
         if lo <= v <= hi:
-            out.append(f'<line x1="{pad_l}" x2="{width - 10}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>'
-                       f'<text x="4" y="{y(v) + 4:.1f}">{v:g} s</text>')
+            out.append(
+                f'<line x1="{pad_l}" x2="{width - 10}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>'
+                f'<text x="4" y="{y(v) + 4:.1f}">{v:g} s</text>'
+            )
     step = max(1, int(t_max / 12))
     for s in range(0, int(t_max) + 1, step):
         out.append(f'<text x="{x(s) - 4:.1f}" y="{height - 10}">{s}s</text>')
@@ -129,8 +161,11 @@ def _html(
         f"<td>{'<br>'.join(html.escape(a) for a in r.anomalies[:20])}{html.escape(r.note)}</td></tr>"
         for r in result.results
     )
-    faults = "".join(f"<tr><td>{w['start_s']:.1f}–{w['end_s']:.1f}s</td><td>{html.escape(w['kind'])}</td>"
-                     f"<td>{html.escape(w['detail'])}</td></tr>" for w in timeline)
+    faults = "".join(
+        f"<tr><td>{w['start_s']:.1f}–{w['end_s']:.1f}s</td><td>{html.escape(w['kind'])}</td>"
+        f"<td>{html.escape(w['detail'])}</td></tr>"
+        for w in timeline
+    )
     err = f"<p class='fail'>{html.escape(result.error)}</p>" if result.error else ""
     title = f"chaos seed {result.cfg.seed}: {verdict}"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>

@@ -65,8 +65,10 @@ class RunResult:
 
 
 def replay_command(cfg: RunConfig) -> str:
-    cmd = (f"python scripts/chaos.py --nodes {cfg.nodes} --duration {cfg.duration_s:g} "
-           f"--faults {','.join(cfg.faults)} --seed {cfg.seed}")
+    cmd = (
+        f"python scripts/chaos.py --nodes {cfg.nodes} --duration {cfg.duration_s:g} "
+        f"--faults {','.join(cfg.faults)} --seed {cfg.seed}"
+    )
     if cfg.inject_bug:
         cmd += f" --inject-bug {cfg.inject_bug}"
     return cmd

@@ -236,7 +236,6 @@ class Workers:
         await self._write(op, client.set(key, n))
 
 
-
 def _marker(entry: Any) -> Any:
     if entry is None:
         return None

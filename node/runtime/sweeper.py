@@ -10,7 +10,9 @@ Every ``interval_s`` the leader asks the state machine which items have expired 
 most ``max_names`` of them. The command carries no time: apply re-checks each name against the
 entry's own ``time_ms`` (which is at least the read time: the same clock stamps it), so a name
 renewed or re-set meanwhile is left alone. One proposal at a time; a lost one is simply retried at
-the next interval.
+the next interval. A full batch is followed by the next one at once (after yielding to the loop),
+so a million keys that expire in the same minute are gone in tens of seconds, not at 2,000 a second;
+each batch is one entry whose apply is bounded by ``max_names`` deletes.
 """
 
 from __future__ import annotations
@@ -77,11 +79,14 @@ class ExpirySweeper:
         return removed
 
     async def _run(self) -> None:
+        removed = 0
         while True:
-            await asyncio.sleep(self.interval_s)
+            # A full batch: more are probably due, go on at once (yielding to the loop first).
+            await asyncio.sleep(0 if removed >= self.max_names else self.interval_s)
             try:
-                await self.sweep_once()
+                removed = await self.sweep_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
+                removed = 0
                 log.exception("expiry sweep failed; retrying at the next interval")

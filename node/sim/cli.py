@@ -99,4 +99,3 @@ def main(argv: list[str] | None = None) -> int:
     if a.mutant:
         return 0 if failed else 1
     return 1 if failed else 0
-

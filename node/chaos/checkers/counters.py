@@ -30,11 +30,14 @@ def check(ops: Sequence[Op], final: Mapping[str, Any]) -> CheckResult:
             anomalies.append(f"counter {key!r}: final value {value!r} is not an integer")
             continue
         if value < a:
-            anomalies.append(f"counter {key!r}: final value {value} < {a} acknowledged increments "
-                             f"({a - value} lost)")
+            anomalies.append(
+                f"counter {key!r}: final value {value} < {a} acknowledged increments ({a - value} lost)"
+            )
         elif value > a + u:
-            anomalies.append(f"counter {key!r}: final value {value} > {a} acknowledged + {u} unknown "
-                             f"increments (applied twice?)")
+            anomalies.append(
+                f"counter {key!r}: final value {value} > {a} acknowledged + {u} unknown "
+                f"increments (applied twice?)"
+            )
         dupes = sorted(v for v, n in Counter(o.result for o in acked).items() if n > 1)
         if dupes:
             anomalies.append(f"counter {key!r}: increments acknowledged with the same value {dupes[:5]}")

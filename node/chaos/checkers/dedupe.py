@@ -25,17 +25,21 @@ def check(ops: Sequence[Op], final: Mapping[str, Any]) -> CheckResult:
         checked += len(done) + len(unknown)
         value = final.get(key)
         if len(winners) > 1:
-            anomalies.append(f"dedupe {key!r}: won by {len(winners)} callers "
-                             f"({', '.join(o.process for o in winners)})")
+            anomalies.append(
+                f"dedupe {key!r}: won by {len(winners)} callers ({', '.join(o.process for o in winners)})"
+            )
         elif winners:
             if value != winners[0].value:
                 w = winners[0]
-                anomalies.append(f"dedupe {key!r}: {w.process} won with {w.value!r} but the key holds "
-                                 f"{value!r} at the end")
+                anomalies.append(
+                    f"dedupe {key!r}: {w.process} won with {w.value!r} but the key holds {value!r} at the end"
+                )
         elif unknown:
             if value is not None and value not in [o.value for o in unknown]:
                 anomalies.append(f"dedupe {key!r}: no claim won, yet the key holds {value!r}")
         elif done:
-            anomalies.append(f"dedupe {key!r}: all {len(done)} claims lost and none is unknown, "
-                             f"yet nobody won (final value {value!r})")
+            anomalies.append(
+                f"dedupe {key!r}: all {len(done)} claims lost and none is unknown, "
+                f"yet nobody won (final value {value!r})"
+            )
     return CheckResult.of("dedupe", checked, anomalies)

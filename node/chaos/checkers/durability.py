@@ -51,8 +51,10 @@ def check(ops: Sequence[Op], final: Mapping[str, Any]) -> CheckResult:
         if value is None:
             if acked:
                 last = max(acked, key=lambda w: w.complete_t)
-                anomalies.append(f"durability {key!r}: missing at the end; {len(acked)} acknowledged writes "
-                                 f"lost (last: #{last.id} {last.process} {written_value(last)!r})")
+                anomalies.append(
+                    f"durability {key!r}: missing at the end; {len(acked)} acknowledged writes "
+                    f"lost (last: #{last.id} {last.process} {written_value(last)!r})"
+                )
             continue
         sources = [w for w in maybe if written_value(w) == value]
         if not sources:
@@ -62,6 +64,8 @@ def check(ops: Sequence[Op], final: Mapping[str, Any]) -> CheckResult:
         later = [a for a in acked if a.invoke_t > w.complete_t]
         if later:
             a = max(later, key=lambda x: x.invoke_t)
-            anomalies.append(f"durability {key!r}: holds {value!r} (#{w.id}) although the acknowledged write "
-                             f"#{a.id} {written_value(a)!r} began after it completed: that write was lost")
+            anomalies.append(
+                f"durability {key!r}: holds {value!r} (#{w.id}) although the acknowledged write "
+                f"#{a.id} {written_value(a)!r} began after it completed: that write was lost"
+            )
     return CheckResult.of("durability", checked, anomalies[:50])

@@ -152,8 +152,10 @@ def check(ops: Sequence[Op], budget: int = DEFAULT_BUDGET) -> CheckResult:
         if ok is None:
             unknown.append(f"{key} (budget of {budget} steps exhausted)")
         elif not ok:
-            anomalies.append(f"register {key!r}: {len(relevant(key_ops))} ops are not linearizable"
-                             f"{_first_bad_read(key_ops)}")
+            anomalies.append(
+                f"register {key!r}: {len(relevant(key_ops))} ops are not linearizable"
+                f"{_first_bad_read(key_ops)}"
+            )
     if anomalies:
         return CheckResult("linearizable", "fail", checked, anomalies)
     if unknown:

@@ -37,23 +37,30 @@ def check(ops: Sequence[Op]) -> CheckResult:
         for b in by_invoke:
             for a in acquires:
                 if a.complete_t < b.invoke_t and not a.result < b.result:
-                    anomalies.append(f"lock {name!r}: token {b.result} ({b.process}) granted after token "
-                                     f"{a.result} ({a.process}) was acknowledged")
+                    anomalies.append(
+                        f"lock {name!r}: token {b.result} ({b.process}) granted after token "
+                        f"{a.result} ({a.process}) was acknowledged"
+                    )
                     break
         last_token = 0
         for w in sorted(writes, key=lambda o: int(o.result)):
             t, version = int(w.value["token"]), int(w.result)
             if t < last_token:
-                anomalies.append(f"lock {name!r}: fenced write at version {version} by {w.process} with "
-                                 f"token {t} applied after a write with the newer token {last_token}")
+                anomalies.append(
+                    f"lock {name!r}: fenced write at version {version} by {w.process} with "
+                    f"token {t} applied after a write with the newer token {last_token}"
+                )
             last_token = max(last_token, t)
             newer = [x for x in tokens if t < x < version]
             if not t < version:
-                anomalies.append(f"lock {name!r}: fenced write at version {version} carries token {t} "
-                                 "from the future")
+                anomalies.append(
+                    f"lock {name!r}: fenced write at version {version} carries token {t} from the future"
+                )
             elif newer:
-                anomalies.append(f"lock {name!r}: fenced write at version {version} by {w.process} carried "
-                                 f"token {t}, but token {newer[-1]} was granted before it applied")
+                anomalies.append(
+                    f"lock {name!r}: fenced write at version {version} by {w.process} carried "
+                    f"token {t}, but token {newer[-1]} was granted before it applied"
+                )
     return CheckResult.of("locks", checked, anomalies[:50])
 
 

@@ -24,8 +24,9 @@ from raftstate.node.chaos.history import Op
 DEFAULT_MARGIN_S = 0.5
 
 
-def check(ops: Sequence[Op], *, ahead_s: float = 0.0, back_s: float = 0.0,
-          margin_s: float = DEFAULT_MARGIN_S) -> CheckResult:
+def check(
+    ops: Sequence[Op], *, ahead_s: float = 0.0, back_s: float = 0.0, margin_s: float = DEFAULT_MARGIN_S
+) -> CheckResult:
     marks = {o.key: o for o in ops if o.f == "mark"}
     anomalies: list[str] = []
     checked = 0
@@ -39,14 +40,18 @@ def check(ops: Sequence[Op], *, ahead_s: float = 0.0, back_s: float = 0.0,
         expires = float(m.value["expires_at"])
         if r.result is not None:
             if r.invoke_wall - back_s - margin_s > expires:
-                anomalies.append(f"ttl {r.key!r}: read by {r.process} found the marker "
-                                 f"{r.invoke_wall - expires:.2f}s after its expiry (allowed skew {back_s}s "
-                                 f"+ margin {margin_s}s)")
+                anomalies.append(
+                    f"ttl {r.key!r}: read by {r.process} found the marker "
+                    f"{r.invoke_wall - expires:.2f}s after its expiry (allowed skew {back_s}s "
+                    f"+ margin {margin_s}s)"
+                )
             got = r.result.get("expires_at") if isinstance(r.result, dict) else None
             if got is None or abs(float(got) - expires) > 0.002:
                 anomalies.append(f"ttl {r.key!r}: read found expires_at {got!r}, written {expires!r}")
         elif m.ok and m.complete_t < r.invoke_t and r.complete_wall + ahead_s + margin_s < expires:
-            anomalies.append(f"ttl {r.key!r}: read by {r.process} missed the marker "
-                             f"{expires - r.complete_wall:.2f}s before its expiry (allowed skew {ahead_s}s "
-                             f"+ margin {margin_s}s)")
+            anomalies.append(
+                f"ttl {r.key!r}: read by {r.process} missed the marker "
+                f"{expires - r.complete_wall:.2f}s before its expiry (allowed skew {ahead_s}s "
+                f"+ margin {margin_s}s)"
+            )
     return CheckResult.of("ttl", checked, anomalies[:50])
