@@ -8,6 +8,7 @@ Layout::
         hard_state    term, vote, commit (raftstate.node.storage.hard_state)
         log/          log-<first index, 20 digits>.seg (raftstate.node.storage.log_store)
         snapshots/    snap-<index, 20 digits>-<term>.snap (raftstate.node.storage.snapshot_store)
+        state/        state.db (+ -wal, -shm): the state store (raftstate.node.storage.state_file)
 
 Durability rules every store follows (a rename or unlink is durable only once its *directory* is
 fsynced; file contents only once the *file* is fsynced):
