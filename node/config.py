@@ -61,8 +61,9 @@ class Settings:
     max_session_results: int = 1000
     max_entries_per_msg: int = 256
     max_inflight_msgs: int = 64
-    #: largest WebSocket frame between peers. An InstallSnapshot carries the whole snapshot in one
-    #: message, so this also caps the snapshot size that can be shipped to a lagging follower.
+    #: largest WebSocket frame between peers. A node's state store travels to a lagging follower as
+    #: a file in chunks on a connection of its own (node/peers/snapshot_transfer.py), not in a frame;
+    #: only a state held in memory (tests, tools) is shipped in one InstallSnapshot message.
     max_peer_frame_bytes: int = 256 << 20
     # Abuse limits (docs/security.md): refused before anything is proposed, each with its own code.
     max_keys_per_page: int = 1000  #: largest ``limit`` of GET /v1/keys
