@@ -42,7 +42,9 @@ class PeerRefusal(RemoteFault):
 
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(message)
-        self.status = status  #: 401 (no valid proof) or 403 (valid proof, but not a member)
+        #: 401 (no valid proof) or 403 (valid proof, but not a member); handshake.py's other checks
+        #: also answer 400 (no node id), 403 (no peer certificate, another cluster), 421 (wrong target)
+        self.status = status
         self.reason = reason  #: short label for the metric
         self.message = message  #: for the log and the reject header; never contains the secret or the MAC
 
