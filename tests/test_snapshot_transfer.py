@@ -437,6 +437,46 @@ async def test_a_request_without_expect_is_authenticated_by_the_handler(serve: S
     assert answer.startswith(b"HTTP/1.1 401") and b"already used" in answer
 
 
+@pytest.mark.parametrize("expect", ["", "something-else", "100-continue"])
+async def test_any_expect_header_is_checked_like_none(serve: Serve, expect: str) -> None:
+    """Refused at the Expect answer or by the handler: never let through for having one."""
+    n2 = await serve("n2", peer_auth=auth("n2"))
+    headers = {**peer_headers(sha256=hashlib.sha256().hexdigest()), "Expect": expect}
+    answer = await raw_post(n2.address, headers, [framed(snapshot_msg())], finish=True)
+    assert answer.startswith(b"HTTP/1.1 401") and b"no X-Raftstate-Proof header" in answer, answer
+    assert n2.got == [] and n2.staged() == []
+
+
+async def test_a_callback_that_fails_gets_a_500_and_its_file_is_deleted(serve: Serve, tmp_path: Path) -> None:
+    n2 = await serve("n2")
+
+    def broken(msg: InstallSnapshot, path: Path) -> None:
+        raise RuntimeError("the state machine is not ready")
+
+    n2.receiver.on_snapshot = broken
+    with pytest.raises(SnapshotTransferFailed) as err:
+        await sender().send(n2.address, snapshot_msg(), random_file(tmp_path / "f", MiB))
+    assert err.value.status == 500 and "node n2 failed to take the snapshot" in err.value.detail
+    assert n2.staged() == []
+    assert transfers(n2.metrics, "receive", "callback_failed") == 1
+
+
+async def test_a_disk_that_fails_the_receiver_gets_a_500_and_no_file(
+    serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n2 = await serve("n2")
+
+    def full(self: Any, data: bytearray) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(snapshot_transfer._StagedFile, "write", full)
+    with pytest.raises(SnapshotTransferFailed) as err:
+        await sender().send(n2.address, snapshot_msg(), random_file(tmp_path / "f", 3 * MiB))
+    assert err.value.status == 500 and "node n2 cannot store the file" in err.value.detail
+    assert n2.staged() == [] and n2.got == [] and n2.receiver.receiving_from is None
+    assert transfers(n2.metrics, "receive", "io_error") == 1
+
+
 @pytest.mark.parametrize("bad", [{SIZE_HEADER: "-1"}, {SIZE_HEADER: ""}, {SHA256_HEADER: "ABC"}])
 async def test_a_request_without_a_usable_size_or_checksum_is_refused(
     serve: Serve, bad: dict[str, str]

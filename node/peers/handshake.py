@@ -80,9 +80,10 @@ class PeerGate:
         self.refused = 0  #: handshakes refused since start
         self._logged: set[tuple[str, str, str]] = set()  # (host, peer id, reason) already logged
 
-    def check(self, request: web.Request) -> PeerRefusal | None:
+    def check(self, request: web.Request, *, spend: bool = True) -> PeerRefusal | None:
         """None if the request comes from a peer of this cluster that may talk to this node (its id
-        is then ``request.headers[NODE_HEADER]``); else why not."""
+        is then ``request.headers[NODE_HEADER]``); else why not. ``spend=False``: a look ahead
+        that leaves the proof good for the real check (:meth:`PeerAuth.check`)."""
         peer_id = request.headers.get(NODE_HEADER, "")
         cluster = request.headers.get(CLUSTER_HEADER, "")
         target = request.headers.get(TARGET_HEADER, self.node_id)
@@ -90,7 +91,7 @@ class PeerGate:
         if self._require_peer_cert and not cert:
             return PeerRefusal(403, "no_peer_cert", "no client certificate signed by this cluster's CA")
         if self._peer_auth is not None:
-            refusal = self._peer_auth.check(request.headers, peer_id, cluster)
+            refusal = self._peer_auth.check(request.headers, peer_id, cluster, spend=spend)
             if refusal is not None:
                 self._metrics.peer_handshakes_refused_total.labels(reason=refusal.reason).inc()
                 return refusal

@@ -294,18 +294,27 @@ class SnapshotSender:
         sent_bytes = self._metrics.snapshot_transfer_sent_bytes_total.labels(peer=peer)
         progress.step("sending", o.chunk_timeout_s)
         yield head
-        f = await asyncio.to_thread(path.open, "rb")
+        try:
+            f = await asyncio.to_thread(path.open, "rb")
+        except Exception as exc:
+            progress.local_error = exc  # aiohttp would report it as a connection error
+            raise
         try:
             started = loop.time()
             while progress.sent < progress.size:
                 progress.step("sending", o.chunk_timeout_s)  # reading this chunk and writing it
-                chunk = await asyncio.to_thread(f.read, min(o.chunk_bytes, progress.size - progress.sent))
-                if not chunk:
-                    progress.local_error = ValueError(
-                        f"{path} ended at byte {progress.sent} while being sent; it had {progress.size} "
-                        "bytes when hashed: a snapshot file must not change until send() returns"
-                    )
-                    raise progress.local_error
+                try:
+                    chunk = await asyncio.to_thread(f.read, min(o.chunk_bytes, progress.size - progress.sent))
+                    if not chunk:
+                        raise ValueError(
+                            f"{path} ended at byte {progress.sent} while being sent; it had {progress.size} "
+                            "bytes when hashed: a snapshot file must not change until send() returns"
+                        )
+                except Exception as exc:
+                    progress.local_error = exc
+                    raise
+                # aiohttp writes it before it asks for the next piece: no exception of the
+                # connection's is ever raised here, they end aiohttp's loop over this generator
                 yield chunk
                 progress.sent += len(chunk)
                 sent_bytes.inc(len(chunk))
@@ -420,8 +429,9 @@ class SnapshotReceiver:
         app.router.add_post(SNAPSHOT_PATH, self.handle, expect_handler=self._expect)
 
     async def _expect(self, request: web.Request) -> web.StreamResponse | None:
-        """``Expect: 100-continue``: admit the request or refuse it before its body is sent."""
-        admitted = self._admit(request, authenticate=True)
+        """``Expect: 100-continue``: refuse the request before its body is sent, or let it go on
+        (its handler then checks it for real: this look ahead leaves its proof unspent)."""
+        admitted = self._admit(request, spend=False)
         if isinstance(admitted, web.Response):
             return admitted
         expect = request.headers.get(hdrs.EXPECT, "")
@@ -431,10 +441,7 @@ class SnapshotReceiver:
         return None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        # A request with an Expect header went through _expect first (aiohttp calls it before the
-        # handler, and calls the handler only if it let the request go on): the handshake is
-        # checked. It must not be checked twice: a proof's nonce is spent by the first check.
-        admitted = self._admit(request, authenticate=hdrs.EXPECT not in request.headers)
+        admitted = self._admit(request, spend=True)
         if isinstance(admitted, web.Response):
             return admitted
         self._active = admitted.peer
@@ -442,16 +449,19 @@ class SnapshotReceiver:
             return await self._receive(request, admitted)
         except _Refused as refused:
             return self._failed(request, refused)
+        except OSError as exc:  # this node's disk (the peer's connection errors are _Refused)
+            log.error("cannot store a snapshot from %s in %s: %s", admitted.peer, self.staging_dir, exc)
+            why = f"node {self.node_id} cannot store the file: {exc}"
+            return self._failed(request, _Refused(500, "io_error", why))
         finally:
             self._active = None
 
-    def _admit(self, request: web.Request, *, authenticate: bool) -> _Offer | web.Response:
-        """What the request announces, or the answer that refuses it."""
-        if authenticate:
-            refusal = self._gate.check(request)
-            if refusal is not None:
-                self._metrics.snapshot_transfers_total.labels(direction="receive", outcome="refused").inc()
-                return self._gate.refuse(request, refusal.status, refusal.message)
+    def _admit(self, request: web.Request, *, spend: bool) -> _Offer | web.Response:
+        """What the request announces, or the answer that refuses it. ``spend``: see PeerGate.check."""
+        refusal = self._gate.check(request, spend=spend)
+        if refusal is not None:
+            self._metrics.snapshot_transfers_total.labels(direction="receive", outcome="refused").inc()
+            return self._gate.refuse(request, refusal.status, refusal.message)
         peer = request.headers.get(NODE_HEADER, "")
         size_text = request.headers.get(SIZE_HEADER, "")
         sha256 = request.headers.get(SHA256_HEADER, "")
