@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from test_transport import eventually
 
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.peers import snapshot_transfer
@@ -139,14 +140,6 @@ def value(m: NodeMetrics, name: str, **labels: str) -> float:
 def transfers(m: NodeMetrics, direction: str, outcome: str) -> float:
     """raftstate_snapshot_transfers_total{direction, outcome}"""
     return value(m, "raftstate_snapshot_transfers_total", direction=direction, outcome=outcome)
-
-
-async def eventually(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
 
 
 # --------------------------------------------------------------------------- a file goes across
