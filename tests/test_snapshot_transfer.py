@@ -377,6 +377,34 @@ async def test_a_sender_that_hangs_up_mid_body_leaves_no_file(serve: Serve, tmp_
     assert len(n2.got) == 1 and sha256_of(n2.got[0][1]) == sha256_of(src)
 
 
+@pytest.mark.parametrize("stall_in", ["message", "file"])
+async def test_a_sender_that_stalls_is_timed_out_and_frees_the_slot(serve: Serve, stall_in: str) -> None:
+    """A sender that stops sending but keeps its connection (a half-open one: it lost power) must
+    not hold the one transfer slot for good."""
+    n2 = await serve("n2", options=TransferOptions(chunk_timeout_s=0.3))
+    pieces = [framed(snapshot_msg())[:3]] if stall_in == "message" else [framed(snapshot_msg()), b"x" * 1000]
+    host, port = n2.address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        head = [f"POST {SNAPSHOT_PATH} HTTP/1.1", f"Host: {n2.address}", "Transfer-Encoding: chunked"]
+        head += [f"{k}: {v}" for k, v in peer_headers(size=MiB).items()]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+        for piece in pieces:
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        await eventually(lambda: n2.receiver.receiving_from == "n1")
+        answer = await asyncio.wait_for(reader.read(4096), 5)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert (
+        b"the message before the file took over 0.3s"
+        if stall_in == "message"
+        else b"no byte of the file for 0.3s after 1000"
+    ) in answer
+    assert n2.receiver.receiving_from is None and n2.staged() == [] and n2.got == []
+    assert transfers(n2.metrics, "receive", "timeout") == 1
+
+
 async def test_a_sender_task_cancelled_mid_body_leaves_no_file(serve: Serve, tmp_path: Path) -> None:
     n2 = await serve("n2")
     src = random_file(tmp_path / "f", 4 * MiB)

@@ -98,7 +98,8 @@ class TransferOptions:
     #: the file is read (sender) and written (receiver) in pieces of this size, each in a thread
     chunk_bytes: int = 1 << 20
     #: the longest any one step may take: connecting and being accepted, reading and writing one
-    #: chunk. Beyond it the link counts as stuck and the transfer fails.
+    #: chunk (sender); the message, and each piece of the file to arrive (receiver). Beyond it the
+    #: link counts as stuck and the transfer fails.
     chunk_timeout_s: float = 30.0
     #: after the last byte: the receiver's fsync of the whole file, its rename and the callback
     answer_timeout_s: float = 120.0
@@ -538,19 +539,23 @@ class SnapshotReceiver:
     async def _read_message(self, request: web.Request, peer: str) -> InstallSnapshot:
         """The length-prefixed InstallSnapshot before the file: from ``peer``, to this node."""
         content = request.content
+        timeout_s = self.options.chunk_timeout_s
         try:
-            (length,) = _PREFIX.unpack(await content.readexactly(_PREFIX.size))
-            if length > MAX_MESSAGE_BYTES:
-                raise _Refused(
-                    413,
-                    "bad_message",
-                    f"the message before the file is {length} bytes; at most {MAX_MESSAGE_BYTES}",
-                )
-            msg = decode_one(await content.readexactly(length))
+            async with asyncio.timeout(timeout_s):
+                (length,) = _PREFIX.unpack(await content.readexactly(_PREFIX.size))
+                if length > MAX_MESSAGE_BYTES:
+                    raise _Refused(
+                        413,
+                        "bad_message",
+                        f"the message before the file is {length} bytes; at most {MAX_MESSAGE_BYTES}",
+                    )
+                msg = decode_one(await content.readexactly(length))
         except FrameError as exc:
             raise _Refused(400, "bad_message", f"the message before the file is malformed: {exc}") from None
         except (asyncio.IncompleteReadError, ConnectionError, aiohttp.ClientError) as exc:
             raise _Refused(400, "disconnected", f"the body ended before the file: {_describe(exc)}") from None
+        except TimeoutError:
+            raise _Refused(408, "timeout", f"the message before the file took over {timeout_s:g}s") from None
         if not isinstance(msg, InstallSnapshot):
             raise _Refused(400, "bad_message", f"expected an InstallSnapshot, got {type(msg).__name__}")
         if msg.src != peer or msg.dst != self.node_id:
@@ -567,11 +572,17 @@ class SnapshotReceiver:
         """The rest of the body into ``staged``, a chunk at a time; it must be the announced file."""
         loop = asyncio.get_running_loop()
         received = self._metrics.snapshot_transfer_received_bytes_total.labels(peer=offer.peer)
-        chunk_bytes = self.options.chunk_bytes
+        chunk_bytes, timeout_s = self.options.chunk_bytes, self.options.chunk_timeout_s
         got = 0
         buf = bytearray()
         try:
-            while data := await request.content.readany():
+            while True:
+                # A sender that stalls (or died without closing: a half-open connection) must not
+                # hold the one transfer slot for good.
+                async with asyncio.timeout(timeout_s):
+                    data = await request.content.readany()
+                if not data:
+                    break
                 got += len(data)
                 received.inc(len(data))
                 if got > offer.size:
@@ -585,6 +596,10 @@ class SnapshotReceiver:
         except (ConnectionError, aiohttp.ClientError) as exc:
             raise _Refused(
                 400, "disconnected", f"the body broke off after {got} of {offer.size} bytes: {_describe(exc)}"
+            ) from None
+        except TimeoutError:
+            raise _Refused(
+                408, "timeout", f"no byte of the file for {timeout_s:g}s after {got} of {offer.size} bytes"
             ) from None
         if buf:
             await loop.run_in_executor(io, staged.write, buf)
