@@ -28,9 +28,11 @@ that size would exceed ``max_peer_frame_bytes`` and hold every heartbeat behind 
 Refusals answer a status and the reason in ``X-Raftstate-Reject``: the handshake's (400, 401, 403,
 421), 409 while another transfer is being received (one at a time), 413 for a file over
 ``max_snapshot_bytes`` (before any of it is sent) or a message over 1 MiB, 400 for a malformed
-message or a file that is not what its headers say. A sender that goes away mid-body leaves no
-file behind. Files named ``incoming-*`` in the staging dir when the receiver is created are
-leftovers of a crash (or of a callback that did not take its file away) and are deleted.
+message or a file that is not what its headers say, 408 for a sender that stalls longer than
+``chunk_timeout_s``, 500 if this node cannot store the file or its callback fails. A sender that
+goes away mid-body leaves no file behind. Files named ``incoming-*`` in the staging dir when the
+receiver is created are leftovers of a crash (or of a callback that did not take its file away)
+and are deleted.
 
 The sender raises :class:`SnapshotTransferFailed` (a remote fault) naming the peer, its address and
 how much was sent; a file that cannot be read, or changes while being sent, is the caller's and
@@ -248,10 +250,10 @@ class SnapshotSender:
         body = self._body(peer, head, path, progress)
         try:
             # A connection of its own (closed after): never the peer stream, never a pooled one.
-            connector = aiohttp.TCPConnector(force_close=True, limit=1)
             async with (
                 aiohttp.ClientSession(
-                    connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+                    connector=aiohttp.TCPConnector(force_close=True, limit=1),
+                    timeout=aiohttp.ClientTimeout(total=None),  # progress.deadline bounds each step
                 ) as session,
                 asyncio.timeout(None) as progress.deadline,
             ):
