@@ -223,6 +223,9 @@ SNAPSHOT_SAVE: Final = Endpoint("snapshot_save", "GET", "/v1/snapshot", _ADMIN, 
 STREAM: Final = Endpoint("stream", "GET", "/v1/stream", _READ)
 #: node to node: Raft messages (node/peers/transport.py)
 RAFT_STREAM: Final = Endpoint("raft_stream", "GET", "/raft/v1/stream", Access.PEER)
+# ---- node to node, one request per transfer
+#: a snapshot file for a lagging follower, streamed in its own request (node/peers/snapshot_transfer.py)
+RAFT_SNAPSHOT: Final = Endpoint("raft_snapshot", "POST", "/raft/v1/snapshot", Access.PEER)
 # fmt: on
 
 #: every row above, in order (module globals keep definition order). Read it as ``protocol.ENDPOINTS``

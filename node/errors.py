@@ -27,6 +27,8 @@ whose they are (this node's own files and settings, or another process's answer)
     │   ├── FrameError             (peers/wire.py) a peer's frame is malformed (also a ValueError)
     │   ├── PeerRefusal            (peers/peer_auth.py) a peer's stream handshake is refused (401/403);
     │   │                          returned by PeerAuth.check as a verdict, like an apply's Refusal
+    │   ├── SnapshotTransferFailed (peers/snapshot_transfer.py) a peer refused a snapshot file, or the
+    │   │                          link failed or stalled while sending it
     │   ├── AdminError             (ops/admin_http.py) a node refused an operator's call, or none answered
     │   └── HttpError              (ops/local_cluster.py) a node of a local cluster answered non-2xx
     │

@@ -25,6 +25,9 @@ FSYNC_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 # A request waits for a quorum fsync round trip: sub-millisecond reads up to multi-second elections.
 REQUEST_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SNAPSHOT_BUCKETS_S = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# A snapshot file to a lagging follower: megabytes in well under a second on a LAN, hundreds of MB
+# over a rate-capped or slow link in minutes.
+TRANSFER_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 
 class NodeMetrics:
@@ -118,6 +121,33 @@ class NodeMetrics:
             "raftstate_peer_handshakes_refused",
             "Inbound peer streams refused before upgrading (bad proof, replay, not a member, other cluster)",
             ["reason"],
+            registry=r,
+        )
+
+        # snapshot files (node/peers/snapshot_transfer.py)
+        self.snapshot_transfer_sent_bytes_total = Counter(
+            "raftstate_snapshot_transfer_sent_bytes",
+            "Snapshot file bytes written to a peer (of transfers that failed too)",
+            ["peer"],
+            registry=r,
+        )
+        self.snapshot_transfer_received_bytes_total = Counter(
+            "raftstate_snapshot_transfer_received_bytes",
+            "Snapshot file bytes received from a peer (of transfers that failed too)",
+            ["peer"],
+            registry=r,
+        )
+        self.snapshot_transfers_total = Counter(
+            "raftstate_snapshot_transfers",
+            "Snapshot file transfers by direction (send, receive) and outcome (ok, or why it failed)",
+            ["direction", "outcome"],
+            registry=r,
+        )
+        self.snapshot_transfer_seconds = Histogram(
+            "raftstate_snapshot_transfer_seconds",
+            "Duration of a completed snapshot file transfer, by direction (send, receive)",
+            ["direction"],
+            buckets=TRANSFER_BUCKETS_S,
             registry=r,
         )
 

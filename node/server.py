@@ -23,6 +23,8 @@ from raftstate.node.config import ClusterConfig
 from raftstate.node.driver import DriverSettings, RaftDriver
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.peers.bootstrap import resolve_bootstrap
+from raftstate.node.peers.fault_dial import DialMap
+from raftstate.node.peers.snapshot_transfer import SnapshotReceiver, SnapshotSender
 from raftstate.node.peers.transport import PeerTransport, StreamReceiver, TransportOptions
 from raftstate.node.runtime.clock import NodeClock
 from raftstate.node.runtime.cluster_time import ClusterTime
@@ -31,7 +33,7 @@ from raftstate.node.security.node_security import NodeSecurity
 from raftstate.node.storage.state_file import StateFile
 from raftstate.node.storage.store import DiskStorage, Storage
 from raftstate.node.test_hooks import TestHooks
-from raftstate.raft import Membership, Role
+from raftstate.raft import InstallSnapshot, Membership, Role
 
 log = logging.getLogger("raftstate.node")
 
@@ -78,6 +80,7 @@ class NodeServer:
         )
         self.storage = hooks.storage(disk)
         options = TransportOptions(max_frame_bytes=s.max_peer_frame_bytes)
+        dial_map = hooks.dial_map()  # TEST-ONLY: chaos proxies sit between peers (off normally)
         sec = self.security
         self.transport = PeerTransport(
             self.id,
@@ -87,21 +90,26 @@ class NodeServer:
             options=options,
             peer_auth=sec.peer_auth,
             ssl_context=sec.client_ssl,
-            dial_map=hooks.dial_map(),
+            dial_map=dial_map,
         )
         # The wall clock (with the test/chaos offset hook), and cluster time for reads and stamps.
         clock = self.clock = NodeClock(hooks.clock_offset_file, reread_s=s.tick_ms / 1000)
         cluster_time = ClusterTime(clock.now_ms)
         # After the first start the data dir's bootstrap record, then the log/snapshot, rule.
         bootstrap = resolve_bootstrap(disk.path, self.id, cfg, self.joining)
+        state_file = StateFile(
+            disk.path / "state", cache_mb=s.state_cache_mb, on_fsync=self.metrics.fsync_seconds.observe
+        )
+        sender = SnapshotSender(
+            self.id, cfg.cluster_id, peer_auth=sec.peer_auth, ssl_context=sec.client_ssl, metrics=self.metrics
+        )
         self.driver = RaftDriver(
             self.id,
             bootstrap=bootstrap,
             storage=self.storage,
             transport=self.transport,
-            state_file=StateFile(
-                disk.path / "state", cache_mb=s.state_cache_mb, on_fsync=self.metrics.fsync_seconds.observe
-            ),
+            state_file=state_file,
+            snapshot_sender=_RoutedSender(sender, dial_map),
             settings=DriverSettings(
                 tick_ms=s.tick_ms, snapshot_threshold=s.snapshot_threshold, raft=s.raft_settings
             ),
@@ -127,6 +135,15 @@ class NodeServer:
         app = web.Application(client_max_size=s.max_request_bytes)
         sec.install(app)  # first: its middlewares guard every route below
         self.receiver.install(app)
+        SnapshotReceiver(
+            self.id,
+            cfg.cluster_id,
+            state_file.directory,
+            self.driver.receive_store,
+            metrics=self.metrics,
+            peer_auth=sec.peer_auth,
+            require_peer_cert=sec.tls,
+        ).install(app)
         api = Api(
             self.driver,
             self.metrics,
@@ -205,6 +222,19 @@ class NodeServer:
                 for pid, ps in sorted(peers.items())
             },
         }
+
+
+class _RoutedSender:
+    """Sends to the address the chaos dial map names for a peer (the configured one normally)."""
+
+    def __init__(self, sender: SnapshotSender, dial_map: DialMap | None) -> None:
+        self._sender = sender
+        self._dial_map = dial_map
+
+    async def send(self, address: str, msg: InstallSnapshot, path: Path) -> None:
+        if self._dial_map is not None:
+            address = self._dial_map.address(msg.dst, address)
+        await self._sender.send(address, msg, path)
 
 
 async def serve(config: ClusterConfig, node_id: str, *, joining: Membership | None = None) -> int:

@@ -24,6 +24,7 @@ from raftstate.node.api.admin import AdminApi
 from raftstate.node.api.handlers import Api
 from raftstate.node.api.stream import StreamApi
 from raftstate.node.config import Settings
+from raftstate.node.peers.snapshot_transfer import SnapshotReceiver
 from raftstate.node.peers.transport import StreamReceiver
 from raftstate.node.security.auth import AUTHENTICATOR, Authenticator, auth_middleware, route_roles
 from raftstate.node.security.config import ResolvedAuth, Role
@@ -67,6 +68,7 @@ def node_app(fc: FakeCluster, tmp_path: Path) -> web.Application:
     app[AUTHENTICATOR] = Authenticator(auth, api.metrics)
     app.middlewares.append(auth_middleware)
     StreamReceiver("n1", "test", lambda msg: None).install(app)
+    SnapshotReceiver("n1", "test", tmp_path / "incoming", lambda msg, path: None).install(app)
     api.install(app)
     AdminApi(api, cluster_id="test", settings=Settings(), data_dir=tmp_path).install(app)
     StreamApi(api, api.metrics, max_frame_bytes=1 << 20).install(app)
@@ -190,11 +192,12 @@ def test_every_row_is_served_by_a_node_exactly_once(tmp_path: Path) -> None:
 
 def test_the_rows_and_what_the_node_derives_from_them() -> None:
     roles = route_roles()
-    assert len(roles) == len(p.ENDPOINTS) == 23
+    assert len(roles) == len(p.ENDPOINTS) == 24
     # The roles the auth table held before it was derived (docs/security.md): unchanged.
     assert roles[("GET", "/health")] == roles[("GET", "/ready")] == "public"
     assert roles[("GET", "/status")] == roles[("GET", "/metrics")] == Role.READ
-    assert roles[("GET", "/raft/v1/stream")] == "peer" and roles[("GET", "/v1/members")] == "read_or_peer"
+    assert roles[("GET", "/raft/v1/stream")] == roles[("POST", "/raft/v1/snapshot")] == "peer"
+    assert roles[("GET", "/v1/members")] == "read_or_peer"
     assert (
         roles[("GET", "/v1/kv/{key}")]
         == roles[("GET", "/v1/keys")]

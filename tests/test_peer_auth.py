@@ -36,6 +36,20 @@ def test_a_fresh_proof_opens_one_stream_once() -> None:
     assert reason(n2, n1.sign("n2"), "n1") is None, "a new handshake has a new nonce"
 
 
+def test_a_look_ahead_leaves_the_proof_good_for_the_real_check() -> None:
+    clock = Clock()
+    n1, n2 = pair(clock)
+    h = n1.sign("n2")
+    assert n2.check(h, "n1", "prod", spend=False) is None
+    assert n2.check(h, "n1", "prod", spend=False) is None
+    assert reason(n2, h, "n1") is None
+    spent = n2.check(h, "n1", "prod", spend=False)
+    assert spent is not None and spent.reason == "replayed_proof", "a spent proof is refused by a look, too"
+    forged = PeerAuth(b"o" * 32, "prod", "n1", members=lambda: {"n1"}, clock=clock).sign("n2")
+    looked = n2.check(forged, "n1", "prod", spend=False)
+    assert looked is not None and looked.reason == "bad_proof"
+
+
 def test_forgeries() -> None:
     clock = Clock()
     n1, n2 = pair(clock)

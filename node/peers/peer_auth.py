@@ -42,7 +42,9 @@ class PeerRefusal(RemoteFault):
 
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(message)
-        self.status = status  #: 401 (no valid proof) or 403 (valid proof, but not a member)
+        #: 401 (no valid proof) or 403 (valid proof, but not a member); handshake.py's other checks
+        #: also answer 400 (no node id), 403 (no peer certificate, another cluster), 421 (wrong target)
+        self.status = status
         self.reason = reason  #: short label for the metric
         self.message = message  #: for the log and the reject header; never contains the secret or the MAC
 
@@ -95,10 +97,16 @@ class PeerAuth:
         mac = self._mac(self.cluster_id, self.node_id, receiver, ts_ms, nonce)
         return {PROOF_HEADER: f"{_VERSION}:{ts_ms}:{nonce}:{mac}"}
 
-    def check(self, headers: Mapping[str, str], sender: str, cluster: str) -> PeerRefusal | None:
+    def check(
+        self, headers: Mapping[str, str], sender: str, cluster: str, *, spend: bool = True
+    ) -> PeerRefusal | None:
         """None if ``headers`` prove that ``sender`` of ``cluster`` holds the secret and may talk to
         this node; else why not. ``cluster`` is the dialer's claimed cluster id (checked by the
-        caller against ours, after this proof says the claim comes from a secret holder)."""
+        caller against ours, after this proof says the claim comes from a secret holder).
+
+        A proof is good once: a check spends its nonce. ``spend=False`` looks ahead without
+        spending it (the snapshot route's answer to ``Expect: 100-continue``, before its handler
+        checks the same request for real)."""
         raw = headers.get(PROOF_HEADER)
         if raw is None:
             return PeerRefusal(401, "missing_proof", f"no {PROOF_HEADER} header; this cluster requires auth")
@@ -130,9 +138,10 @@ class PeerAuth:
         self._forget_older_than(now - 2 * self.max_skew_s)
         if nonce in self._seen:
             return PeerRefusal(401, "replayed_proof", "this handshake was already used (replay)")
-        self._seen[nonce] = now
-        if len(self._seen) > self._max_nonces:
-            self._seen.popitem(last=False)
+        if spend:
+            self._seen[nonce] = now
+            if len(self._seen) > self._max_nonces:
+                self._seen.popitem(last=False)
         if cluster == self.cluster_id and sender not in self._members():
             return PeerRefusal(
                 403,

@@ -13,8 +13,9 @@ peer has its own bounded queue (oldest dropped first, counted) and its own sende
 whatever is queued into one frame per write, and redials with capped, jittered exponential backoff.
 Per-peer FIFO order holds within a connection, and across reconnects for what was still queued.
 
-Handshake: the dialer sends its node id, its cluster id and the id it expects to reach as headers;
-the receiver refuses (before upgrading) a foreign cluster or a wrong target, with a reason header.
+Handshake (handshake.py, shared with the snapshot transfer): the dialer sends its node id, its
+cluster id, the id it expects to reach and its proof as headers; the receiver refuses (before
+upgrading) a foreign cluster, a wrong target or a bad proof, with a reason header.
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ from raftstate.client import protocol
 from raftstate.node.config import parse_address
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.peers.fault_dial import DialMap
+from raftstate.node.peers.handshake import (
+    CLUSTER_HEADER,
+    NODE_HEADER,
+    REJECT_HEADER,
+    TARGET_HEADER,
+    PeerGate,
+    handshake_headers,
+    remote_of,
+)
 from raftstate.node.peers.peer_auth import PeerAuth
 from raftstate.node.peers.wire import FrameError, decode_frame, encode_one, frame_header
 from raftstate.raft.messages import Message
@@ -56,10 +66,6 @@ log = logging.getLogger(__name__)
 
 #: the peer route: its row of the endpoint table
 STREAM_PATH = protocol.RAFT_STREAM.path
-NODE_HEADER = "X-Raftstate-Node"  #: the dialer's node id
-CLUSTER_HEADER = "X-Raftstate-Cluster"  #: the dialer's cluster_id; must equal the receiver's
-TARGET_HEADER = "X-Raftstate-Target"  #: the node id the dialer believes lives at this address
-REJECT_HEADER = "X-Raftstate-Reject"  #: why the receiver refused the handshake
 
 _FRAME_HEADER_MAX = 5  # msgpack array32 header; bounds the framing overhead of one message
 
@@ -298,9 +304,7 @@ class PeerTransport:
         # test/chaos hook (node/peers/fault_dial.py): a chaos run routes this link through its proxy
         scheme = "https" if self._ssl else "http"
         url = f"{scheme}://{self._dial_map.address(peer.id, peer.address)}{STREAM_PATH}"
-        headers = {NODE_HEADER: self.node_id, CLUSTER_HEADER: self.cluster_id, TARGET_HEADER: peer.id}
-        if self._peer_auth is not None:
-            headers.update(self._peer_auth.sign(peer.id))
+        headers = handshake_headers(self.node_id, self.cluster_id, peer.id, self._peer_auth)
         try:
             async with asyncio.timeout(o.connect_timeout_s):
                 ws = await self._session.ws_connect(
@@ -412,53 +416,35 @@ class StreamReceiver:
         self.node_id = node_id
         self.cluster_id = cluster_id
         self.on_message = on_message
-        self._peer_auth = peer_auth  # None: auth off (the config said so explicitly)
-        self._require_peer_cert = require_peer_cert  # TLS on: a peer must show a cert of our CA
         self.options = options or TransportOptions()
         self._metrics = metrics or NodeMetrics(node_id, cluster_id)
+        self._gate = PeerGate(
+            node_id,
+            cluster_id,
+            metrics=self._metrics,
+            peer_auth=peer_auth,
+            require_peer_cert=require_peer_cert,
+            what="raft stream",
+            logger=log,
+        )
         self._streams: dict[web.WebSocketResponse, str] = {}  # open inbound stream -> peer id
         self.frames_rejected = 0
-        self.handshakes_rejected = 0
-        self._refused: set[tuple[str, str, str]] = set()  # (host, peer id, reason) already logged
 
     def install(self, app: web.Application) -> None:
         """Mount the route and close inbound streams on shutdown (else shutdown waits for them)."""
         app.router.add_get(STREAM_PATH, self.handle)
         app.on_shutdown.append(self._on_shutdown)
 
+    @property
+    def handshakes_rejected(self) -> int:
+        return self._gate.refused
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        peername = request.transport.get_extra_info("peername") if request.transport else None
-        remote = f"{peername[0]}:{peername[1]}" if peername else (request.remote or "?")
-        peer_id = request.headers.get(NODE_HEADER, "")
-        cluster = request.headers.get(CLUSTER_HEADER, "")
-        target = request.headers.get(TARGET_HEADER, self.node_id)
-        cert = request.transport.get_extra_info("peercert") if request.transport else None
-        if self._require_peer_cert and not cert:
-            return self._refuse(403, remote, peer_id, "no client certificate signed by this cluster's CA")
-        if self._peer_auth is not None:
-            refusal = self._peer_auth.check(request.headers, peer_id, cluster)
-            if refusal is not None:
-                self._metrics.peer_handshakes_refused_total.labels(reason=refusal.reason).inc()
-                return self._refuse(refusal.status, remote, peer_id, refusal.message)
-        if cluster != self.cluster_id:
-            self._metrics.peer_handshakes_refused_total.labels(reason="wrong_cluster").inc()
-            return self._refuse(
-                403,
-                remote,
-                peer_id,
-                f"cluster_id mismatch: this node is in {self.cluster_id!r}, the dialer in {cluster!r}; "
-                "it was started from another cluster file",
-            )
-        if not peer_id:
-            return self._refuse(400, remote, peer_id, f"missing {NODE_HEADER} header")
-        if target != self.node_id:
-            return self._refuse(
-                421,
-                remote,
-                peer_id,
-                f"this address is node {self.node_id!r}, not {target!r}; "
-                f"check {target}'s address in the cluster file",
-            )
+        remote = remote_of(request)
+        refusal = self._gate.check(request)
+        if refusal is not None:
+            return self._gate.refuse(request, refusal.status, refusal.message)
+        peer_id = request.headers[NODE_HEADER]
         ws = web.WebSocketResponse(
             max_msg_size=self.options.max_frame_bytes,
             heartbeat=self.options.heartbeat_s,
@@ -466,7 +452,7 @@ class StreamReceiver:
             timeout=self.options.close_timeout_s,
         )
         if not ws.can_prepare(request).ok:
-            return self._refuse(400, remote, peer_id, "not a WebSocket upgrade request")
+            return self._gate.refuse(request, 400, "not a WebSocket upgrade request")
         await ws.prepare(request)
         self._streams[ws] = peer_id
         log.debug("inbound stream from %s (%s) opened", peer_id, remote)
@@ -516,17 +502,6 @@ class StreamReceiver:
                 else ""
             )
             log.warning("dropped a frame from %s (node %s): %s%s", remote, peer_id or "?", error, more)
-
-    def _refuse(self, status: int, remote: str, peer_id: str, reason: str) -> web.Response:
-        self.handshakes_rejected += 1
-        # A misconfigured peer redials every couple of seconds: say it loudly once, then quietly.
-        key = (remote.rpartition(":")[0], peer_id, reason)
-        level = logging.DEBUG if key in self._refused else logging.ERROR
-        if len(self._refused) > 1000:
-            self._refused.clear()  # bound the memory a stream of bogus dialers can pin
-        self._refused.add(key)
-        log.log(level, "refused raft stream from %s (node %s): %s", remote, peer_id or "?", reason)
-        return web.Response(status=status, text=reason + "\n", headers={REJECT_HEADER: reason})
 
     async def close(self) -> None:
         """Close every inbound stream (the dialers will redial after their backoff)."""

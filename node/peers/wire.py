@@ -18,11 +18,12 @@ import msgpack
 from raftstate.node.errors import RemoteFault
 from raftstate.raft.messages import (
     Message,
+    decode_message,
     encode_message,
     message_from_wire,
 )
 
-__all__ = ["FrameError", "decode_frame", "encode_frame", "encode_one", "frame_header"]
+__all__ = ["FrameError", "decode_frame", "decode_one", "encode_frame", "encode_one", "frame_header"]
 
 
 class FrameError(RemoteFault, ValueError):
@@ -32,6 +33,16 @@ class FrameError(RemoteFault, ValueError):
 def encode_one(msg: Message) -> bytes:
     """One message, as it will sit inside a frame."""
     return encode_message(msg)
+
+
+def decode_one(data: bytes) -> Message:
+    """Inverse of :func:`encode_one` (one message outside a frame: a snapshot transfer's header).
+    Raises :class:`FrameError` saying what was wrong."""
+    try:
+        # The core's decoder is the trust boundary: shapes, field types and ranges.
+        return decode_message(data)
+    except Exception as exc:  # anything a remote peer can trigger is the sender's fault
+        raise FrameError(str(exc)) from None
 
 
 def frame_header(count: int) -> bytes:
