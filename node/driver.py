@@ -424,11 +424,13 @@ class RaftDriver:
         if rd.snapshot is not None:
             if self.state_file is None:
                 self.sm.restore(rd.snapshot.data)
-            # else: the received store was installed before the snapshot was saved (_persist)
+                log.info(
+                    "node %s installed a snapshot at index %d from the leader",
+                    self.id,
+                    rd.snapshot.meta.index,
+                )
+            # else: the received store was installed (and logged) before the snapshot was saved
             self.snapshot_index = rd.snapshot.meta.index
-            log.info(
-                "node %s installed a snapshot at index %d from the leader", self.id, rd.snapshot.meta.index
-            )
             for index in [i for i in self._waiters if i <= rd.snapshot.meta.index]:
                 self._resolve(index, None, unknown=True)
         if rd.hard_state is not None or rd.snapshot is not None:
@@ -688,7 +690,12 @@ class RaftDriver:
         await asyncio.to_thread(self.state_file.sync_dir)
         if self.on_snapshot is not None:
             self.on_snapshot(time.perf_counter() - t0)
-        log.info("node %s installed the leader's state store at index %d", self.id, copy_index)
+        log.info(
+            "node %s installed a snapshot at index %d from the leader: its state store, at index %d",
+            self.id,
+            index,
+            copy_index,
+        )
         return StoreDescriptor(copy_index).encode()
 
     async def _write_snapshot(self, index: int, meta: Any, build: Callable[[], bytes]) -> None:
