@@ -40,7 +40,7 @@ from raftstate.node.state.machine import KVStateMachine
 from raftstate.node.state.tables import StateTables
 from raftstate.node.storage.errors import StorageCorruption
 from raftstate.node.storage.state_file import StateFile, StoreDescriptor
-from raftstate.node.storage.store import Storage
+from raftstate.node.storage.store import LoadedState, Storage
 from raftstate.raft import (
     ConfChange,
     Entry,
@@ -135,6 +135,8 @@ class RaftDriver:
         loaded = storage.load()
         if loaded.snapshot_data is not None and loaded.persisted.snapshot is not None:
             self._take_up_snapshot(loaded.persisted.snapshot.index, loaded.snapshot_data)
+        if state_file is not None:
+            self._check_store_within_log(loaded)
         self.raft = RaftNode(
             node_id,
             bootstrap=bootstrap,
@@ -596,6 +598,25 @@ class RaftDriver:
                 f"{index}: the log before {index} is gone, so the state cannot be rebuilt here",
             )
 
+    def _check_store_within_log(self, loaded: LoadedState) -> None:
+        """The store applies only entries this node had persisted, so its applied index is never
+        beyond the log's last entry — except after installing a copy of the leader's store, which
+        records the index it came at. Beyond both, the log lost entries the store applied (storage
+        that acknowledged before fsync): replaying would skip the new entries written there."""
+        assert self.state_file is not None
+        p = loaded.persisted
+        last = p.entries[-1].index if p.entries else (p.snapshot.index if p.snapshot else 0)
+        desc = StoreDescriptor.decode(loaded.snapshot_data) if loaded.snapshot_data is not None else None
+        installed = int(self.sm.tables.meta("installed_index") or 0)
+        floor = max(last, desc.applied_index if desc is not None else 0, installed)
+        if self.sm.applied_index > floor:
+            raise StorageCorruption(
+                self.state_file.path,
+                f"the state store has applied index {self.sm.applied_index}, beyond the log's last entry "
+                f"{last}: the log lost entries this node had applied (a disk or storage layer that "
+                "acknowledged writes before they were durable?); the state cannot be trusted here",
+            )
+
     async def _checkpoint(self) -> None:
         """Make the store durable, then let the log go up to the index it now covers."""
         assert self.state_file is not None
@@ -687,6 +708,9 @@ class RaftDriver:
         self.sm.tables.conn.close()
         self.state_file.replace_with(path)
         self.sm.reopen(StateTables(self.state_file.connect()))
+        self.sm.tables.begin()
+        self.sm.tables.set_meta("installed_index", copy_index)  # may lie beyond our log: see above
+        self.sm.flush()
         await asyncio.to_thread(self.state_file.sync_dir)
         if self.on_snapshot is not None:
             self.on_snapshot(time.perf_counter() - t0)

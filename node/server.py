@@ -108,7 +108,7 @@ class NodeServer:
             bootstrap=bootstrap,
             storage=self.storage,
             transport=self.transport,
-            state_file=state_file,
+            state_file=hooks.state_file(state_file),
             snapshot_sender=_RoutedSender(sender, dial_map),
             settings=DriverSettings(
                 tick_ms=s.tick_ms, snapshot_threshold=s.snapshot_threshold, raft=s.raft_settings
@@ -139,7 +139,7 @@ class NodeServer:
             self.id,
             cfg.cluster_id,
             state_file.directory,
-            self.driver.receive_store,
+            self.driver.receive_store,  # without a store (a test hook) it drops what arrives
             metrics=self.metrics,
             peer_auth=sec.peer_auth,
             require_peer_cert=sec.tls,

@@ -32,7 +32,11 @@ stale-reads       a linearizable read is answered at once from the local state o
 ack-before-fsync  every Ready batch counts as durable at once (the driver acknowledges, votes and
                   commits on it); a background thread writes it ~1 s later
                   (node/storage/late_write.py). A crash of every node within that second
-                  (restart-all) loses acknowledged writes
+                  (restart-all) loses acknowledged writes. The node keeps its state in memory
+                  (:meth:`TestHooks.state_file` gives None), as before the state store: a store
+                  commit survives kill -9 in the page cache, so a crash of processes could not
+                  show what this bug loses on a power cut — and a node whose store is ahead of
+                  its log refuses to start anyway (node/driver.py)
 ================  ===========================================================================
 
 The two files (clock offset, dial map) are re-read while the node runs, so a test can change them;
@@ -55,6 +59,7 @@ from typing import ClassVar, Final
 from raftstate.node.errors import LocalFault
 from raftstate.node.peers.fault_dial import DialMap
 from raftstate.node.storage.late_write import LateWriteStorage
+from raftstate.node.storage.state_file import StateFile
 from raftstate.node.storage.store import Storage
 
 __all__ = [
@@ -218,6 +223,10 @@ class TestHooks:
     def storage(self, storage: Storage) -> Storage:
         """What the driver persists through: ``storage`` itself, or it behind the ack-before-fsync bug."""
         return LateWriteStorage(storage) if self.injected_bug == ACK_BEFORE_FSYNC else storage
+
+    def state_file(self, state_file: StateFile) -> StateFile | None:
+        """Where the state lives: the store, or memory under the ack-before-fsync bug (above)."""
+        return None if self.injected_bug == ACK_BEFORE_FSYNC else state_file
 
     def read_barrier(self) -> ReadBarrier | None:
         """For the API: what makes a linearizable read safe in place of ReadIndex — None (ReadIndex,

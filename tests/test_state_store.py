@@ -309,3 +309,48 @@ def test_an_old_whole_state_snapshot_is_imported_into_a_new_store(tmp_path: Path
     assert msgpack.unpackb(blob)["format"] == 2
     d.sm.tables.conn.close()
     d.storage.close()
+
+
+def test_a_store_ahead_of_its_log_refuses_to_start(tmp_path: Path) -> None:
+    """The log lost entries the store had applied (storage that acknowledged before fsync): the
+    new entries a leader writes at those indexes would be skipped, so the node must not start."""
+    sf = StateFile(tmp_path / "data" / "state")
+    sm = KVStateMachine(StateTables(sf.connect()))
+    for i in range(1, 51):
+        e = _mixed(i)
+        sm.apply(e.index, e.time_ms, e.data)
+    sm.flush()
+    sm.tables.conn.close()
+    with pytest.raises(StorageCorruption) as err:
+        _driver(tmp_path)
+    assert "beyond the log's last entry 0" in str(err.value) and str(sf.path) in str(err.value)
+
+
+def test_a_store_installed_ahead_of_the_log_restarts(tmp_path: Path) -> None:
+    """After installing a copy newer than the snapshot's index, the store is legitimately ahead of
+    the log (it records the index it was installed at): a restart then is fine."""
+    leader = StateFile(tmp_path / "leader")
+    lsm = KVStateMachine(StateTables(leader.connect()))
+    for i in range(1, 301):
+        e = _mixed(i)
+        lsm.apply(e.index, e.time_ms, e.data)
+    lsm.flush()
+
+    async def run() -> None:
+        d = _driver(tmp_path / "f")
+        await d.start()
+        assert d.state_file is not None
+        copy, index = await asyncio.to_thread(leader.copy_to, d.state_file.directory)
+        meta = SnapshotMeta(250, 1, THREE, T0)
+        d.receive_store(InstallSnapshot(1, "n1", "n2", meta, StoreDescriptor(index).encode()), copy)
+        for _ in range(500):
+            if d.snapshot_index == 250:
+                break
+            await asyncio.sleep(0.01)
+        await _stop(d)
+
+    asyncio.run(run())
+    again = _driver(tmp_path / "f")
+    assert again.sm.applied_index == 300 and again.sm.snapshot() == _expected(300).snapshot()
+    again.sm.tables.conn.close()
+    again.storage.close()
