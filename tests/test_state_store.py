@@ -354,3 +354,45 @@ def test_a_store_installed_ahead_of_the_log_restarts(tmp_path: Path) -> None:
     assert again.sm.applied_index == 300 and again.sm.snapshot() == _expected(300).snapshot()
     again.sm.tables.conn.close()
     again.storage.close()
+
+
+def test_a_full_disk_stops_the_node_and_a_restart_resumes_from_the_last_commit(tmp_path: Path) -> None:
+    """SQLITE_FULL (a full disk, simulated with max_page_count) during apply is not an outcome: the
+    node stops (the fatal path: exit code 4), nothing half-applied is committed, and a restart
+    replays the log from the store's last commit to the same state as a replica that never failed."""
+
+    async def run() -> None:
+        d = _driver(tmp_path)
+        await d.start()
+        await _feed(d, [_mixed(i) for i in range(1, 41)], 40)
+        pages = d.sm.tables.conn.execute("PRAGMA page_count").fetchone()[0]
+        d.sm.tables.conn.execute(f"PRAGMA max_page_count={pages}")
+        stopped: list[BaseException] = []
+        d.fatal_listeners.append(stopped.append)
+        entries = [
+            Entry(i, 1, T0 + i, data=encode_command("set", key=f"big{i}", value="x" * 3000))
+            for i in range(41, 201)
+        ]
+        d.step(AppendEntries(1, "n1", "n2", 40, 1, tuple(entries), 200))
+        for _ in range(500):
+            if stopped:
+                break
+            await asyncio.sleep(0.01)
+        assert stopped and isinstance(stopped[0], sqlite3.Error) and "full" in str(stopped[0])
+        assert d.fatal_error is stopped[0]
+        await d.stop()
+        d.sm.tables.conn.close()
+        d.storage.close()
+
+        again = _driver(tmp_path)
+        committed = again.sm.applied_index
+        assert 40 <= committed < 200
+        await again.start()
+        await _feed(again, entries[committed - 40 :] or entries[-1:], 200)
+        want = _expected(40)
+        for e in entries:
+            want.apply(e.index, e.time_ms, e.data)
+        assert again.sm.snapshot() == want.snapshot()
+        await _stop(again)
+
+    asyncio.run(run())

@@ -37,7 +37,7 @@ class ExpirySweeper:
         cluster_time: ClusterTime,
         *,
         interval_s: float = 0.5,
-        max_names: int = 1000,
+        max_names: int = 256,  # one entry: 256 deletes, a few ms of apply on the loop
         timeout_s: float = 5.0,
     ) -> None:
         assert interval_s > 0 and max_names > 0
