@@ -43,15 +43,21 @@ Engines (``--engines``, default all; one whose package is missing is skipped, wi
                  key, so it stops at ``--ref-keys`` (1M).
 
 At every ``--step`` keys a row per engine: insert rate over the step (keys / engine time, including
-checkpoints or syncs; the rows are built outside the timed part), p99 and max of the batch
+checkpoints or syncs; the rows are built outside the timed part), the CPU time of that work per key
+(user + sys of the process: much less disturbed by the other load of a shared machine than the
+wall-clock rate; fsync waits are not in it), p99 and max of the batch
 transactions, the longest checkpoint/sync, RssAnon and RssFile (/proc/self/status), bytes on disk
-(allocated: st_blocks; WAL apart), bytes the process caused to be written per key in the step
-(/proc/self/io write_bytes), a 100-key prefix scan from ``webhooks:stripe:evt_a`` (median of 21), the
-1000 first due keys of the expiry index (median of 5), a point get (mean of 1000 random stored keys;
-a read transaction each for LMDB, an autocommit SELECT for SQLite) and the 1-minute load average.
+(allocated: st_blocks; WAL apart), bytes written per key in the step (/proc/self/io: ``wchar``,
+what the engine handed to write syscalls, and ``write_bytes``, the page cache the kernel charged as
+dirtied — whole folios, so it can exceed the former), a 100-key prefix scan from
+``webhooks:stripe:evt_a`` (median of 21), the 1000 first due keys of the expiry index (median of
+5), a point get (mean of 1000 random stored keys; a read transaction each for LMDB, an autocommit
+SELECT for SQLite) and the 1-minute load average.
 At the end: a consistent copy of the whole store (SQLite online backup API to a file, LMDB
 ``env.copy``, in memory: a msgpack dump of every row, as a snapshot does), then the restart cost
-(SQLite/LMDB: close, reopen, one get; in memory: rebuild from that dump, then one get).
+(SQLite/LMDB: close, reopen, one get; in memory: rebuild from that dump, then one get), and for
+SQLite/LMDB the open + one get of a copy of the files taken while open (what a kill -9 leaves:
+SQLite then recovers its WAL).
 
 An engine whose fill takes longer than ``--budget-s`` stops at the step where it crossed it (the
 table says so). This is a shared 2-core machine: the load average and nproc are printed at the start
@@ -121,6 +127,7 @@ class StepRow:
     engine: str
     keys: int
     insert_rate: float  # keys/s over the step, engine time (batches + checkpoints/syncs)
+    cpu_us_per_key: float  # CPU time (user + sys, this process) of the same, per key
     batch_p99_ms: float
     batch_max_ms: float
     ckpt_max_ms: float | None  # longest checkpoint (sqlite) / env.sync (lmdb-nosync); None: none
@@ -128,7 +135,8 @@ class StepRow:
     rss_file_mb: float
     disk_mb: float | None  # None: nothing on disk (in memory)
     wal_mb: float | None
-    write_kb_per_key: float
+    write_kb_per_key: float  # bytes passed to write syscalls (/proc/self/io wchar) per key
+    dirtied_kb_per_key: float  # page-cache bytes the kernel charged as dirtied (write_bytes) per key
     scan_us: float
     due_us: float
     get_us: float
@@ -195,15 +203,19 @@ def proc_status_kib() -> dict[str, int]:
     return out
 
 
-def written_bytes() -> int:
+def io_counters() -> tuple[int, int]:
+    """(wchar, write_bytes) of /proc/self/io: bytes handed to write syscalls, and page-cache bytes the
+    kernel charged to this process as dirtied (whole folios: it can exceed what was written)."""
+    found = {"wchar": 0, "write_bytes": 0}
     try:
         with open("/proc/self/io") as f:
             for line in f:
-                if line.startswith("write_bytes:"):
-                    return int(line.split()[1])
+                name, _, value = line.partition(":")
+                if name in found:
+                    found[name] = int(value)
     except OSError:
         pass
-    return 0
+    return found["wchar"], found["write_bytes"]
 
 
 def allocated(path: Path) -> int:
@@ -655,7 +667,14 @@ def _median_time(fn: Callable[[], object], repeat: int) -> float:
 
 
 def measure_step(
-    eng: Engine, s: Settings, n: int, step_keys: int, lat: list[float], ckpt: list[float], wrote: int
+    eng: Engine,
+    s: Settings,
+    n: int,
+    step_keys: int,
+    lat: list[float],
+    ckpt: list[float],
+    cpu_s: float,
+    wrote: tuple[int, int],
 ) -> StepRow:
     engine_s = sum(lat) + sum(ckpt)
     status = proc_status_kib()
@@ -674,6 +693,7 @@ def measure_step(
         engine=eng.name,
         keys=n,
         insert_rate=step_keys / engine_s if engine_s > 0 else float("inf"),
+        cpu_us_per_key=cpu_s / step_keys * 1e6,
         batch_p99_ms=_p99(lat) * 1e3,
         batch_max_ms=max(lat) * 1e3,
         ckpt_max_ms=max(ckpt) * 1e3 if ckpt else None,
@@ -681,7 +701,8 @@ def measure_step(
         rss_file_mb=status["RssFile"] / 1024,
         disk_mb=None if disk is None else disk[0] / 2**20,
         wal_mb=None if disk is None or isinstance(eng, LmdbEngine) else disk[1] / 2**20,
-        write_kb_per_key=wrote / 1024 / step_keys,
+        write_kb_per_key=wrote[0] / 1024 / step_keys,
+        dirtied_kb_per_key=wrote[1] / 1024 / step_keys,
         scan_us=scan_s * 1e6,
         due_us=due_s * 1e6,
         get_us=get_s * 1e6,
@@ -705,22 +726,26 @@ def fill(eng: Engine, s: Settings, emit: Callable[[StepRow], None]) -> tuple[int
         step_start, step_end = i, min(target, (i // s.step + 1) * s.step)
         lat: list[float] = []
         ckpt: list[float] = []
-        wrote0 = written_bytes()
+        cpu_s = 0.0
+        io0 = io_counters()
         while i < step_end:
             n = min(s.batch, step_end - i)
             rows = eng.prepare([row_of(s.seed, j) for j in range(i, i + n)])
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             eng.insert_batch(rows)
             lat.append(time.perf_counter() - t0)
+            cpu_s += time.process_time() - c0
             i += n
             batches += 1
             if batches % s.ckpt_every == 0:
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 if eng.maintenance():
                     ckpt.append(time.perf_counter() - t0)
-        wrote = written_bytes() - wrote0
+                cpu_s += time.process_time() - c0
+        io1 = io_counters()
+        wrote = (io1[0] - io0[0], io1[1] - io0[1])
         eng.after_step()
-        emit(measure_step(eng, s, i, i - step_start, lat, ckpt, wrote))
+        emit(measure_step(eng, s, i, i - step_start, lat, ckpt, cpu_s, wrote))
         if i < target and time.monotonic() - started > s.budget_s:
             capped = f"capped at {i:,} keys: fill exceeded --budget-s {s.budget_s:.0f}"
             break
@@ -798,6 +823,7 @@ STEP_COLUMNS = (
     ("engine", "engine", "{}"),
     ("keys", "keys", "{:,}"),
     ("insert_rate", "ins/s", "{:,.0f}"),
+    ("cpu_us_per_key", "CPU µs/key", "{:.0f}"),
     ("batch_p99_ms", "p99 batch ms", "{:.2f}"),
     ("batch_max_ms", "max batch ms", "{:.1f}"),
     ("ckpt_max_ms", "ckpt/sync max ms", "{:.1f}"),
@@ -806,6 +832,7 @@ STEP_COLUMNS = (
     ("disk_mb", "disk MB", "{:.0f}"),
     ("wal_mb", "of it WAL MB", "{:.1f}"),
     ("write_kb_per_key", "written KB/key", "{:.2f}"),
+    ("dirtied_kb_per_key", "dirtied KB/key", "{:.2f}"),
     ("scan_us", "scan 100 µs", "{:,.0f}"),
     ("due_us", "due 1000 µs", "{:,.0f}"),
     ("get_us", "get µs", "{:.1f}"),
