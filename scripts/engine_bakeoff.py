@@ -897,17 +897,22 @@ def plot(steps: Sequence[dict[str, Any]], names: Sequence[str], path: Path) -> b
     except ImportError:
         print(f"(no plot: matplotlib is not installed; {path} not written)", file=sys.stderr)
         return False
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.8))
     for name in names:
         rows = [r for r in steps if r["engine"] == name]
         if not rows:
             continue
         xs = [r["keys"] / 1e6 for r in rows]
-        ax1.plot(xs, [r["insert_rate"] / 1e3 for r in rows], marker="o", label=name)
-        ax2.plot(xs, [r["rss_anon_mb"] for r in rows], marker="o", label=name)
-    ax1.set(xlabel="keys (millions)", ylabel="insert rate over the step (k keys/s)", yscale="log")
-    ax2.set(xlabel="keys (millions)", ylabel="RssAnon (MB)")
-    for ax in (ax1, ax2):
+        (line,) = ax1.plot(xs, [r["insert_rate"] / 1e3 for r in rows], marker="o", label=name)
+        ax2.plot(xs, [r["cpu_us_per_key"] for r in rows], marker="o", label=name)
+        ax3.plot(xs, [r["rss_anon_mb"] for r in rows], marker="o", label=f"{name} RssAnon")
+        if rows[-1]["rss_file_mb"] > 2 * rows[0]["rss_file_mb"]:  # a memory-mapped store
+            rss_file = [r["rss_file_mb"] for r in rows]
+            ax3.plot(xs, rss_file, ls="--", color=line.get_color(), label=f"{name} RssFile (mmap)")
+    ax1.set(xlabel="keys (millions)", ylabel="insert rate over the step (k keys/s, wall)", yscale="log")
+    ax2.set(xlabel="keys (millions)", ylabel="CPU µs per key written (user + sys)")
+    ax3.set(xlabel="keys (millions)", ylabel="MB")
+    for ax in (ax1, ax2, ax3):
         ax.grid(True, alpha=0.3)
         ax.legend()
     fig.suptitle("raftstate issue 14: storage engine bake-off")
@@ -996,6 +1001,10 @@ def orchestrate(args: argparse.Namespace, s: Settings) -> int:
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
         print(f"\nwritten: {args.out}")
+    if args.json:
+        doc = {"report": lines, "settings": dataclasses.asdict(s), "steps": steps, "finals": finals}
+        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"written: {args.json}")
     if args.png and plot(steps, names, Path(args.png)):
         print(f"written: {args.png}")
     return 1 if failed else 0
@@ -1015,6 +1024,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Settin
     ap.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of {', '.join(ENGINES)}")
     ap.add_argument("--dir", help="where the engines' temporary stores go (default: the system temp dir)")
     ap.add_argument("--out", help="also write the markdown report to this file")
+    ap.add_argument("--json", help="also write every row, unformatted, to this file")
     ap.add_argument("--png", help="plot insert rate and RssAnon against keys to this file (matplotlib)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
