@@ -190,7 +190,7 @@ def bench_no_fault(args: argparse.Namespace) -> int:
 
 
 def bench_scale(args: argparse.Namespace) -> int:
-    from scale import run_scale
+    from raftstate.node.bench.scale import run_scale
 
     return run_scale(args, loadgen_cmd, run_loadgen)
 
