@@ -230,6 +230,7 @@ def main() -> int:
     mk = ap.add_argument_group("--markers: random webhook markers through the client library")
     mk.add_argument("--markers", type=int, metavar="KEYS", help="write KEYS random markers, a row per --step")
     mk.add_argument("--step", type=int, default=500_000, help="keys per row (default 500000)")
+    mk.add_argument("--fill-minutes", type=float, help="stop the fill after this long, measure the rest")
     mk.add_argument("--value-bytes", type=int, default=60, help="marker value size (default 60)")
     mk.add_argument("--ttl", type=float, default=7 * 86400, help="marker ttl in seconds (default 7 days)")
     mk.add_argument(

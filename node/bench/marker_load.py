@@ -9,7 +9,8 @@ that the bench measuring the nodes' /proc does not share a core with it.
 
 ``fill`` writes N new random keys ``webhooks:<provider>:evt_<16 hex>`` from ``--concurrency``
 tasks and prints one JSON line per ``--step`` acknowledged keys (keys so far, puts/s, p50/p99 of
-that step, errors), then a last line ``{"done": true, ...}``.
+that step, errors), then a last line ``{"done": true, ...}``. ``--max-seconds`` stops it early
+(a shorter last row, and ``"stopped": true``).
 
 ``steady`` sends ``--rate`` puts/s (open loop: a put is sent at its scheduled time whether or not
 the earlier ones were answered) until its stdin closes, then prints one JSON line with every
@@ -69,6 +70,7 @@ async def fill(args: argparse.Namespace) -> int:
     errors: dict[str, int] = {}
     lat: list[float] = []
     t_start = step_t0 = last_ack = time.monotonic()
+    stop_at = t_start + args.max_seconds if args.max_seconds else float("inf")
 
     def end_step(now: float) -> None:
         nonlocal lat, step_t0
@@ -92,7 +94,7 @@ async def fill(args: argparse.Namespace) -> int:
         async def worker(i: int) -> None:
             nonlocal claimed, acked, last_ack
             rng = random.Random(f"{args.seed}-{i}")
-            while claimed < args.keys:
+            while claimed < args.keys and time.monotonic() < stop_at:
                 claimed += 1
                 key = marker_key(rng)
                 t0 = time.monotonic()
@@ -114,8 +116,10 @@ async def fill(args: argparse.Namespace) -> int:
                     end_step(t1)
 
         await asyncio.gather(*(worker(i) for i in range(args.concurrency)))
+    if lat:  # stopped by --max-seconds inside a step: the keys acknowledged since the last row
+        end_step(time.monotonic())
     total = time.monotonic() - t_start
-    emit({"done": True, "keys": acked, "elapsed_s": total, "errors": errors})
+    emit({"done": True, "keys": acked, "elapsed_s": total, "errors": errors, "stopped": acked < args.keys})
     return 0
 
 
@@ -182,6 +186,7 @@ def main() -> int:
     ap.add_argument("--keys", type=int, default=0, help="fill: how many new markers")
     ap.add_argument("--step", type=int, default=500_000, help="fill: one line per this many keys")
     ap.add_argument("--concurrency", type=int, default=64, help="fill: concurrent tasks")
+    ap.add_argument("--max-seconds", type=float, help="fill: stop sending after this long (a last row)")
     ap.add_argument("--rate", type=float, default=200.0, help="steady: puts per second")
     ap.add_argument("--pool", type=int, default=0, help="steady: overwrite this many fixed markers")
     ap.add_argument("--max-inflight", type=int, default=2000, help="steady: unanswered puts at most")

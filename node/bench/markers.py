@@ -223,6 +223,7 @@ def fill(
         str(step),
         "--concurrency",
         str(args.marker_concurrency),
+        *(["--max-seconds", str(args.fill_minutes * 60)] if args.fill_minutes else []),
         *extra,
     )
     load = Load(cmd, c.root / f"load-{label}.log")
@@ -429,7 +430,8 @@ def run_markers(args: argparse.Namespace) -> int:
         rows, done = fill(c, args, n, step, term0, "fill")
         report["rows"], report["fill"] = rows, done
         print(
-            f"filled {done['keys']:,} markers in {done['elapsed_s']:.0f} s, errors {done['errors']}",
+            f"filled {done['keys']:,} markers in {done['elapsed_s']:.0f} s, errors {done['errors']}"
+            + (f" (stopped by --fill-minutes {args.fill_minutes:g})" if done.get("stopped") else ""),
             flush=True,
         )
         wait_all_applied(c, 600)
