@@ -140,26 +140,19 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def plot_markers(rows: list[dict[str, Any]], nodes: list[str], path: Path, title: str) -> None:
-    """The marker bench: puts/s and each node's RssAnon against the number of keys."""
+    """The marker bench: puts/s (top) and each node's RssAnon (bottom) against the number of keys."""
     plt = _pyplot()
     if plt is None or not rows:
         return
     keys = [r["keys"] for r in rows]
-    fig, ax1 = plt.subplots(figsize=(9, 5))
-    ax1.plot(keys, [r["puts_per_s"] for r in rows], "-o", color="C0", label="puts/s (left)")
-    ax1.set(xlabel="keys", ylabel="puts/s", title=title)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    ax1.plot(keys, [r["puts_per_s"] for r in rows], "-o", color="C0")
+    ax1.set(ylabel="puts/s (in each step)", title=title)
     ax1.set_ylim(bottom=0)
-    ax2 = ax1.twinx()
     for i, nid in enumerate(nodes):
-        ax2.plot(
-            keys,
-            [r["rss_anon_mb"].get(nid) for r in rows],
-            "--",
-            color=f"C{i + 1}",
-            label=f"{nid} RssAnon MB",
-        )
-    ax2.set(ylabel="RssAnon MB")
+        anon = [r["rss_anon_mb"].get(nid) for r in rows]
+        ax2.plot(keys, anon, "-o", color=f"C{i + 1}", label=nid)
+    ax2.set(xlabel="keys", ylabel="RssAnon MB")
     ax2.set_ylim(bottom=0)
-    handles = ax1.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    ax1.legend(handles=handles, fontsize=8, loc="upper left")
+    ax2.legend(fontsize=8, loc="upper left")
     _save(fig, path)
