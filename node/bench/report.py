@@ -153,6 +153,7 @@ def plot_markers(rows: list[dict[str, Any]], nodes: list[str], path: Path, title
         anon = [r["rss_anon_mb"].get(nid) for r in rows]
         ax2.plot(keys, anon, "-o", color=f"C{i + 1}", label=nid)
     ax2.set(xlabel="keys", ylabel="RssAnon MB")
+    ax2.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x:,.0f}"))
     ax2.set_ylim(bottom=0)
     ax2.legend(fontsize=8, loc="upper left")
     _save(fig, path)
