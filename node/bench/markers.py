@@ -353,7 +353,7 @@ def expiry_storm(c: LocalCluster, args: argparse.Namespace, fill_rate: float, te
         wait_all_applied(c, 120)
         baseline = keys_everywhere(c)
         if any(v is None for v in baseline.values()):
-            raise RuntimeError(f"/status does not report every node's key count: {baseline}")
+            raise RuntimeError(f"a node's status does not report its key count (state.keys): {baseline}")
         t_before = time.monotonic()
         time.sleep(args.steady_s)
         t_before_end = time.monotonic()
