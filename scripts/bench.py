@@ -7,6 +7,9 @@
     .venv/bin/python scripts/bench.py --failover 10 [--sync-client]   # kill -9 the leader every 10 s
     .venv/bin/python scripts/bench.py --scale 1000000       # 1M keys x 100 B: RSS, snapshot, restart
     .venv/bin/python scripts/bench.py --no-fault-minutes 5  # term changes under load, no faults
+    .venv/bin/python scripts/bench.py --markers 1000000 --step 250000 --out m.json --plot m.png
+                                   # random webhook markers through the client: rows per step,
+                                   # restart, wiped follower, [--expiry-storm N] (node/bench/markers.py)
 
 Each system is a fresh 3-node cluster in a temp dir (fsync on, default timeouts) on 127.0.0.1; the
 load comes from node/bench/loadgen.py in its OWN process (asyncio, aiohttp, one request per
@@ -190,9 +193,15 @@ def bench_no_fault(args: argparse.Namespace) -> int:
 
 
 def bench_scale(args: argparse.Namespace) -> int:
-    from scale import run_scale
+    from raftstate.node.bench.scale import run_scale
 
     return run_scale(args, loadgen_cmd, run_loadgen)
+
+
+def bench_markers(args: argparse.Namespace) -> int:
+    from raftstate.node.bench.markers import run_markers
+
+    return run_markers(args)
 
 
 def main() -> int:
@@ -205,11 +214,11 @@ def main() -> int:
     )
     ap.add_argument("--quick", action="store_true", help="smoke run: concurrency 1 and 16, short runs")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
-    ap.add_argument("--concurrency", default="1,16,64,256")
+    ap.add_argument("--concurrency", help="comma-separated (default 1,16,64,256; --markers: one, 64)")
     ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per cell")
     ap.add_argument("--warmup", type=float, default=0.5)
     ap.add_argument("--plot", type=Path, help="write throughput/latency plots to this PNG")
-    ap.add_argument("--json", type=Path, help="write every result to this file")
+    ap.add_argument("--json", "--out", type=Path, dest="json", help="write every result to this JSON file")
     ap.add_argument("--failover", type=int, metavar="KILLS", help="kill -9 the leader KILLS times under load")
     ap.add_argument("--kill-every", type=float, default=10.0)
     ap.add_argument("--failover-concurrency", type=int, default=16)
@@ -218,12 +227,29 @@ def main() -> int:
         "--scale", type=int, metavar="KEYS", help="memory/snapshot/restart with KEYS keys of 100 B"
     )
     ap.add_argument("--no-fault-minutes", type=float, help="count term changes under load without faults")
+    mk = ap.add_argument_group("--markers: random webhook markers through the client library")
+    mk.add_argument("--markers", type=int, metavar="KEYS", help="write KEYS random markers, a row per --step")
+    mk.add_argument("--step", type=int, default=500_000, help="keys per row (default 500000)")
+    mk.add_argument("--fill-minutes", type=float, help="stop the fill after this long, measure the rest")
+    mk.add_argument("--value-bytes", type=int, default=60, help="marker value size (default 60)")
+    mk.add_argument("--ttl", type=float, default=7 * 86400, help="marker ttl in seconds (default 7 days)")
+    mk.add_argument(
+        "--steady-rate", type=float, default=200.0, help="puts/s of the steady load (default 200)"
+    )
+    mk.add_argument("--steady-s", type=float, default=10.0, help="steady seconds measured before a fault")
+    mk.add_argument("--catchup-timeout", type=float, default=1800.0, help="seconds a wiped follower may take")
+    mk.add_argument("--expiry-storm", type=int, default=0, metavar="N", help="N markers expiring at once")
+    mk.add_argument("--storm-expire-after", type=float, help="seconds from the storm's start to its expiry")
+    mk.add_argument("--storm-timeout", type=float, default=3600.0, help="seconds the sweep may take")
     args = ap.parse_args()
     args.workloads = args.workloads.split(",")
     unknown = [w for w in args.workloads if w not in WORKLOADS]
     if unknown:
         ap.error(f"unknown workload(s) {unknown}; choose from {', '.join(WORKLOADS)}")
-    args.concurrency = [int(x) for x in args.concurrency.split(",")]
+    if args.markers:
+        args.marker_concurrency = int(args.concurrency or 64)
+        return bench_markers(args)
+    args.concurrency = [int(x) for x in (args.concurrency or "1,16,64,256").split(",")]
     if args.quick:
         args.concurrency, args.duration, args.warmup = [1, 16], 0.5, 0.1
     if args.failover:

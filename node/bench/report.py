@@ -1,4 +1,5 @@
-"""The bench's output: the workload x concurrency table with ratios, the counter check, the plot."""
+"""The bench's output: the workload x concurrency table with ratios, the counter check, the plots;
+a markdown table and the plot of the marker bench."""
 
 from __future__ import annotations
 
@@ -83,7 +84,8 @@ def check_counters(results: dict[str, list[dict[str, Any]]]) -> bool:
     return ok
 
 
-def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
+def _pyplot() -> Any:
+    """matplotlib.pyplot drawing to files, or None (and a note) when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -91,6 +93,20 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib is missing: no plot (pip install -e '.[bench]')")
+        return None
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    print(f"plot written to {path}")
+
+
+def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    plt = _pyplot()
+    if plt is None:
         return
     workloads = sorted({r["workload"] for rs in results.values() for r in rs})
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
@@ -113,7 +129,31 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
     )
     ax1.legend(fontsize=7, ncol=2)
     ax2.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    print(f"plot written to {path}")
+    _save(fig, path)
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A GitHub markdown table (cells already formatted)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot_markers(rows: list[dict[str, Any]], nodes: list[str], path: Path, title: str) -> None:
+    """The marker bench: puts/s (top) and each node's RssAnon (bottom) against the number of keys."""
+    plt = _pyplot()
+    if plt is None or not rows:
+        return
+    keys = [r["keys"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    ax1.plot(keys, [r["puts_per_s"] for r in rows], "-o", color="C0")
+    ax1.set(ylabel="puts/s (in each step)", title=title)
+    ax1.set_ylim(bottom=0)
+    for i, nid in enumerate(nodes):
+        anon = [r["rss_anon_mb"].get(nid) for r in rows]
+        ax2.plot(keys, anon, "-o", color=f"C{i + 1}", label=nid)
+    ax2.set(xlabel="keys", ylabel="RssAnon MB")
+    ax2.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    ax2.set_ylim(bottom=0)
+    ax2.legend(fontsize=8, loc="upper left")
+    _save(fig, path)

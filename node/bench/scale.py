@@ -16,16 +16,23 @@ from typing import Any
 
 from raftstate.client.protocol import READY
 from raftstate.node.bench.clusters import raftstate_endpoints, wait_ready
-from raftstate.node.ops.local_cluster import LocalCluster, http, wait_until
+from raftstate.node.ops.local_cluster import HttpError, LocalCluster, http, wait_until
 
 _SNAP_LOG = re.compile(r"took a snapshot at index (\d+) \((\d+) bytes, (\d+) ms\)")
 
 
-def rss_mb(pid: int) -> float:
+def proc_mb(pid: int, *fields: str) -> dict[str, float]:
+    """Memory lines of /proc/<pid>/status in MB (``VmRSS``, ``RssAnon``, ``RssFile``; nan if absent)."""
+    found = dict.fromkeys(fields, float("nan"))
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+        name, _, rest = line.partition(":")
+        if name in found:
+            found[name] = int(rest.split()[0]) / 1024
+    return found
+
+
+def rss_mb(pid: int) -> float:
+    return proc_mb(pid, "VmRSS")["VmRSS"]
 
 
 def newest_snapshot(data_dir: Path) -> Path | None:
@@ -51,6 +58,44 @@ def caught_up(c: LocalCluster, nid: str, index: int) -> bool:
     return bool(ready.get("ready")) and st["applied_index"] >= index
 
 
+def max_term(c: LocalCluster) -> int:
+    """The highest term any running node reports (a node too busy to answer within 2 s is skipped)."""
+    terms = []
+    for nid in c.ids:
+        if c.alive(nid):
+            try:
+                terms.append(int(c.status(nid, timeout=2.0)["term"]))
+            except (OSError, HttpError, ValueError):
+                continue
+    if not terms:
+        raise RuntimeError(f"no node of {c.ids} answered /status")
+    return max(terms)
+
+
+def wait_all_applied(c: LocalCluster, timeout: float) -> None:
+    """Until every node has applied what the leader had committed when this was called."""
+    commit = c.status(c.wait_leader())["commit_index"]
+    for nid in c.ids:
+
+        def applied(nid: str = nid) -> bool:
+            return bool(c.status(nid)["applied_index"] >= commit)
+
+        wait_until(applied, timeout, f"{nid} applied")
+
+
+def restart_to_ready(c: LocalCluster, timeout: float = 300.0) -> tuple[str, float]:
+    """kill -9 of a follower, restart it; seconds until its /ready says ready and its applied
+    index reaches the leader's commit index at the kill. Returns (the follower, seconds)."""
+    leader = c.wait_leader()
+    follower = next(x for x in c.ids if x != leader)
+    c.kill(follower)
+    commit = c.status(leader)["commit_index"]
+    t0 = time.monotonic()
+    c.start(follower)
+    wait_until(lambda: caught_up(c, follower, commit), timeout, f"{follower} ready", interval=0.05)
+    return follower, time.monotonic() - t0
+
+
 def run_scale(
     args: argparse.Namespace,
     loadgen_cmd: Callable[..., list[str]],
@@ -60,7 +105,7 @@ def run_scale(
     with tempfile.TemporaryDirectory(prefix="raftstate-scale-") as tmp, LocalCluster(Path(tmp)) as c:
         c.start()
         wait_ready(c)
-        terms0 = max(c.status(x)["term"] for x in c.ids)
+        terms0 = max_term(c)
         args.duration, args.warmup = 3600.0, 0.0
         t0 = time.monotonic()
         res = run_loadgen(
@@ -74,16 +119,9 @@ def run_scale(
             f"errors {res['errors']}",
             flush=True,
         )
-        leader = c.wait_leader()
-        commit = c.status(leader)["commit_index"]
-        for nid in c.ids:
-
-            def applied(nid: str = nid) -> bool:
-                return bool(c.status(nid)["applied_index"] >= commit)
-
-            wait_until(applied, 120, f"{nid} applied")
+        wait_all_applied(c, 120)
         time.sleep(3)  # let a snapshot in flight finish
-        terms1 = max(c.status(x)["term"] for x in c.ids)
+        terms1 = max_term(c)
         print(f"term changes while loading: {terms1 - terms0}")
         print(
             f"{'node':5} {'role':9} {'RSS MB':>8} {'snapshot MB':>12} {'snap write ms':>14} {'restore s':>10}"
@@ -99,15 +137,10 @@ def run_scale(
                 f"{nid:5} {st['role']:9} {rss_mb(c.procs[nid].pid):8.0f} {size:>12} {write_ms:>14}"
                 f" {restore:>10}"
             )
-        follower = next(x for x in c.ids if x != leader)
-        c.kill(follower)
-        commit = c.status(leader)["commit_index"]
-        t0 = time.monotonic()
-        c.start(follower)
-        wait_until(lambda: caught_up(c, follower, commit), 120, f"{follower} ready", interval=0.05)
+        follower, seconds = restart_to_ready(c, 120)
         print(
             f"restart to ready (kill -9 of follower {follower}, restart, /ready and caught up): "
-            f"{time.monotonic() - t0:.2f} s"
+            f"{seconds:.2f} s"
         )
         print(f"RSS of {follower} after restart: {rss_mb(c.procs[follower].pid):.0f} MB")
     sys.stdout.flush()
