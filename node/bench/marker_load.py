@@ -201,7 +201,7 @@ def main() -> int:
         import uvloop  # optional: the load generator should not be the bottleneck
     except ImportError:
         return asyncio.run(run(args))
-    return uvloop.run(run(args))
+    return int(uvloop.run(run(args)))
 
 
 if __name__ == "__main__":
