@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sqlite3
 import sys
 import tempfile
 import time
@@ -46,14 +47,15 @@ def restore_seconds(path: Path) -> float:
     from raftstate.node.state.machine import KVStateMachine
     from raftstate.node.state.tables import StateTables
     from raftstate.node.storage.snapshot_store import SnapshotStore
-    from raftstate.node.storage.state_file import StateFile, StoreDescriptor
+    from raftstate.node.storage.state_file import StoreDescriptor
 
     store = SnapshotStore(path.parent)
     ref = store.list()[-1]
     t0 = time.perf_counter()
     _, data = store.read(ref)
     if StoreDescriptor.decode(data) is not None:
-        sm = KVStateMachine(StateTables(StateFile(path.parent.parent / "state").reader()))
+        # Not StateFile(): its constructor tidies the (live) node's state dir.
+        sm = KVStateMachine(StateTables(sqlite3.connect(path.parent.parent / "state" / "state.db")))
         sm.get("any")
         sm.tables.conn.close()
     else:
