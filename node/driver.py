@@ -160,6 +160,9 @@ class RaftDriver:
         self._term_changes_in_flight = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._snapshotting = False
+        #: held while entries are applied; the state store's WAL restart (_checkpoint) takes it so
+        #: that no write transaction begins meanwhile
+        self._apply_lock = asyncio.Lock()
         #: followers a copy of the store is being sent to (one transfer per follower at a time)
         self._sending_to: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
@@ -362,8 +365,9 @@ class RaftDriver:
                 while self._pipeline:
                     batch = self._take_batch()
                     await self._persist(batch)
-                    for rd in batch:
-                        await self._after_persist(rd)
+                    async with self._apply_lock:  # a state store's WAL restart waits for it
+                        for rd in batch:
+                            await self._after_persist(rd)
                     # advance() just told the core what is durable here, and a leader counts its
                     # own fsync towards commit: entries may have committed without any input. Wake
                     # the ready loop to hand them out now, not at the next tick or message (a whole
@@ -624,6 +628,8 @@ class RaftDriver:
         try:
             t0 = time.perf_counter()
             durable = await asyncio.to_thread(self.state_file.checkpoint)
+            async with self._apply_lock:  # the little written since, then the WAL starts over
+                await asyncio.to_thread(self.state_file.restart_wal)
             if durable is None:
                 return
             index = min(durable, self.raft.applied_index)
@@ -706,7 +712,7 @@ class RaftDriver:
             )
         await asyncio.to_thread(self.state_file.checkpoint)  # so that closing copies nothing on the loop
         # One step on the loop, no await: no read ever sees a closed store.
-        self.sm.tables.conn.close()
+        self.sm.tables.close()
         self.state_file.replace_with(path)
         self.sm.reopen(StateTables(self.state_file.connect()))
         self.sm.tables.begin()
@@ -751,7 +757,7 @@ class RaftDriver:
             copy.restore(self.sm.snapshot())
             return copy
         self.sm.flush()  # what is applied is committed: the pinned view sees all of it
-        tables = StateTables(self.state_file.reader())
+        tables = StateTables(*self.state_file.reader())
         tables.conn.execute("BEGIN")
         tables.conn.execute("SELECT count(*) FROM meta").fetchone()  # the read snapshot starts here
         return KVStateMachine(tables)

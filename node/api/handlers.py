@@ -357,4 +357,4 @@ def _sha256_of(sm: KVStateMachine) -> str:
             h.update(chunk)
         return h.hexdigest()
     finally:
-        sm.tables.conn.close()
+        sm.tables.close()

@@ -77,7 +77,7 @@ def pinned_payload(pinned: KVStateMachine) -> tuple[bytes, int, int]:
     try:
         body = {"base_index": pinned.applied_index, "snapshot": pinned.snapshot(), "entries": []}
     finally:
-        pinned.tables.conn.close()
+        pinned.tables.close()
     data: bytes = msgpack.packb(body, use_bin_type=True)
     return data, pinned.time_ms, pinned.applied_index
 

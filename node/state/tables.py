@@ -22,7 +22,7 @@ not, as they saw the heap before.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 __all__ = ["SCHEMA_VERSION", "StateTables"]
@@ -43,8 +43,9 @@ _SCHEMA: Final = (
 class StateTables:
     """The connection the state machine applies through (one thread), and its meta values."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, on_close: Callable[[], None] | None = None) -> None:
         self.conn = conn
+        self._on_close = on_close if on_close is not None else conn.close
         conn.isolation_level = None  # transactions are begun and ended here, explicitly
         for stmt in _SCHEMA:
             conn.execute(stmt)
@@ -63,9 +64,12 @@ class StateTables:
     def in_memory(cls) -> StateTables:
         return cls(sqlite3.connect(":memory:", check_same_thread=False))
 
+    def close(self) -> None:
+        self._on_close()
+
     def begin(self) -> None:
         if not self.conn.in_transaction:
-            self.conn.execute("BEGIN")
+            self.conn.execute("BEGIN IMMEDIATE")  # the write lock now: no upgrade to fail later
 
     def commit(self) -> None:
         if self.conn.in_transaction:
