@@ -37,7 +37,7 @@ Engines (``--engines``, default all; one whose package is missing is skipped, wi
 ``sorted``       the in-memory control: ``sortedcontainers.SortedDict`` key -> (value bytes, version,
                  expires_at), a ``SortedList`` of (expires_at, key) for expiry, ``gc.freeze()`` after
                  each step.
-``bisect``       the reference, the current design itself: ``raftstate.node.state.keys.KeyStore`` (a dict
+``bisect``       the reference, the design before issue 14: node/bench/heap_keystore.py ``KeyStore`` (a dict
                  of Records holding the decoded value, a Python list of keys kept sorted with
                  ``bisect.insort``, the ExpiryIndex heap), driven through ``KeyStore.set``. O(n) per new
                  key, so it stops at ``--ref-keys`` (1M).
@@ -582,13 +582,13 @@ class SortedEngine(_DumpMixin, Engine):
 
 
 class BisectEngine(_DumpMixin, Engine):
-    """The current design, its own code: KeyStore.set per write, the KeyStore's scan/due/live."""
+    """The design before the store (node/bench/heap_keystore.py): KeyStore.set per write, scan, due."""
 
     name = "bisect"
 
     def __init__(self, directory: Path, s: Settings) -> None:
         super().__init__(directory, s)
-        from raftstate.node.state.keys import KeyStore
+        from raftstate.node.bench.heap_keystore import KeyStore
 
         self.ks = KeyStore()
         self.now = T0_MS
@@ -623,13 +623,13 @@ class BisectEngine(_DumpMixin, Engine):
         return self.write_dump(dest, n, rows())
 
     def shutdown(self) -> None:
-        from raftstate.node.state.keys import KeyStore
+        from raftstate.node.bench.heap_keystore import KeyStore
 
         self.ks = KeyStore()
         gc.collect()
 
     def start(self) -> None:
-        from raftstate.node.state.keys import KeyStore
+        from raftstate.node.bench.heap_keystore import KeyStore
 
         ks = KeyStore()
         ks.restore(self.read_dump())  # what restoring a snapshot does
