@@ -309,11 +309,11 @@ def _replace_node(inj: Injector, nid: str, how: str, duration_s: float, kind: st
         caught_up = watch.result()
     how_caught_up = _copy_story(inj, nid, marks)
     if caught_up is None:
-        took = f"not caught up with index {target} within {wait_s + 60:.0f}s"
+        took = f"NOT caught up with index {target} within {wait_s + 60:.0f}s"
     else:
         took = f"caught up with index {target} in {caught_up - started:.1f}s"
-        inj.catch_ups.append(f"{kind}: wiped {how} {nid} {took} after --join, {how_caught_up}")
-    if "installed" in how_caught_up:
+    inj.catch_ups.append(f"{kind}: wiped {how} {nid} {took} after --join, {how_caught_up}")
+    if how_caught_up.startswith("store copy installed"):
         inj.landed["wiped node installed a store copy"] += 1
     return (
         f"{kind}: removed {how} {nid}, wiped it, --join via {member}, re-added as voter; {took} "
