@@ -89,14 +89,14 @@ def test_catch_up_profile_at_small_size(tmp_path: Path) -> None:
     show the copies really travelled and were installed."""
     faults = tuple(PROFILES["catch-up"]["faults"].split(","))
     report = tmp_path / "report"
-    cfg = RunConfig(seed=_seed(), duration_s=50, faults=faults, preload=20_000, report_dir=report)
+    cfg = RunConfig(seed=_seed(), duration_s=60, faults=faults, preload=20_000, report_dir=report)
     res = run(cfg)
     assert res.passed, _explain(res)
     checks = {r.name: r for r in res.results}
     assert checks["replicas"].ops_checked == 3 and checks["preload"].ops_checked == 1000, _explain(res)
     assert set(res.fault_counts) == set(faults), f"not every fault injected: {dict(res.fault_counts)}"
     notes = "\n".join(res.notes)
-    wiped = re.findall(r"wipe-follower: wiped follower (\S+) caught up with index \d+ in [\d.]+s", notes)
+    wiped = re.findall(r"wipe-follower: wiped follower (\S+) caught up: applied index \d+ [\d.]+s", notes)
     assert wiped, _explain(res)
     for nid in wiped:  # its own log says the store copy was installed
         assert "installed a snapshot at index" in (report / f"{nid}.log").read_text(), nid

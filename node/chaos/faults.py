@@ -280,12 +280,16 @@ def wipe_follower(inj: Injector, rng: random.Random, duration_s: float) -> str:
 def _replace_node(inj: Injector, nid: str, how: str, duration_s: float, kind: str) -> str:
     """docs/operations.md "Replacing a node / a wiped disk", through the CLI, on a live cluster."""
     deadline = time.monotonic() + 30
+    tries: list[str] = []
     while True:  # refused while a quorum of the rest is not reachable (a previous fault healing)
         rc, out = _ops(inj, 40, "member", "remove", "--id", nid)
         if rc == 0:
             break
+        if tries and f"{nid} is not a member" in out:
+            break  # an earlier try was committed although its answer was lost (a leader change)
+        tries.append(f"rc {rc}: {out.splitlines()[-1:]}")
         if time.monotonic() > deadline:
-            return f"{kind}: remove of {how} {nid} refused, skipped: {out.splitlines()[-1:]}"
+            return f"{kind}: remove of {how} {nid} refused, skipped: {'; '.join(tries)}"
         time.sleep(1.0)
     inj.kill9(nid)
     shutil.rmtree(inj.cluster.root / "data" / nid, ignore_errors=True)
@@ -296,7 +300,7 @@ def _replace_node(inj: Injector, nid: str, how: str, duration_s: float, kind: st
     target = _commit_index(inj)
     started = time.monotonic()
     with ThreadPoolExecutor(1, thread_name_prefix="chaos-catch-up") as pool:
-        watch = pool.submit(_caught_up_at, inj, nid, target, started + wait_s + 60)
+        watch = pool.submit(_catch_up, inj, nid, target, started + wait_s + 60)
         # Same data dir as cluster.yaml names: later faults restart it with --config like any node.
         inj.cluster.join(nid, member, inj.cluster.root / "data" / nid, inj.node_env[nid])
         add = ["member", "add", "--id", nid, "--address", inj.cluster.addr[nid], "--wait", f"{wait_s:.0f}"]
@@ -306,13 +310,21 @@ def _replace_node(inj: Injector, nid: str, how: str, duration_s: float, kind: st
                 break
         else:
             raise RuntimeError(f"{kind} fault: `member add --id {nid}` failed after it was wiped: {out}")
-        caught_up = watch.result()
+        applied_at, replicating_at = watch.result()
     how_caught_up = _copy_story(inj, nid, marks)
-    if caught_up is None:
+    if applied_at is None:
         took = f"NOT caught up with index {target} within {wait_s + 60:.0f}s"
+    elif replicating_at is None:
+        took = (
+            f"applied index {target} {applied_at - started:.1f}s after --join but was NOT following "
+            f"the leader's log within {wait_s + 60:.0f}s"
+        )
     else:
-        took = f"caught up with index {target} in {caught_up - started:.1f}s"
-    inj.catch_ups.append(f"{kind}: wiped {how} {nid} {took} after --join, {how_caught_up}")
+        took = (
+            f"caught up: applied index {target} {applied_at - started:.1f}s after --join, following "
+            f"the leader's log after {replicating_at - started:.1f}s"
+        )
+    inj.catch_ups.append(f"{kind}: wiped {how} {nid} {took}; {how_caught_up}")
     if how_caught_up.startswith("store copy installed"):
         inj.landed["wiped node installed a store copy"] += 1
     return (
@@ -363,17 +375,28 @@ def _commit_index(inj: Injector) -> int:
     return best
 
 
-def _caught_up_at(inj: Injector, nid: str, index: int, deadline: float) -> float | None:
-    """The monotonic time ``nid`` first reported an applied index >= ``index`` (None: not by the
-    deadline, or the run was stopped)."""
-    while time.monotonic() < deadline:
-        try:
-            if int(inj.cluster.status(nid, timeout=1.0)["applied_index"]) >= index:
-                return time.monotonic()
-        except Exception:
-            pass
+def _catch_up(inj: Injector, nid: str, index: int, deadline: float) -> tuple[float | None, float | None]:
+    """When ``nid`` first reported an applied index >= ``index`` (the commit index when it started),
+    and when after that the leader first replicated to it from its log (progress ``replicate``,
+    match >= ``index``) rather than sending it yet another copy of the store: monotonic times, None
+    if not by the deadline."""
+    applied_at = replicating_at = None
+    while replicating_at is None and time.monotonic() < deadline:
+        now = time.monotonic()
+        if applied_at is None and _quiet(lambda: int(inj.cluster.status(nid)["applied_index"]) >= index):
+            applied_at = now
+        if applied_at is not None and _quiet(lambda: _replicating(inj, nid, index)):
+            replicating_at = now
         time.sleep(0.1)
-    return None
+    return applied_at, replicating_at
+
+
+def _replicating(inj: Injector, nid: str, index: int) -> bool | None:
+    leader = inj.cluster.leader()
+    if leader is None or leader == nid:
+        return None
+    pr = inj.cluster.status(leader)["progress"].get(nid)
+    return bool(pr and pr["state"] == "replicate" and pr["match"] >= index) or None
 
 
 def _copy_story(inj: Injector, nid: str, marks: dict[str, int]) -> str:
@@ -385,8 +408,12 @@ def _copy_story(inj: Injector, nid: str, marks: dict[str, int]) -> str:
     installs = _INSTALLED.findall(_log_since(inj, nid, marks.get(nid, 0)))
     if not installs:
         return f"no store copy installed ({len(sends)} sends began)"
-    sizes = ", ".join(f"{int(m.group(3)) / 1e6:.1f} MB from {n}" for n, m in sends) or "size not logged"
-    return f"store copy installed at index {installs[-1][1]} ({len(sends)} sends began: {sizes})"
+    senders = Counter(n for n, _ in sends)
+    size = f"{int(sends[-1][1].group(3)) / 1e6:.1f} MB" if sends else "size not logged"
+    return (
+        f"store copy installed {len(installs)}x (last at index {installs[-1][1]}); "
+        f"sends of a {size} copy begun: {len(sends)}, by {', '.join(sorted(senders))}"
+    )
 
 
 def _incoming(inj: Injector, nid: str) -> int | None:
