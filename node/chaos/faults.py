@@ -346,6 +346,24 @@ _INSTALLED = re.compile(
 SLOW_TRANSFER_S = 3.0
 
 
+_ANY_SENDS = re.compile(r"sends its state \(index \d+, (\d+) bytes\) to \S+")
+
+
+def copies_sent(cluster: LocalCluster) -> tuple[int, int]:
+    """Copies of the store the nodes have begun to send so far (every log, whole), and their bytes.
+    A follower that keeps falling behind the leader's compaction needs one after another."""
+    count = size = 0
+    for nid in cluster.ids:
+        try:
+            text = (cluster.root / f"{nid}.log").read_text(errors="replace")
+        except FileNotFoundError:
+            continue
+        for m in _ANY_SENDS.finditer(text):
+            count += 1
+            size += int(m.group(1))
+    return count, size
+
+
 def _log_mark(inj: Injector, nid: str) -> int:
     """Where ``nid``'s log ends now (logs are appended to across restarts)."""
     try:

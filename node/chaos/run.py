@@ -133,6 +133,7 @@ def run(cfg: RunConfig) -> RunResult:
                     end.preloaded = preload_mod.load(
                         cluster, cfg.preload, f"preload-{cfg.seed}", lambda line: print(line, flush=True)
                     )
+                    end.copies_preload = faults_mod.copies_sent(cluster)
                 t0 = asyncio.run(_drive(cfg, cluster, history, injector, schedule, stop))
                 injector.heal_all()
                 cluster.wait_leader(timeout=HEAL_TIMEOUT_S)
@@ -141,6 +142,7 @@ def run(cfg: RunConfig) -> RunResult:
                     end.sample = preload_mod.sample_keys(end.preloaded, cfg.seed)
                     end.found = asyncio.run(preload_mod.read_back(cluster, end.sample, HEAL_TIMEOUT_S))
                 end.digests, end.waited_s = replica_digests(cluster, digest_timeout_s(cfg.preload))
+                end.copies_total = faults_mod.copies_sent(cluster)
             except (TimeoutError, RaftStateError) as exc:
                 error = f"the cluster did not recover after healing: {exc}"
             except Exception as exc:  # a broken run must still say so, with its seed
@@ -217,6 +219,8 @@ class _End:
     found: dict[str, Any] = field(default_factory=dict)  #: their values at the end
     digests: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     waited_s: float = 0.0
+    copies_preload: tuple[int, int] = (0, 0)  #: store copies begun (count, bytes) by the preload's end
+    copies_total: tuple[int, int] = (0, 0)  #: ... and by the end of the run
 
     def checks(self) -> list[CheckResult]:
         out = [replicas.check(self.digests, self.waited_s)]
@@ -227,9 +231,17 @@ class _End:
 
     def notes(self, injector: Injector) -> list[str]:
         out = [self.preloaded.describe()] if self.preloaded is not None else []
+        (pn, pb), (tn, tb) = self.copies_preload, self.copies_total
+        if tn:
+            during = f"{pn} ({_mb(pb)}) during the preload, " if self.preloaded is not None else ""
+            out.append(f"store copies sent to followers: {during}{tn - pn} ({_mb(tb - pb)}) in the run")
         out += injector.catch_ups
         out += [f"landed: {what} ({n}x)" for what, n in sorted(injector.landed.items())]
         return out
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB"
 
 
 def digest_timeout_s(preload: int) -> float:
