@@ -493,8 +493,12 @@ def _quiet(probe: Callable[[], T | None]) -> T | None:
 
 def _slow_links_to(inj: Injector, leader: str, nid: str) -> list[tuple[str, str]]:
     """Slow every link into ``nid`` so that a copy of ``leader``'s store takes ~SLOW_TRANSFER_S."""
-    store = inj.cluster.root / "data" / leader / "state"
-    size = sum(f.stat().st_size for f in store.glob("state.db*") if f.is_file())
+    size = 0
+    for f in (inj.cluster.root / "data" / leader / "state").glob("state.db*"):
+        try:
+            size += f.stat().st_size
+        except FileNotFoundError:  # the -wal or -shm of a store being swapped
+            continue
     links = [(n, nid) for n in inj.ids if n != nid]
     inj.proxy.slow(links, max(256 * 1024, size / SLOW_TRANSFER_S))
     return links
