@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raftstate.client import AsyncClient
+from raftstate.client import AsyncClient, protocol
 from raftstate.client.errors import RaftStateError
 from raftstate.node.chaos import faults as faults_mod
 from raftstate.node.chaos import preload as preload_mod
@@ -259,7 +259,8 @@ def replica_digests(
 
     def ask(nid: str) -> dict[str, Any] | None:
         try:
-            st = http("GET", cluster.url(nid, "/status?digest=1"), timeout=max(5.0, timeout_s / 2))
+            url = cluster.url(nid, protocol.STATUS.path) + "?digest=1"
+            st = http(protocol.STATUS.method, url, timeout=max(5.0, timeout_s / 2))
             return dict(st["state_digest"])
         except Exception:
             return last[nid]  # not now: keep what it said before
