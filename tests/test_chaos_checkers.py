@@ -10,7 +10,16 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raftstate.node.chaos.checkers import counters, dedupe, durability, linearizable, locks, ttl
+from raftstate.node.chaos.checkers import (
+    counters,
+    dedupe,
+    durability,
+    linearizable,
+    locks,
+    preloaded,
+    replicas,
+    ttl,
+)
 from raftstate.node.chaos.history import INFINITY, History, Op, Status, load
 
 _ids = itertools.count()
@@ -233,6 +242,39 @@ def test_durability() -> None:
     assert durability.check([w1, w2, concurrent], {"k": "x"}).verdict == "pass"
     uw = op("uwrite", "u:1", 1)
     assert durability.check([uw], {"u:1": None}).verdict == "fail"
+
+
+# ------------------------------------------------------------------ replicas (state digests at the end)
+
+
+def dig(index: int, sha: str) -> dict[str, Any]:
+    return {"applied_index": index, "sha256": sha}
+
+
+def test_replicas() -> None:
+    same = {"n1": dig(90, "a" * 64), "n2": dig(90, "a" * 64), "n3": dig(90, "a" * 64)}
+    assert replicas.check(same, 1.0).verdict == "pass"
+    diverged = replicas.check({**same, "n3": dig(90, "b" * 64)}, 1.0)  # same index, another state
+    assert diverged.verdict == "fail" and "n3: bbbb" in diverged.anomalies[0], diverged.anomalies
+    stuck = replicas.check({**same, "n2": dig(70, "c" * 64)}, 60.0)  # a replica never caught up
+    assert stuck.verdict == "fail" and "n2 at 70" in stuck.anomalies[0], stuck.anomalies
+    assert replicas.check({**same, "n1": None}, 60.0).verdict == "unknown"  # a node never answered
+    assert replicas.check({}, 0.0).verdict == "unknown"
+
+
+# ------------------------------------------------------------------ preloaded bulk (a sample read back)
+
+
+def test_preloaded_sample() -> None:
+    written = {"webhooks:stripe:evt_1": "v", "webhooks:slack:evt_2": "v"}
+    assert preloaded.check(written, dict(written), 2).verdict == "pass"
+    lost = preloaded.check(written, {**written, "webhooks:slack:evt_2": None}, 2)  # acknowledged, gone
+    assert lost.verdict == "fail" and "missing at the end" in lost.anomalies[0]
+    changed = preloaded.check(written, {**written, "webhooks:stripe:evt_1": "w"}, 2)
+    assert changed.verdict == "fail" and "holds 'w'" in changed.anomalies[0]
+    partly = preloaded.check(written, {"webhooks:stripe:evt_1": "v"}, 2)  # what was read is checked
+    assert partly.verdict == "pass" and partly.ops_checked == 1 and "1 not read back" in partly.note
+    assert preloaded.check(written, {}, 2).verdict == "unknown"
 
 
 def test_history_round_trip(tmp_path: Any) -> None:

@@ -9,7 +9,7 @@
   client/protocol.py — it must stay as pure as the Raft core;
 - node/storage/ imports only raft/, node/errors.py and itself; node/runtime/ only raft/, the
   driver, node/state/ and node/errors.py; node/peers/ and node/ops/ never import node/api/;
-  node/chaos/ only the public client, node/ops/ and the test hooks;
+  node/chaos/ only the public client, node/ops/, node/bench/ and the test hooks;
 - node/ imports only client's public modules (never ``raftstate.client._x``);
 - nothing in node/ but the CLI imports node/chaos/ (a tool that drives a cluster from outside);
 - scripts/ never import tests/ (what they share lives in the installed package).
@@ -109,9 +109,16 @@ RULES: tuple[Rule, ...] = (
         ),
     ),
     Rule(
-        "node/chaos/ drives a cluster from outside: the public client, node/ops/ and the test hooks",
+        "node/chaos/ drives a cluster from outside: the public client, node/ops/, the bench's load "
+        "generator and the test hooks",
         "raftstate.node.chaos",
-        ("raftstate.node.chaos", "raftstate.node.ops", "raftstate.node.test_hooks", "raftstate.client"),
+        (
+            "raftstate.node.chaos",
+            "raftstate.node.ops",
+            "raftstate.node.bench",
+            "raftstate.node.test_hooks",
+            "raftstate.client",
+        ),
     ),
 )
 

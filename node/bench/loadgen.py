@@ -173,7 +173,7 @@ def main() -> int:
     ap.add_argument("--op-timeout", type=float, default=10.0)
     ap.add_argument("--run", default="r")
     ap.add_argument("--timeline", action="store_true")
-    ap.add_argument("--keys", type=int, default=0, help="the fill workload: how many keys")
+    ap.add_argument("--keys", type=int, default=0, help="the fill and markers workloads: how many keys")
     ap.add_argument("--client", choices=["http", "sync"], default="http")
     args = ap.parse_args()
     if args.client == "sync":

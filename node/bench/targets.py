@@ -15,6 +15,7 @@ delete (no lease: one round trip cheaper than a real etcd lock, so it favours et
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import random
 from typing import Any
@@ -31,6 +32,18 @@ VALUE_100B = "v" * 100
 KEYS = 10_000
 COUNTERS = 100
 LOCKS = 100
+#: webhook dedupe markers (the ``markers`` fill): who sent the event, a small value, kept 7 days
+PROVIDERS = ("stripe", "github", "shopify", "twilio", "slack")
+MARKER_VALUE = '{"status":"processed","attempt":1}'
+MARKER_TTL_S = 7 * 86400
+
+
+def marker_key(run: str, i: int) -> str:
+    """The ``i``-th marker of fill run ``run``: ``webhooks:<provider>:evt_<16 hex>``, random-looking
+    (keys arrive in no order, as real event ids do) yet a pure function of (run, i), so whoever
+    knows the run and the count can name any key it wrote (the chaos run reads a sample back)."""
+    h = hashlib.blake2b(f"{run}:{i}".encode(), digest_size=8).digest()
+    return f"webhooks:{PROVIDERS[h[0] % len(PROVIDERS)]}:evt_{h.hex()}"
 
 
 class OpError(Exception):
@@ -64,6 +77,7 @@ class RaftstateTarget:
         self._rr = 0
         self.fill_keys = 0
         self._fill_next = 0
+        self._fill_retry: list[int] = []  # markers whose put failed: put again until acknowledged
 
     async def _op(self, op: str, name: str, body: Any = None, *, stale: bool = False) -> tuple[int, Any]:
         for _ in range(3):
@@ -173,6 +187,27 @@ class RaftstateTarget:
         self._fill_next += 1
         st, doc = await self._op("set", f"s{i:07d}", {"value": VALUE_100B})
         self._check(st, doc, 200)
+        return "ok"
+
+    async def markers(self, rng: random.Random) -> str:
+        """``fill_keys`` webhook markers :func:`marker_key` (run, 0..fill_keys - 1), each a small value
+        with a 7-day ttl; a marker whose put failed is put again (a plain set: repeating it is
+        harmless), so once every worker is "done" all of them were acknowledged."""
+        if self._fill_retry:
+            i = self._fill_retry.pop()
+        elif self._fill_next < self.fill_keys:
+            i = self._fill_next
+            self._fill_next += 1
+        else:
+            return "done"
+        try:
+            st, doc = await self._op(
+                "set", marker_key(self.run, i), {"value": MARKER_VALUE, "ttl": MARKER_TTL_S}
+            )
+            self._check(st, doc, 200)
+        except OpError:
+            self._fill_retry.append(i)
+            raise
         return "ok"
 
     async def counter_values(self) -> dict[str, int]:

@@ -8,6 +8,12 @@ The same command three ways: ``raftstate chaos ...`` (installed), ``python -m ra
     raftstate chaos --runs 50 --duration 60                 soak: one seed per run, then a summary
     raftstate chaos --duration 20 --faults restart-all --inject-bug ack-before-fsync
     raftstate chaos --runs 3 --duration 40 --faults membership,kill,partition
+    raftstate chaos --profile catch-up                      1M keys, wiped follower, kills mid-copy
+    raftstate chaos --preload 20000 --duration 60 --faults wipe-follower,kill-receiver,kill-sender,kill
+
+A profile is a named set of --preload/--faults/--duration; options given explicitly win.
+``catch-up`` = --preload 1000000 --faults wipe-follower,kill-receiver,kill-sender,kill
+--duration 300 (docs/chaos.md, "Catch-up at 1M keys": what it shows).
 
 Each run prints its verdict table and writes a report folder (history, fault timeline, latency
 picture: report.html). Exit status 0 only if every check of every run passed; 2 for a usage error.
@@ -21,29 +27,59 @@ import random
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from raftstate.node.chaos.faults import FAULTS
 from raftstate.node.chaos.report import verdict_table
 from raftstate.node.chaos.run import RunConfig, RunResult, replay_command, run
 from raftstate.node.test_hooks import BUGS
 
+DEFAULTS: dict[str, Any] = {
+    "duration": 60.0,
+    "faults": "kill,pause,partition,clock,restart-all",
+    "preload": 0,
+}
+#: named runs: values for --preload/--faults/--duration (explicit options override them)
+PROFILES: dict[str, dict[str, Any]] = {
+    "catch-up": {
+        "preload": 1_000_000,
+        "faults": "wipe-follower,kill-receiver,kill-sender,kill",
+        "duration": 300.0,
+    },
+}
 
-def main(argv: list[str] | None = None) -> int:
+
+def options(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked, with a profile's values where no option was given (``kinds``:
+    the fault kinds as a list). Exits 2 on a usage error."""
     p = argparse.ArgumentParser(
         prog="raftstate chaos", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--nodes", type=int, default=3, choices=[3, 5], help="cluster size")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of workload and faults per run")
+    p.add_argument("--profile", choices=sorted(PROFILES), help="a named run (see above)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        help=f"seconds of workload and faults per run (default {DEFAULTS['duration']:g})",
+    )
     p.add_argument(
         "--faults",
-        default="kill,pause,partition,clock,restart-all",
-        help=f"comma-separated subset of: {', '.join(FAULTS)}",
+        help=f"comma-separated subset of: {', '.join(FAULTS)} (default {DEFAULTS['faults']})",
+    )
+    p.add_argument(
+        "--preload",
+        type=int,
+        help="webhook markers loaded before the workload and faults start (default 0); they are "
+        "covered by the replica-digest check and a sample is read back at the end",
     )
     p.add_argument("--seed", type=int, help="seed of the (first) run; default: random")
     p.add_argument("--runs", type=int, default=1, help="runs, with seeds seed, seed+1, ...")
     p.add_argument("--inject-bug", choices=BUGS, help="run every node with this deliberate bug (test-only)")
     p.add_argument("--report", type=Path, help="report folder (with --runs: one subfolder per seed)")
     a = p.parse_args(argv)
+    for name, default in DEFAULTS.items():
+        if getattr(a, name) is None:
+            setattr(a, name, PROFILES.get(a.profile or "", {}).get(name, default))
 
     kinds = [k.strip() for k in a.faults.split(",") if k.strip()]
     for k in kinds:
@@ -51,8 +87,15 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--faults: unknown fault {k!r}; choose from {', '.join(FAULTS)}")
     if not kinds:
         p.error("--faults: give at least one fault kind")
-    if a.duration < 5 or a.runs < 1:
-        p.error("--duration must be >= 5 seconds and --runs >= 1")
+    if a.duration < 5 or a.runs < 1 or a.preload < 0:
+        p.error("--duration must be >= 5 seconds, --runs >= 1 and --preload >= 0")
+    a.kinds = kinds
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = options(argv)
+    kinds = a.kinds
     first = a.seed if a.seed is not None else random.randrange(1, 1_000_000)
 
     results: list[RunResult] = []
@@ -67,9 +110,11 @@ def main(argv: list[str] | None = None) -> int:
             faults=tuple(kinds),
             inject_bug=a.inject_bug,
             report_dir=report,
+            preload=a.preload,
         )
         print(
             f"== run seed {seed}: {a.nodes} nodes, {a.duration:g}s, faults {','.join(kinds)}"
+            + (f", preload {a.preload:,} keys" if a.preload else "")
             + (f", injected bug {a.inject_bug}" if a.inject_bug else ""),
             flush=True,
         )

@@ -18,6 +18,17 @@ membership     the operator's replace procedure (docs/operations.md) on a live c
                its data dir, start it again with ``raftstate node --join`` at the SAME address
                (the workload's endpoint list stays valid), ``raftstate member add`` (learner ->
                caught up -> voter). A refused remove skips the fault; a failed re-add fails the run
+wipe-follower  the same procedure, always on a follower: the wiped node catches up from a copy of
+               the leader's store streamed to it while the workload runs; how long it took (from
+               ``--join`` until it applied what was committed when it started) is measured
+kill-receiver  a follower is kept down until the leader's log no longer reaches it (compacted past
+               its last entry), restarted, and kill -9'd again WHILE it receives the copy of the
+               store it now needs (its ``incoming-*.tmp`` growing; the links to it are slowed so
+               the transfer lasts seconds) or right after it received it, while installing it
+               (its log says ``received snapshot``); restarted after the window
+kill-sender    the same lagging follower set-up; kill -9 of the LEADER while it sends the copy
+               (its log says ``sends its state ... to <follower>``, links slowed as above);
+               restarted after the window
 =============  ==============================================================================
 
 Adding a kind is one function ``(injector, rng, duration_s) -> description`` in ``FAULTS``.
@@ -27,6 +38,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -35,11 +47,15 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from raftstate.node.chaos.proxy import Link, ProxyLayer
 from raftstate.node.ops.local_cluster import LocalCluster
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +95,12 @@ class Injector:
         self.ahead_s = 0.0  #: largest forward clock offset injected (for the TTL checker)
         self.back_s = 0.0  #: largest backward clock offset injected
         self.paused: set[str] = set()
+        #: one line per node that was wiped and caught up again: how long it took, and how
+        self.catch_ups: list[str] = []
+        #: where the catch-up faults landed ("killed while receiving", ...): proof they happened
+        self.landed: Counter[str] = Counter()
+        #: the wipe procedure's waits grow with the state the wiped node must receive
+        self.preloaded_keys = 0
 
     # ------------------------------------------------------------------ primitives
 
@@ -246,28 +268,308 @@ def membership(inj: Injector, rng: random.Random, duration_s: float) -> str:
     leader = inj.cluster.leader()
     followers = [n for n in inj.ids if n != leader]
     nid = leader if leader is not None and rng.random() < 0.4 else rng.choice(followers)
-    how = "leader" if nid == leader else "follower"
+    return _replace_node(inj, nid, "leader" if nid == leader else "follower", duration_s, "membership")
+
+
+def wipe_follower(inj: Injector, rng: random.Random, duration_s: float) -> str:
+    leader = inj.cluster.leader()
+    nid = rng.choice([n for n in inj.ids if n != leader])
+    return _replace_node(inj, nid, "follower", duration_s, "wipe-follower")
+
+
+def _replace_node(inj: Injector, nid: str, how: str, duration_s: float, kind: str) -> str:
+    """docs/operations.md "Replacing a node / a wiped disk", through the CLI, on a live cluster."""
     deadline = time.monotonic() + 30
+    tries: list[str] = []
     while True:  # refused while a quorum of the rest is not reachable (a previous fault healing)
         rc, out = _ops(inj, 40, "member", "remove", "--id", nid)
         if rc == 0:
             break
+        if tries and f"{nid} is not a member" in out:
+            break  # an earlier try was committed although its answer was lost (a leader change)
+        tries.append(f"rc {rc}: {out.splitlines()[-1:]}")
         if time.monotonic() > deadline:
-            return f"membership: remove of {how} {nid} refused, skipped: {out.splitlines()[-1:]}"
+            return f"{kind}: remove of {how} {nid} refused, skipped: {'; '.join(tries)}"
         time.sleep(1.0)
     inj.kill9(nid)
     shutil.rmtree(inj.cluster.root / "data" / nid, ignore_errors=True)
     inj.wait(duration_s)
     member = next(n for n in inj.ids if n != nid and inj.cluster.alive(n))
-    # Same data dir as cluster.yaml names: later faults restart it with --config like any node.
-    inj.cluster.join(nid, member, inj.cluster.root / "data" / nid, inj.node_env[nid])
-    for _ in range(3):  # `member add` resumes an interrupted add
-        rc, out = _ops(
-            inj, 150, "member", "add", "--id", nid, "--address", inj.cluster.addr[nid], "--wait", "90"
+    wait_s = 90 + inj.preloaded_keys / 5000  # a copy of a big store takes a while to arrive
+    marks = {n: _log_mark(inj, n) for n in inj.ids}
+    target = _commit_index(inj)
+    started = time.monotonic()
+    with ThreadPoolExecutor(1, thread_name_prefix="chaos-catch-up") as pool:
+        watch = pool.submit(_catch_up, inj, nid, target, started + wait_s + 60)
+        # Same data dir as cluster.yaml names: later faults restart it with --config like any node.
+        inj.cluster.join(nid, member, inj.cluster.root / "data" / nid, inj.node_env[nid])
+        add = ["member", "add", "--id", nid, "--address", inj.cluster.addr[nid], "--wait", f"{wait_s:.0f}"]
+        for _ in range(3):  # `member add` resumes an interrupted add
+            rc, out = _ops(inj, wait_s + 60, *add)
+            if rc == 0:
+                break
+        else:
+            raise RuntimeError(f"{kind} fault: `member add --id {nid}` failed after it was wiped: {out}")
+        applied_at, replicating_at = watch.result()
+    how_caught_up = _copy_story(inj, nid, marks)
+    if applied_at is None:
+        took = f"NOT caught up with index {target} within {wait_s + 60:.0f}s"
+    elif replicating_at is None:
+        took = (
+            f"applied index {target} {applied_at - started:.1f}s after --join but was NOT following "
+            f"the leader's log within {wait_s + 60:.0f}s"
         )
-        if rc == 0:
-            return f"membership: removed {how} {nid}, wiped it, --join via {member}, re-added as voter"
-    raise RuntimeError(f"membership fault: `member add --id {nid}` failed after the node was wiped: {out}")
+    else:
+        took = (
+            f"caught up: applied index {target} {applied_at - started:.1f}s after --join, following "
+            f"the leader's log after {replicating_at - started:.1f}s"
+        )
+    inj.catch_ups.append(f"{kind}: wiped {how} {nid} {took}; {how_caught_up}")
+    if how_caught_up.startswith("store copy installed"):
+        inj.landed["wiped node installed a store copy"] += 1
+    return (
+        f"{kind}: removed {how} {nid}, wiped it, --join via {member}, re-added as voter; {took} "
+        f"({how_caught_up})"
+    )
+
+
+# ---------------------------------------------------------------------- while a store copy travels
+
+#: the driver's and the receiver's log lines (node/driver.py, node/peers/snapshot_transfer.py)
+_SENDS = r"node (\S+) sends its state \(index (\d+), (\d+) bytes\) to {nid}\b"
+_SENT = r"node (\S+) sent its state at index \d+ to {nid} "
+_RECEIVED = "received snapshot "
+_INSTALLED = re.compile(
+    r"installed a snapshot at index (\d+) from the leader: its state store, at index (\d+)"
+)
+#: a transfer is slowed to last about this long, so that a kill lands inside it
+SLOW_TRANSFER_S = 3.0
+
+
+_ANY_SENDS = re.compile(r"sends its state \(index \d+, (\d+) bytes\) to \S+")
+
+
+def copies_sent(cluster: LocalCluster) -> tuple[int, int]:
+    """Copies of the store the nodes have begun to send so far (every log, whole), and their bytes.
+    A follower that keeps falling behind the leader's compaction needs one after another."""
+    count = size = 0
+    for nid in cluster.ids:
+        try:
+            text = (cluster.root / f"{nid}.log").read_text(errors="replace")
+        except FileNotFoundError:
+            continue
+        for m in _ANY_SENDS.finditer(text):
+            count += 1
+            size += int(m.group(1))
+    return count, size
+
+
+def _log_mark(inj: Injector, nid: str) -> int:
+    """Where ``nid``'s log ends now (logs are appended to across restarts)."""
+    try:
+        return (inj.cluster.root / f"{nid}.log").stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _log_since(inj: Injector, nid: str, mark: int) -> str:
+    try:
+        with open(inj.cluster.root / f"{nid}.log", "rb") as f:
+            f.seek(mark)
+            return f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _commit_index(inj: Injector) -> int:
+    """The highest commit index any live node reports (the leader's, normally)."""
+    best = 0
+    for n in inj.ids:
+        if inj.cluster.alive(n):
+            try:
+                best = max(best, int(inj.cluster.status(n)["commit_index"]))
+            except Exception:
+                continue
+    return best
+
+
+def _catch_up(inj: Injector, nid: str, index: int, deadline: float) -> tuple[float | None, float | None]:
+    """When ``nid`` first reported an applied index >= ``index`` (the commit index when it started),
+    and when after that the leader first replicated to it from its log (progress ``replicate``,
+    match >= ``index``) rather than sending it yet another copy of the store: monotonic times, None
+    if not by the deadline."""
+    applied_at = replicating_at = None
+    while replicating_at is None and time.monotonic() < deadline:
+        now = time.monotonic()
+        if applied_at is None and _quiet(lambda: int(inj.cluster.status(nid)["applied_index"]) >= index):
+            applied_at = now
+        if applied_at is not None and _quiet(lambda: _replicating(inj, nid, index)):
+            replicating_at = now
+        time.sleep(0.1)
+    return applied_at, replicating_at
+
+
+def _replicating(inj: Injector, nid: str, index: int) -> bool | None:
+    leader = inj.cluster.leader()
+    if leader is None or leader == nid:
+        return None
+    pr = inj.cluster.status(leader)["progress"].get(nid)
+    return bool(pr and pr["state"] == "replicate" and pr["match"] >= index) or None
+
+
+def _copy_story(inj: Injector, nid: str, marks: dict[str, int]) -> str:
+    """What the logs since ``marks`` say about copies of the store sent to ``nid``."""
+    pattern = re.compile(_SENDS.format(nid=re.escape(nid)))
+    sends = [
+        (n, m) for n in inj.ids if n != nid for m in pattern.finditer(_log_since(inj, n, marks.get(n, 0)))
+    ]
+    installs = _INSTALLED.findall(_log_since(inj, nid, marks.get(nid, 0)))
+    if not installs:
+        return f"no store copy installed ({len(sends)} sends began)"
+    senders = Counter(n for n, _ in sends)
+    size = f"{int(sends[-1][1].group(3)) / 1e6:.1f} MB" if sends else "size not logged"
+    return (
+        f"store copy installed {len(installs)}x (last at index {installs[-1][1]}); "
+        f"sends of a {size} copy begun: {len(sends)}, by {', '.join(sorted(senders))}"
+    )
+
+
+def _incoming(inj: Injector, nid: str) -> int | None:
+    """Bytes of the store copy ``nid`` is receiving right now (its ``incoming-*.tmp``), or None."""
+    for f in (inj.cluster.root / "data" / nid / "state").glob("incoming-*.tmp"):
+        try:
+            size = f.stat().st_size
+        except FileNotFoundError:
+            continue
+        if size > 0:
+            return size
+    return None
+
+
+def _poll(inj: Injector, probe: Callable[[], T | None], timeout_s: float, every_s: float = 0.01) -> T | None:
+    """The first non-None answer of ``probe`` within ``timeout_s`` (None: none, or the run stopped)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not inj.stop.is_set():
+        out = probe()
+        if out is not None:
+            return out
+        time.sleep(every_s)
+    return None
+
+
+def _lag_behind_compaction(inj: Injector, rng: random.Random) -> tuple[str, str] | None:
+    """kill -9 a follower and keep it down until the leader has compacted its log past the
+    follower's last entry: from then on the follower can only catch up from a copy of the store.
+    Returns (leader, follower), or None (no leader; the follower is then back up)."""
+    leader = _poll(inj, lambda: _quiet(inj.cluster.leader), 20, every_s=0.2)  # a fault may just have healed
+    if leader is None:
+        return None
+    nid = rng.choice([n for n in inj.ids if n != leader])
+    try:
+        last = int(inj.cluster.status(nid)["last_index"])
+    except Exception:
+        last = _commit_index(inj)
+    inj.kill9(nid)
+
+    def compacted_past() -> str | None:
+        lead = inj.cluster.leader()
+        if lead is None or lead == nid:
+            return None
+        return lead if int(inj.cluster.status(lead)["snapshot_index"]) > last else None
+
+    lead = _poll(inj, lambda: _quiet(compacted_past), 60, every_s=0.2)
+    if lead is None:
+        inj.restart(nid)
+        return None
+    return lead, nid
+
+
+def _quiet(probe: Callable[[], T | None]) -> T | None:
+    try:
+        return probe()
+    except Exception:
+        return None
+
+
+def _slow_links_to(inj: Injector, leader: str, nid: str) -> list[tuple[str, str]]:
+    """Slow every link into ``nid`` so that a copy of ``leader``'s store takes ~SLOW_TRANSFER_S."""
+    size = 0
+    for f in (inj.cluster.root / "data" / leader / "state").glob("state.db*"):
+        try:
+            size += f.stat().st_size
+        except FileNotFoundError:  # the -wal or -shm of a store being swapped
+            continue
+    links = [(n, nid) for n in inj.ids if n != nid]
+    inj.proxy.slow(links, max(256 * 1024, size / SLOW_TRANSFER_S))
+    return links
+
+
+def kill_receiver(inj: Injector, rng: random.Random, duration_s: float) -> str:
+    mode = rng.choice(["receiving", "installing"])
+    lagging = _lag_behind_compaction(inj, rng)
+    if lagging is None:
+        return "kill-receiver: skipped (no leader, or its log not compacted past the follower in time)"
+    leader, nid = lagging
+    mark = _log_mark(inj, nid)
+    links = _slow_links_to(inj, leader, nid) if mode == "receiving" else []
+    try:
+        inj.restart(nid)
+        timeout = 60 + inj.preloaded_keys / 10_000
+        if mode == "receiving":
+            got = _poll(inj, lambda: _incoming(inj, nid), timeout)
+        else:
+            got = _poll(inj, lambda: 1 if _RECEIVED in _log_since(inj, nid, mark) else None, timeout)
+        inj.kill9(nid)
+    finally:
+        inj.proxy.heal(links)
+    installed = bool(_INSTALLED.search(_log_since(inj, nid, mark)))
+    if got is None:
+        what = f"no store copy arrived within {timeout:.0f}s"
+    elif mode == "receiving":
+        what = f"while receiving a store copy ({got / 1e6:.1f} MB of it written)"
+        inj.landed["follower killed while receiving a store copy"] += 1
+    elif installed:
+        what = "after it received and installed a store copy"
+        inj.landed["follower killed just after installing a store copy"] += 1
+    else:
+        what = "after it received a store copy, before it was installed"
+        inj.landed["follower killed between receiving and installing a store copy"] += 1
+    inj.wait(duration_s)
+    inj.restart(nid)
+    return f"kill-receiver: {nid} lagged past the leader {leader}'s compaction, restarted, kill -9 {what}"
+
+
+def kill_sender(inj: Injector, rng: random.Random, duration_s: float) -> str:
+    lagging = _lag_behind_compaction(inj, rng)
+    if lagging is None:
+        return "kill-sender: skipped (no leader, or its log not compacted past the follower in time)"
+    leader, nid = lagging
+    marks = {n: _log_mark(inj, n) for n in inj.ids}
+    sends = re.compile(_SENDS.format(nid=re.escape(nid)))
+
+    def sending() -> str | None:
+        return next((n for n in inj.ids if n != nid and sends.search(_log_since(inj, n, marks[n]))), None)
+
+    links = _slow_links_to(inj, leader, nid)
+    try:
+        inj.restart(nid)
+        sender = _poll(inj, sending, 60 + inj.preloaded_keys / 10_000, every_s=0.02)
+        receiving = _incoming(inj, nid)
+        if sender is not None:
+            inj.kill9(sender)
+    finally:
+        inj.proxy.heal(links)
+    if sender is None:
+        return f"kill-sender: no copy of the store was sent to {nid}: nothing killed"
+    done = re.search(_SENT.format(nid=re.escape(nid)), _log_since(inj, sender, marks[sender]))
+    if done:
+        what = "just after it had sent"
+    else:
+        what = "while it sent" + (f" ({receiving / 1e6:.1f} MB had arrived)" if receiving else "")
+        inj.landed["leader killed while sending a store copy"] += 1
+    inj.wait(duration_s)
+    inj.restart(sender)
+    return f"kill-sender: kill -9 of {sender} {what} a copy of its store to {nid} (lagging past compaction)"
 
 
 FAULTS: dict[str, Callable[[Injector, random.Random, float], str]] = {
@@ -277,6 +579,9 @@ FAULTS: dict[str, Callable[[Injector, random.Random, float], str]] = {
     "clock": clock,
     "restart-all": restart_all,
     "membership": membership,
+    "wipe-follower": wipe_follower,
+    "kill-receiver": kill_receiver,
+    "kill-sender": kill_sender,
 }
 #: how long each kind's window lasts, (min, max) seconds
 DURATION_S: dict[str, tuple[float, float]] = {
@@ -286,6 +591,9 @@ DURATION_S: dict[str, tuple[float, float]] = {
     "clock": (3.0, 6.0),
     "restart-all": (0.2, 1.0),
     "membership": (0.5, 2.0),  #: how long the wiped node stays down; remove/add take seconds more
+    "wipe-follower": (0.5, 2.0),  #: likewise; and its catch-up, however long that takes
+    "kill-receiver": (1.0, 3.0),  #: down after the kill; waiting for the compaction takes seconds more
+    "kill-sender": (1.0, 3.0),  #: likewise
 }
 
 

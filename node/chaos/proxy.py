@@ -10,8 +10,13 @@ connections are accepted but never forwarded — the dialer sees its handshake t
 on a real partition, rather than an instant refusal. Healing closes those black-holed connections
 so the dialer redials at once.
 
+A slow link (``slow``) forwards what its dialer sends at no more than a given rate, per
+connection: a big transfer (a copy of the state store for a lagging follower, which goes through
+the same proxy) then takes seconds, long enough for a fault to hit it while heartbeats (small
+frames on their own connection) still flow.
+
 The proxies run on their own event loop in a thread, so a busy workload cannot delay Raft traffic;
-``cut``/``heal`` are thread-safe. Client traffic never goes through here.
+``cut``/``heal``/``slow`` are thread-safe. Client traffic never goes through here.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import asyncio
 import contextlib
 import json
 import threading
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,7 @@ class _LinkProxy:
         self.link = link
         self.target = target
         self.cut = False
+        self.rate: float | None = None  #: bytes/s each connection may carry from its dialer; None: no cap
         self.server: asyncio.Server | None = None
         self.port = 0
         self.writers: set[asyncio.StreamWriter] = set()  # every open socket of this link, both ends
@@ -53,7 +59,7 @@ class _LinkProxy:
                 return
             self.writers.add(up_writer)
             try:
-                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                await asyncio.gather(_pipe(reader, up_writer, lambda: self.rate), _pipe(up_reader, writer))
             finally:
                 self.writers.discard(up_writer)
                 _abort(up_writer)
@@ -67,11 +73,17 @@ class _LinkProxy:
         self.writers.clear()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    rate: Callable[[], float | None] = lambda: None,
+) -> None:
     try:
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
+            if (cap := rate()) is not None:
+                await asyncio.sleep(len(data) / cap)  # read no more until this piece's time is over
     except (OSError, asyncio.IncompleteReadError):
         pass
     finally:
@@ -119,8 +131,17 @@ class ProxyLayer:
             self._call(self._set(link, True))
 
     def heal(self, links: Iterable[Link] | None = None) -> None:
+        """Restore links (default: all): no longer cut, no longer slow."""
         for link in self._links if links is None else links:
             self._call(self._set(link, False))
+            self._links[link].rate = None
+
+    def slow(self, links: Iterable[Link], bytes_per_s: float) -> None:
+        """Cap what each connection of ``links`` carries from its dialer (live ones too) at
+        ``bytes_per_s``; ``heal`` lifts it."""
+        assert bytes_per_s > 0
+        for link in links:
+            self._links[link].rate = bytes_per_s  # read by the pipes at every piece (one attribute)
 
     def cut_links(self) -> list[Link]:
         return sorted(link for link, p in self._links.items() if p.cut)

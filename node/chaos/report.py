@@ -29,6 +29,9 @@ COLORS = {
     "clock": "#b279a2",
     "restart-all": "#9d755d",
     "membership": "#72b7b2",
+    "wipe-follower": "#54a24b",
+    "kill-receiver": "#e45756",
+    "kill-sender": "#b22222",
 }
 STATUS_COLORS = {"ok": "#2a9d3a", "fail": "#d62728", "info": "#ff9f1c"}
 
@@ -49,6 +52,7 @@ def verdict_table(result: RunResult) -> str:
             lines.append(f"  ? {r.name}: {r.note}")
     if result.error:
         lines.append(f"  ! run: {result.error}")
+    lines += [f"  = {n}" for n in result.notes]
     return "\n".join(lines)
 
 
@@ -81,6 +85,7 @@ def summary_json(result: RunResult, replay: str) -> dict[str, Any]:
         "error": result.error,
         "ops": result.ops,
         "faults": dict(result.fault_counts),
+        "notes": result.notes,
         "checks": [
             {
                 "name": r.name,
@@ -167,6 +172,7 @@ def _html(
         for w in timeline
     )
     err = f"<p class='fail'>{html.escape(result.error)}</p>" if result.error else ""
+    err += "".join(f"<p>{html.escape(n)}</p>" for n in result.notes)
     title = f"chaos seed {result.cfg.seed}: {verdict}"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:2px 10px;text-align:left;vertical-align:top}}
