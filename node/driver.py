@@ -60,6 +60,8 @@ from raftstate.raft import (
 log = logging.getLogger("raftstate.node")
 
 #: the persist worker yields to the event loop after this many applied entries (heartbeats go out)
+#: entries kept behind a state store checkpoint for followers catching up (etcd keeps 5,000)
+CATCH_UP_ENTRIES = 5000
 #: (each entry costs tens of µs on the state store: a few ms between yields, at any store size)
 APPLY_YIELD_EVERY = 256
 
@@ -575,6 +577,11 @@ class RaftDriver:
         build = self.sm.snapshot_later()
         self._spawn(self._write_snapshot(meta.index, meta, build))
 
+    def _catch_up_entries(self) -> int:
+        """Entries kept in memory behind the last checkpoint, so that a follower that far behind
+        catches up from the log (compact() ignores an index at or below the current base)."""
+        return min(self.settings.snapshot_threshold, CATCH_UP_ENTRIES)
+
     def _snapshot_every(self) -> int:
         if self.state_file is not None:
             return self.settings.snapshot_threshold  # a checkpoint costs the writes since the last
@@ -637,7 +644,11 @@ class RaftDriver:
                 return
             meta = self.raft.snapshot_meta(index)
             await asyncio.to_thread(self.storage.save_snapshot, meta, StoreDescriptor(index).encode())
-            self.raft.compact(index)
+            # Keep a tail of entries in memory (etcd's SnapshotCatchUpEntries): a follower a little
+            # behind catches up from the log. Compacting right up to the durable point sent such
+            # a follower copy after copy of the whole store, each outrun by the next compaction
+            # (341 copies of up to 157 MB in an 11-minute 1M-key load, measured by the chaos run).
+            self.raft.compact(index - self._catch_up_entries())
             self.snapshot_index = max(self.snapshot_index, index)
             if self.on_snapshot is not None:
                 self.on_snapshot(time.perf_counter() - t0)
