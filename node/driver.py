@@ -790,6 +790,8 @@ class RaftDriver:
             "applied_index": r.applied_index,
             "last_index": r.last_index,
             "snapshot_index": self.snapshot_index,
+            # the last entry the core's log no longer holds: a follower behind it needs a snapshot
+            "compacted_index": r.log.snapshot_index,
             "members": {"voters": sorted(m.voters), "learners": sorted(m.learners)},
             "last_contact_ms_ago": {p: now - t for p, t in sorted(self.last_contact_ms.items())},
             "progress": {
