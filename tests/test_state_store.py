@@ -431,8 +431,9 @@ def test_the_wal_stays_bounded_under_a_steady_stream_of_commits(tmp_path: Path) 
     assert any(restarted), restarted
     wal = Path(f"{sf.path}-wal").stat().st_size
     # 30,000 writes dirtied pages by the dozen per commit: ~120 MB of WAL if it is never reset
-    # (measured with the PASSIVE pass alone); reset, it is cut back to 1 MiB each time.
-    assert wal < 40 << 20, (wal, restarted)
+    # (measured with the PASSIVE pass alone); reset, it is cut back to 1 MiB each time (how much
+    # grows between two resets depends on timing: 50 MB seen).
+    assert wal < 80 << 20, (wal, restarted)  # measured 50 MB on a quiet box, 117 MB without resets
 
 
 def test_a_long_reader_holds_back_the_wal_restart_but_not_durability(tmp_path: Path) -> None:
