@@ -31,6 +31,8 @@ from raftstate.node.driver import OutcomeUnknown, ProposalLost, RaftDriver, Read
 from raftstate.node.errors import Refusal
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.runtime.cluster_time import ClusterTime
+from raftstate.node.security.auth import authorize
+from raftstate.node.security.config import Role as TokenRole
 from raftstate.node.state.commands import Command, encode, to_seconds
 from raftstate.node.state.machine import KVStateMachine
 from raftstate.raft import LeadershipTransferInProgress, NotLeader, Role
@@ -67,6 +69,8 @@ class Api:
         self._linearizable_read = read_barrier or self._read_barrier
         #: (applied index, sha256) of the last state digest (GET /status?digest=1)
         self._digest_cache: tuple[int, str] | None = None
+        #: the digest being computed, by the applied index it covers
+        self._digest_running: tuple[int, asyncio.Future[str]] | None = None
 
     def install(self, app: web.Application) -> None:
         """Route the operations endpoints, every client operation and the leader transfer."""
@@ -104,6 +108,11 @@ class Api:
         }
         if request.query.get("digest") == "1":
             # The whole state's canonical bytes, hashed: replicas at one applied index must agree.
+            # Admin only (issue 18): a digest reads every key, whatever the route's own role says.
+            try:
+                authorize(request, TokenRole.ADMIN)
+            except Refusal as err:
+                return error_response(request, err)
             index, sha = await self._digest()
             body["state_digest"] = {"applied_index": index, "sha256": sha}
         return respond(request, body)
@@ -114,8 +123,16 @@ class Api:
         index = self.driver.sm.applied_index
         if self._digest_cache is not None and self._digest_cache[0] == index:
             return self._digest_cache
-        pinned = self.driver.pinned_state()
-        self._digest_cache = (pinned.applied_index, await asyncio.to_thread(_sha256_of, pinned))
+        running = self._digest_running
+        if running is None or running[0] != index:
+            # One computation per applied index: concurrent callers at that index share it.
+            pinned = self.driver.pinned_state()
+            task = asyncio.ensure_future(asyncio.to_thread(_sha256_of, pinned))
+            running = self._digest_running = (pinned.applied_index, task)
+        sha = await asyncio.shield(running[1])
+        if self._digest_running is running:
+            self._digest_running = None
+        self._digest_cache = (running[0], sha)
         return self._digest_cache
 
     async def metrics_text(self, request: web.Request) -> web.Response:
