@@ -71,6 +71,12 @@ class Settings:
     max_locks: int = 100_000  #: held locks, cluster-wide (also enforced at apply)
     max_client_connections: int = 1000  #: open HTTP connections per node; beyond it new ones are closed
     client_body_timeout_s: int = 10  #: a request body must arrive within this (slow clients)
+    # Quotas (docs/security.md, "Quotas"): carried in the command and enforced again at apply.
+    max_lock_ttl_s: int = 86_400  #: longest lease a lock (and any future lease) may be granted or renewed for
+    max_locks_per_token: int = 10_000  #: held locks acquired with one token's name (admin: no quota)
+    max_sessions_per_token: int = 10_000  #: live sessions opened with one token's name (admin: no quota)
+    #: TEST-ONLY: may the node run with the test hooks of node/test_hooks.py? Never with auth on.
+    test_hooks: bool = False
 
     @property
     def heartbeat_ticks(self) -> int:
@@ -218,6 +224,10 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 _TOP_KEYS = ("cluster_id", "nodes", "settings", "auth", "tls")
 _NODE_KEYS = ("id", "address", "data_dir")
 _SETTING_KEYS = tuple(f.name for f in fields(Settings))
+#: the longest duration a command carries (node/state/commands.py, MAX_DURATION_MS), in seconds
+_TEN_YEARS_S = 10 * 365 * 86_400
+#: the settings that are true or false (every other one is a positive whole number)
+_BOOL_SETTINGS = frozenset({"test_hooks"})
 _EXAMPLES = {
     "nodes": '[{id: n1, address: "127.0.0.1:7001", data_dir: ./data/n1}, ...]',
     "id": "n1",
@@ -251,6 +261,13 @@ class _Validator:
         settings = self.settings(doc.get("settings", {}))
         tls = parse_tls(doc.get("tls"), self.base_dir, tuple(n.id for n in nodes), self.fail)
         auth = parse_auth(doc.get("auth"), self.base_dir, self.fail)
+        if settings.test_hooks and auth.enabled:
+            self.fail(
+                "settings.test_hooks",
+                "test-only hooks are allowed here while auth.enabled is true",
+                "test hooks never run on a secured cluster: remove settings.test_hooks, or use "
+                "auth: {enabled: false} for a test cluster",
+            )
         return ClusterConfig(self.path, cluster_id, nodes, settings, auth, tls or None)
 
     def keys(self, m: dict[Any, Any], at: str, known: tuple[str, ...], required: tuple[str, ...]) -> None:
@@ -370,6 +387,12 @@ class _Validator:
         defaults = Settings()
         for key, value in raw.items():
             fix = f"use e.g. {getattr(defaults, key)}, or remove the key for that default"
+            if key in _BOOL_SETTINGS:
+                if not isinstance(value, bool):
+                    self.fail(
+                        f"settings.{key}", f"expected true or false, got {_got(value)}", "say true or false"
+                    )
+                continue
             if isinstance(value, bool) or not isinstance(value, int):
                 self.fail(f"settings.{key}", f"expected a whole number{_unit(key)}, got {_got(value)}", fix)
             if value <= 0:
@@ -421,6 +444,12 @@ class _Validator:
                 f"{s.max_peer_frame_bytes} leaves no room to replicate one max_request_bytes "
                 f"({s.max_request_bytes}) entry with its batch",
                 f"raise it to at least max_request_bytes + 1 MiB ({s.max_request_bytes + (1 << 20)})",
+            ),
+            (
+                "settings.max_lock_ttl_s",
+                s.max_lock_ttl_s > _TEN_YEARS_S,
+                f"{s.max_lock_ttl_s} is longer than the longest lease a command may carry (ten years)",
+                f"use at most {_TEN_YEARS_S} (the default 86400 is a day)",
             ),
         ]
         for field, broken, problem, fix in rules:

@@ -52,11 +52,16 @@ class NodeServer:
         ``hooks``: the TEST-ONLY hooks (node/test_hooks.py); by default read from the environment,
         here and only here — all off unless a test or chaos run set them."""
         self.hooks = hooks if hooks is not None else TestHooks.from_env()  # fails fast on a bad value
+        # Only with settings.test_hooks, never with auth on (issue 18): before anything is opened.
+        self.hooks.require_allowed(
+            setting=config.settings.test_hooks, auth_enabled=config.auth.enabled, where=str(config.path)
+        )
         self.config = config
         self.joining = joining
         self.node = config.node(node_id)
         self.id = node_id
         self.metrics = NodeMetrics(node_id, config.cluster_id)
+        self.hooks.export(self.metrics.registry)
         self.security = NodeSecurity(config, node_id, self.metrics)  # reads secrets: fails fast
         self.started_at = time.time()
         self._runner: web.AppRunner | None = None
@@ -211,6 +216,8 @@ class NodeServer:
             "address": self.node.address,
             "cluster_id": self.config.cluster_id,
             "uptime_s": round(time.time() - self.started_at, 3),
+            #: TEST-ONLY hooks that are on ({} on a production node): node/test_hooks.py
+            "test_hooks": self.hooks.status(),
             "peers": {
                 pid: {
                     "address": ps.address,

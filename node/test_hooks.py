@@ -39,6 +39,14 @@ ack-before-fsync  every Ready batch counts as durable at once (the driver acknow
                   its log refuses to start anyway (node/driver.py)
 ================  ===========================================================================
 
+**Armed only on purpose** (issue 18): a variable alone arms nothing. The cluster file must also say
+``settings.test_hooks: true``, and that setting is refused when ``auth.enabled`` is true (by the
+config loader, and again here for a config built in code): :meth:`TestHooks.require_allowed`, called
+by ``NodeServer`` before anything is opened, refuses a hook's variable without the setting, naming
+both. A node that runs with hooks lists them in ``/status`` (``test_hooks``) and in the metric
+``raftstate_test_hooks_active{hook}`` (1 for each hook that is on), so a hooked node is never
+mistaken for a production one.
+
 The two files (clock offset, dial map) are re-read while the node runs, so a test can change them;
 a missing or unusable file then means "no offset" / "configured address", with one warning. What is
 checked here, at start-up, is only what can never become right later: a number that is not one, an
@@ -55,6 +63,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import ClassVar, Final
+
+from prometheus_client import CollectorRegistry, Gauge
 
 from raftstate.node.errors import LocalFault
 from raftstate.node.peers.fault_dial import DialMap
@@ -179,10 +189,49 @@ class TestHooks:
         """Is any hook on? (False: this is the production node.)"""
         return self != TestHooks()
 
+    def names(self) -> list[str]:
+        """The fields of the hooks that are on, in field order ([] for the production node)."""
+        off = TestHooks()
+        return [f.name for f in fields(self) if getattr(self, f.name) != getattr(off, f.name)]
+
+    def require_allowed(self, *, setting: bool, auth_enabled: bool, where: str) -> None:
+        """Refuse to start (TestHookError) unless these hooks may run: any hook needs
+        ``settings.test_hooks: true``, and that setting is never allowed with auth on. ``where``
+        names the cluster file."""
+        if setting and auth_enabled:
+            raise TestHookError(
+                f"{where}: settings.test_hooks is true while auth.enabled is true; test-only hooks never "
+                "run on a secured cluster: remove settings.test_hooks, or turn auth off for a test cluster"
+            )
+        if self.active and not setting:
+            env = self.to_env()
+            raise TestHookError(
+                f"test-only hook variables are set ({', '.join(sorted(env))}) but {where} does not say "
+                "settings.test_hooks: true; unset them (a production node), or allow hooks in the "
+                "cluster file of a test cluster (auth off)"
+            )
+
+    def export(self, registry: CollectorRegistry) -> Gauge:
+        """``raftstate_test_hooks_active{hook}``: 1 for each hook that is on, 0 for the others."""
+        gauge = Gauge(
+            "raftstate_test_hooks_active",
+            "TEST-ONLY hooks this node runs with (1: on); all 0 on a production node",
+            ["hook"],
+            registry=registry,
+        )
+        on = set(self.names())
+        for f in fields(self):
+            gauge.labels(hook=f.name).set(1 if f.name in on else 0)
+        return gauge
+
+    def status(self) -> dict[str, object]:
+        """For ``/status``: the hooks that are on, and what each is set to."""
+        return {name: str(getattr(self, name)) for name in self.names()}
+
     def _announce(self) -> None:
         if not self.active:
             return
-        on = ", ".join(f.name for f in fields(self) if getattr(self, f.name) != getattr(TestHooks(), f.name))
+        on = ", ".join(self.names())
         log.warning("!!! TEST-ONLY HOOKS ON (%s): never run a production node like this !!!", on)
         if self.slow_fsync_ms:
             log.warning(

@@ -238,7 +238,7 @@ def test_slow_disk_delays_commits_but_not_heartbeats(tmp_path: Path) -> None:
     """Every log fsync takes an extra 700 ms — longer than the 500 ms election timeout — on every
     node: writes slow down, yet heartbeats and their replies keep flowing, so no follower starts an
     election and the leader keeps its quorum (CheckQuorum)."""
-    with LocalCluster(tmp_path) as c:
+    with LocalCluster(tmp_path, settings={"test_hooks": True}) as c:
         c.start(env={"RAFTSTATE_FAULT_SLOW_FSYNC_MS": "700"})
         leader = c.wait_leader()
         c.put("warm", 0)

@@ -245,7 +245,7 @@ async def test_api_reads_go_through_readindex_unless_the_stale_reads_bug_is_on()
 
 def _config(tmp_path: Path) -> ClusterConfig:
     node = NodeConfig("n1", f"127.0.0.1:{free_port()}", tmp_path / "n1")
-    return ClusterConfig(tmp_path / "cluster.yaml", "hooks-test", (node,), Settings())
+    return ClusterConfig(tmp_path / "cluster.yaml", "hooks-test", (node,), Settings(test_hooks=True))
 
 
 @pytest.mark.usefixtures("clean_env")

@@ -35,6 +35,7 @@ SETTINGS = {
     "max_key_bytes": 64,
     "max_value_bytes": 2048,
     "max_request_bytes": 8192,
+    "test_hooks": True,  # every node reads its clock offset from a file (node/test_hooks.py)
 }
 ELECTION_S = 0.5  # the default election_timeout_ms
 

@@ -47,7 +47,8 @@ from raftstate.node.test_hooks import TestHooks
 #: Cluster settings of a chaos run: defaults, but snapshots often enough to be exercised: every
 #: 500 entries each node checkpoints its store and compacts its log, so a node down for a few
 #: seconds under the workload already needs a copy of the store to catch up.
-CHAOS_SETTINGS: dict[str, Any] = {"snapshot_threshold": 500}
+#: ``test_hooks``: every chaos node runs with hooks (dial map, clock offset file; node/test_hooks.py)
+CHAOS_SETTINGS: dict[str, Any] = {"snapshot_threshold": 500, "test_hooks": True}
 HEAL_TIMEOUT_S = 90.0  #: generous: the machine is shared and every node may just have restarted
 
 

@@ -69,7 +69,8 @@ class BootstrapRecord:
 def settings_from_wire(raw: dict[str, Any]) -> Settings:
     """Settings as sent by ``GET /v1/members`` (unknown fields from a newer node are ignored)."""
     known = {f.name for f in dataclasses.fields(Settings)}
-    return Settings(**{k: int(v) for k, v in raw.items() if k in known})
+    values: dict[str, Any] = {k: v if isinstance(v, bool) else int(v) for k, v in raw.items() if k in known}
+    return Settings(**values)
 
 
 def read_record(data_dir: Path) -> BootstrapRecord | None:
