@@ -24,14 +24,14 @@ from aiohttp import web
 
 from raftstate.client import protocol as p
 from raftstate.node.api import schema
-from raftstate.node.api.admission import check_room
+from raftstate.node.api.admission import check_room, stamp
 from raftstate.node.api.codec import error_response, read_body, respond
 from raftstate.node.api.schema import ApiLimits
 from raftstate.node.driver import OutcomeUnknown, ProposalLost, RaftDriver, ReadAborted
 from raftstate.node.errors import Refusal
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.runtime.cluster_time import ClusterTime
-from raftstate.node.security.auth import authorize
+from raftstate.node.security.auth import CALLER, authorize
 from raftstate.node.security.config import Role as TokenRole
 from raftstate.node.state.commands import Command, encode, to_seconds
 from raftstate.node.state.machine import KVStateMachine
@@ -260,7 +260,7 @@ class Api:
 
     async def _write(self, query: Mapping[str, str], build: Callable[[], Command]) -> Any:
         timeout = self._timeout(query)
-        cmd = build()
+        cmd = stamp(build(), CALLER.get(), self.limits)  # the caller's quotas (node/state/quotas.py)
         check_room(cmd, self.driver.sm, self.cluster_time.now_ms())  # before proposing, not only at apply
         data = encode(cmd)  # a Refusal if api/schema missed something: still never propose it
         return await self._propose(data, timeout)

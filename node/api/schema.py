@@ -77,6 +77,10 @@ class ApiLimits:
     max_keys_per_page: int = MAX_LIST_LIMIT
     max_sessions: int = 100_000
     max_locks: int = 100_000
+    # Quotas (node/api/admission.py stamps them into commands); None: no such quota
+    max_lock_ttl_ms: int | None = None
+    max_locks_per_token: int | None = None
+    max_sessions_per_token: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

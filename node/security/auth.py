@@ -14,6 +14,10 @@ Tokens travel as ``Authorization: Bearer <token>`` and are compared in constant 
 (:func:`hmac.compare_digest` over every configured token, never stopping at the first match).
 Failures are counted in ``raftstate_auth_failures{reason}`` and logged with the remote address and
 the route — never the token.
+
+Who is calling — the token's *name* and role, never the secret — is kept for the request in the
+context variable :data:`CALLER` (the /v1/stream's operations inherit their connection's), so the
+API can stamp it into the commands quotas count (node/state/quotas.py, node/api/admission.py).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Final
 
 from aiohttp import web
@@ -36,6 +41,7 @@ from raftstate.node.security.config import ResolvedAuth, Role
 
 __all__ = [
     "AUTHENTICATOR",
+    "CALLER",
     "MEMBERS_PROOF",
     "PEER",
     "PUBLIC",
@@ -148,6 +154,8 @@ class Authenticator:
 
 
 AUTHENTICATOR: Final = web.AppKey("raftstate_authenticator", Authenticator)
+#: (token name, role) of the request being handled; None with auth off (or before authentication)
+CALLER: Final[ContextVar[tuple[str, Role] | None]] = ContextVar("raftstate_caller", default=None)
 #: does this request carry a valid members proof (node/peers/members_auth.py)? Absent: auth is off.
 MEMBERS_PROOF: Final[web.AppKey[Callable[[web.Request], bool]]] = web.AppKey("raftstate_members_proof")
 
@@ -237,4 +245,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if err.code == p.UNAUTHORIZED:
             resp.headers["WWW-Authenticate"] = 'Bearer realm="raftstate"'
         return resp
-    return await handler(request)
+    auth = request.app.get(AUTHENTICATOR)
+    reset = CALLER.set(auth.role_of(request) if auth is not None and auth.enabled else None)
+    try:
+        return await handler(request)
+    finally:
+        CALLER.reset(reset)

@@ -48,6 +48,7 @@ __all__ = [
     "DeleteKey",
     "Expire",
     "Fence",
+    "ForceReleaseLock",
     "Increment",
     "KeepAlive",
     "OpenSession",
@@ -116,6 +117,10 @@ class AcquireLock:
     #: at most this many held locks (from the leader's settings.max_locks; absent: no limit). In the
     #: command, not the replica's config, so every replica refuses the same acquire.
     max_locks: int | None = None
+    # Quotas (node/state/quotas.py), stamped by the leader's API like max_locks:
+    max_ttl_ms: int | None = None  #: settings.max_lock_ttl_s: a longer ttl is refused
+    caller: str | None = None  #: the NAME of the token that sent it (absent: auth off)
+    max_per_caller: int | None = None  #: settings.max_locks_per_token (absent: admin, or auth off)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +128,7 @@ class RenewLock:
     name: str
     token: int
     ttl_ms: int | None = None  #: None: the ttl of the acquire
+    max_ttl_ms: int | None = None  #: settings.max_lock_ttl_s (node/state/quotas.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +143,15 @@ class OpenSession:
     idle_timeout_ms: int
     max_results: int
     max_sessions: int | None = None  #: settings.max_sessions of the leader (absent: no limit)
+    caller: str | None = None  #: the NAME of the token that opened it (absent: auth off)
+    max_per_caller: int | None = None  #: settings.max_sessions_per_token (absent: admin, or auth off)
+
+
+@dataclass(frozen=True, slots=True)
+class ForceReleaseLock:
+    """An admin frees a lock whoever holds it, whatever its token (node/api/admin.py)."""
+
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +170,16 @@ class Expire:
 
 
 Operation = (
-    SetKey | DeleteKey | Increment | AcquireLock | RenewLock | ReleaseLock | OpenSession | KeepAlive | Expire
+    SetKey
+    | DeleteKey
+    | Increment
+    | AcquireLock
+    | RenewLock
+    | ReleaseLock
+    | ForceReleaseLock
+    | OpenSession
+    | KeepAlive
+    | Expire
 )
 
 
@@ -257,13 +281,31 @@ SCHEMA: Final[dict[str, tuple[type[Any], dict[str, Check]]]] = {
     "incr": (Increment, {"key": _name, "by": _int64, "ttl_ms": _duration, "expires_at_ms": _time}),
     "lock_acquire": (
         AcquireLock,
-        {"name": _name, "owner": _name, "ttl_ms": _duration, "max_locks": _index},
+        {
+            "name": _name,
+            "owner": _name,
+            "ttl_ms": _duration,
+            "max_locks": _index,
+            "max_ttl_ms": _duration,
+            "caller": _name,
+            "max_per_caller": _index,
+        },
     ),
-    "lock_renew": (RenewLock, {"name": _name, "token": _index, "ttl_ms": _duration}),
+    "lock_renew": (
+        RenewLock,
+        {"name": _name, "token": _index, "ttl_ms": _duration, "max_ttl_ms": _duration},
+    ),
+    "lock_force_release": (ForceReleaseLock, {"name": _name}),
     "lock_release": (ReleaseLock, {"name": _name, "token": _index}),
     "session_open": (
         OpenSession,
-        {"idle_timeout_ms": _duration, "max_results": _results, "max_sessions": _index},
+        {
+            "idle_timeout_ms": _duration,
+            "max_results": _results,
+            "max_sessions": _index,
+            "caller": _name,
+            "max_per_caller": _index,
+        },
     ),
     "session_keepalive": (KeepAlive, {"id": _index}),
     "expire": (Expire, {"keys": _names, "locks": _names, "sessions": _indexes}),

@@ -13,6 +13,10 @@ in cluster time — whichever node applies it, whatever its own clock says):
                             held with another     -> lock_lost
     fence(lock, token)      a write to a key is applied only if the lock is held with that token,
                             else lock_lost — so a paused ex-holder cannot overwrite its successor
+    force_release(name)     an admin's: freed whoever holds it (released: false if it was free)
+
+Quotas (node/state/quotas.py): acquire and renew refuse a ttl above the command's max_ttl_ms;
+acquire counts the locks its caller (token name) holds against max_per_caller.
 
 Tokens are log indexes, so every token is greater than every token issued before it for any name
 (the "token counter" is the log itself: snapshots carry ``applied_index``). Nothing per name needs to
@@ -35,12 +39,14 @@ from raftstate.node.errors import Refusal
 from raftstate.node.state.commands import (
     AcquireLock,
     Fence,
+    ForceReleaseLock,
     ReleaseLock,
     RenewLock,
     describe_time,
     to_seconds,
 )
 from raftstate.node.state.expiry import ExpiryIndex
+from raftstate.node.state.quotas import CallerIndex, check_lease_ttl
 
 __all__ = ["Lock", "LockTable"]
 
@@ -54,6 +60,8 @@ class Lock:
     expires_at_ms: int
     #: the ttl renewals use by default
     ttl_ms: int
+    #: the name of the token that acquired it (None: auth off, or acquired before quotas)
+    caller: str | None = None
 
     def held_at(self, now_ms: int) -> bool:
         return now_ms < self.expires_at_ms
@@ -65,6 +73,8 @@ class LockTable:
         self._expiry: ExpiryIndex[str] = ExpiryIndex(self._expiry_of)
         #: names changed since the last :meth:`take_dirty` (the store writes only those rows)
         self._dirty: set[str] = set()
+        #: token name -> the locks it acquired (node/state/quotas.py); derived, rebuilt on restore
+        self._callers: CallerIndex[str] = CallerIndex()
 
     def __len__(self) -> int:
         return len(self.locks)
@@ -90,6 +100,19 @@ class LockTable:
                 limit=max_locks,
             )
 
+    def check_quota(self, op: AcquireLock, now_ms: int) -> None:
+        """Raise a Refusal if ``op`` asks for a longer lease than its max_ttl_ms, or its caller
+        already holds max_per_caller live locks (node/state/quotas.py)."""
+        check_lease_ttl(f"lock {op.name!r}", op.ttl_ms, op.max_ttl_ms, "settings.max_lock_ttl_s")
+        self._callers.check_room(
+            op.caller,
+            op.max_per_caller,
+            lambda name: self.held(name, now_ms) is not None,
+            code=p.TOO_MANY_LOCKS,
+            what="locks",
+            setting="settings.max_locks_per_token",
+        )
+
     def due(self, now_ms: int, limit: int) -> list[str]:
         return self._expiry.due(now_ms, limit)
 
@@ -107,15 +130,18 @@ class LockTable:
                 expires_at=to_seconds(lk.expires_at_ms),
             )
         # As for sessions: the API checks first, this deterministic check holds under concurrency.
+        self.check_quota(op, now_ms)
         self.check_room(op.name, now_ms, op.max_locks)
-        self._put(op.name, Lock(op.owner, index, now_ms + op.ttl_ms, op.ttl_ms))
+        self._put(op.name, Lock(op.owner, index, now_ms + op.ttl_ms, op.ttl_ms, op.caller))
         return {"token": index, "expires_at": to_seconds(now_ms + op.ttl_ms)}
 
     def renew(self, now_ms: int, op: RenewLock) -> dict[str, Any]:
         lk = self.held(op.name, now_ms)
         if lk is None or lk.token != op.token:
             raise self._lost(op.name, op.token, lk, f"renew lock {op.name!r}")
-        lk.ttl_ms = op.ttl_ms if op.ttl_ms is not None else lk.ttl_ms
+        ttl_ms = op.ttl_ms if op.ttl_ms is not None else lk.ttl_ms
+        check_lease_ttl(f"lock {op.name!r}", ttl_ms, op.max_ttl_ms, "settings.max_lock_ttl_s")
+        lk.ttl_ms = ttl_ms
         lk.expires_at_ms = now_ms + lk.ttl_ms
         self._dirty.add(op.name)
         self._expiry.add(lk.expires_at_ms, op.name, size=len(self.locks), live=self._expiring)
@@ -124,14 +150,20 @@ class LockTable:
     def release(self, now_ms: int, op: ReleaseLock) -> dict[str, Any]:
         lk = self.held(op.name, now_ms)
         if lk is None:
-            if self.locks.pop(op.name, None) is not None:  # an expired lease not swept yet
-                self._dirty.add(op.name)
+            self._drop(op.name)  # an expired lease not swept yet
             return {"released": False}
         if lk.token != op.token:
             raise self._lost(op.name, op.token, lk, f"release lock {op.name!r}")
-        del self.locks[op.name]
-        self._dirty.add(op.name)
+        self._drop(op.name)
         return {"released": True}
+
+    def force_release(self, now_ms: int, op: ForceReleaseLock) -> dict[str, Any]:
+        """Free ``op.name`` whoever holds it; the answer says whom it was taken from."""
+        lk = self.held(op.name, now_ms)
+        self._drop(op.name)
+        if lk is None:
+            return {"released": False}
+        return {"released": True, "owner": lk.owner, "token": lk.token, "caller": lk.caller}
 
     def check_fence(self, fence: Fence, key: str, now_ms: int) -> None:
         lk = self.held(fence.lock, now_ms)
@@ -147,8 +179,7 @@ class LockTable:
         for name in names:
             lk = self.locks.get(name)
             if lk is not None and not lk.held_at(now_ms):
-                del self.locks[name]
-                self._dirty.add(name)
+                self._drop(name)
                 removed += 1
         return removed
 
@@ -159,8 +190,14 @@ class LockTable:
 
     def restore(self, rows: list[list[Any]]) -> None:
         self._dirty.update(self.locks)
-        self.locks = {str(n): Lock(str(o), int(t), int(e), int(ttl)) for n, o, t, e, ttl in rows}
+        self.locks = {
+            str(n): Lock(str(o), int(t), int(e), int(ttl), str(rest[0]) if rest else None)
+            for n, o, t, e, ttl, *rest in rows
+        }
         self._dirty.update(self.locks)
+        self._callers.clear()
+        for name, lk in self.locks.items():
+            self._callers.add(lk.caller, name)
         self._expiry.rebuild(self._expiring())
 
     def take_dirty(self) -> list[tuple[str, list[Any] | None]]:
@@ -185,7 +222,17 @@ class LockTable:
             token=token,
         )
 
+    def _drop(self, name: str) -> None:
+        lk = self.locks.pop(name, None)
+        if lk is not None:
+            self._callers.discard(lk.caller, name)
+            self._dirty.add(name)
+
     def _put(self, name: str, lk: Lock) -> None:
+        old = self.locks.get(name)
+        if old is not None:
+            self._callers.discard(old.caller, name)
+        self._callers.add(lk.caller, name)
         self.locks[name] = lk
         self._dirty.add(name)
         self._expiry.add(lk.expires_at_ms, name, size=len(self.locks), live=self._expiring)
@@ -200,4 +247,7 @@ class LockTable:
 
 
 def _row(name: str, lk: Lock) -> list[Any]:
-    return [name, lk.owner, lk.token, lk.expires_at_ms, lk.ttl_ms]
+    row: list[Any] = [name, lk.owner, lk.token, lk.expires_at_ms, lk.ttl_ms]
+    if lk.caller is not None:  # rows from before quotas (and with auth off) keep their five fields
+        row.append(lk.caller)
+    return row

@@ -13,6 +13,7 @@ The state is split by concept, each module holding its own rules:
     keys.py          keys: versions, expiry, counters, listing
     locks.py         leases with fencing tokens
     sessions.py      exactly-once writes (remembered outcomes)
+    quotas.py        lease caps and per-token quotas, from numbers carried in the command
     expiry.py        the derived index the leader's sweep asks "what has expired by T?"
 
 Apply order for a command: decode → session admission (maybe the remembered outcome) → fence →
@@ -44,6 +45,7 @@ from raftstate.node.state.commands import (
     Command,
     DeleteKey,
     Expire,
+    ForceReleaseLock,
     Increment,
     KeepAlive,
     OpenSession,
@@ -170,6 +172,8 @@ class KVStateMachine:
                 return self.locks.renew(now, op)
             case ReleaseLock():
                 return self.locks.release(now, op)
+            case ForceReleaseLock():
+                return self.locks.force_release(now, op)
             case OpenSession():
                 return self.sessions.open(index, now, op)
             case KeepAlive():

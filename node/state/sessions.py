@@ -16,6 +16,10 @@ whatever its own cluster.yaml says. Sessions and their remembered outcomes are i
 retry after a leader change, a restart or a snapshot install still finds its first outcome.
 
 Invariants: every remembered seq > acked; len(results) <= max_results.
+
+A session records the name of the token that opened it (``caller``; node/state/quotas.py), counted
+against the open command's ``max_per_caller``. An operation that ends a session on a client's
+request should be allowed to that token or an admin.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from raftstate.node.state.commands import (
     to_seconds,
 )
 from raftstate.node.state.expiry import ExpiryIndex
+from raftstate.node.state.quotas import CallerIndex
 
 __all__ = ["Outcome", "Session", "SessionTable"]
 
@@ -49,6 +54,8 @@ class Session:
     #: every outcome at or below this seq has been forgotten
     acked: int = 0
     results: dict[int, Outcome] = field(default_factory=dict)
+    #: the name of the token that opened it (None: auth off, or opened before quotas)
+    caller: str | None = None
 
     @property
     def expires_at_ms(self) -> int:
@@ -64,6 +71,8 @@ class SessionTable:
         self._expiry: ExpiryIndex[int] = ExpiryIndex(self._expiry_of)
         #: ids changed since the last :meth:`take_dirty` (the store writes only those rows)
         self._dirty: set[int] = set()
+        #: token name -> the sessions it opened (node/state/quotas.py); derived, rebuilt on restore
+        self._callers: CallerIndex[int] = CallerIndex()
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -80,8 +89,10 @@ class SessionTable:
     def open(self, index: int, now_ms: int, op: OpenSession) -> dict[str, Any]:
         # The API checks the count before proposing; this is the check that holds under concurrent
         # opens (many pass the API's check before any is applied).
+        self.check_quota(op, now_ms)
         self.check_room(now_ms, op.max_sessions)
-        self.sessions[index] = Session(now_ms, op.idle_timeout_ms, op.max_results)
+        self.sessions[index] = Session(now_ms, op.idle_timeout_ms, op.max_results, caller=op.caller)
+        self._callers.add(op.caller, index)
         self._touched(index)
         return {"session": index, "idle_timeout_s": to_seconds(op.idle_timeout_ms)}
 
@@ -98,6 +109,17 @@ class SessionTable:
                 "reuse a client (one session each) or wait for idle sessions to expire",
                 limit=max_sessions,
             )
+
+    def check_quota(self, op: OpenSession, now_ms: int) -> None:
+        """Raise too_many_sessions if the caller already holds max_per_caller live sessions."""
+        self._callers.check_room(
+            op.caller,
+            op.max_per_caller,
+            lambda sid: self.live(sid, now_ms) is not None,
+            code=p.TOO_MANY_SESSIONS,
+            what="sessions",
+            setting="settings.max_sessions_per_token",
+        )
 
     def keepalive(self, now_ms: int, op: KeepAlive) -> dict[str, Any]:
         s = self._require(op.id, now_ms)
@@ -149,6 +171,7 @@ class SessionTable:
             s = self.sessions.get(sid)
             if s is not None and not s.live_at(now_ms):
                 del self.sessions[sid]
+                self._callers.discard(s.caller, sid)
                 self._dirty.add(sid)
                 removed += 1
         return removed
@@ -162,10 +185,12 @@ class SessionTable:
     def restore(self, rows: list[list[Any]]) -> None:
         self._dirty.update(self.sessions)
         self.sessions = {}
-        for sid, last, idle, cap, acked, results in rows:
-            s = Session(int(last), int(idle), int(cap), int(acked))
+        self._callers.clear()
+        for sid, last, idle, cap, acked, results, *caller in rows:
+            s = Session(int(last), int(idle), int(cap), int(acked), caller=str(caller[0]) if caller else None)
             s.results = {int(q): _outcome_from_row(rest) for q, *rest in results}
             self.sessions[int(sid)] = s
+            self._callers.add(s.caller, int(sid))
         self._dirty.update(self.sessions)
         self._expiry.rebuild(self._expiring())
 
@@ -203,10 +228,13 @@ class SessionTable:
 
 
 def _row(sid: int, s: Session) -> list[Any]:
-    return [
+    row = [
         sid, s.last_active_ms, s.idle_timeout_ms, s.max_results, s.acked,
         [[q, *_outcome_row(s.results[q])] for q in sorted(s.results)],
     ]  # fmt: skip
+    if s.caller is not None:  # rows from before quotas (and with auth off) keep their six fields
+        row.append(s.caller)
+    return row
 
 
 def _outcome_row(o: Outcome) -> list[Any]:
