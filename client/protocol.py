@@ -218,6 +218,9 @@ MEMBER_PROMOTE: Final = Endpoint("member_promote", "POST", "/v1/members/{id}/pro
                                  query=_T)
 MEMBER_REMOVE: Final = Endpoint("member_remove", "DELETE", "/v1/members/{id}", _ADMIN, writes=True, query=_T)
 SNAPSHOT_SAVE: Final = Endpoint("snapshot_save", "GET", "/v1/snapshot", _ADMIN, query=_T)
+#: an admin frees a lock whoever holds it (an audit line in the leader's log); docs/operations.md
+LOCK_FORCE_RELEASE: Final = Endpoint("lock_force_release", "POST", "/v1/locks/{name}/force-release", _ADMIN,
+                                     writes=True, query=_T)
 # ---- connections (WebSockets)
 #: many client operations on one connection (docs/stream.md); each op is then held to its own row's access
 STREAM: Final = Endpoint("stream", "GET", "/v1/stream", _READ)

@@ -9,6 +9,10 @@ of the endpoint table in client/protocol.py, which also says who may call them).
                                         leadership to another voter and answers 421 naming it
     GET    /v1/snapshot                 a backup file (node/ops/backup_file.py) of the state at a
                                         linearizable point (ReadIndex barrier), streamed
+    POST   /v1/locks/{name}/force-release
+                                        free a lock whoever holds it (a worker that died holding a
+                                        long lease); one AUDIT line in the leader's log names the
+                                        admin token, the address and the holder it was taken from
 
 Changes go to the leader (421 ``not_leader`` elsewhere) and return once the config entry is
 committed and applied on the leader. Refusals (node/peers/membership.py) change nothing; their codes
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,7 @@ from typing import Any
 from aiohttp import web
 
 from raftstate.client import protocol as p
+from raftstate.node.api import schema
 from raftstate.node.api.codec import read_body, respond
 from raftstate.node.api.handlers import Api, Handler, add_routes
 from raftstate.node.config import _ID_RE, _ID_RULE, Settings, parse_address
@@ -36,6 +42,8 @@ from raftstate.node.ops.backup_file import BackupHeader, stream_backup
 from raftstate.node.ops.backup_state import SnapshotMovedOn, backup_payload, pinned_payload
 from raftstate.node.peers import membership as rules
 from raftstate.node.peers.peer_memory import HeardFrom
+from raftstate.node.security.auth import CALLER
+from raftstate.node.state.commands import Command, ForceReleaseLock, encode
 from raftstate.node.state.machine import KVStateMachine
 from raftstate.node.storage.store import Storage
 from raftstate.raft import (
@@ -48,6 +56,8 @@ from raftstate.raft import (
 )
 
 __all__ = ["AdminApi"]
+
+log = logging.getLogger("raftstate.node")
 
 
 class AdminApi:
@@ -67,6 +77,7 @@ class AdminApi:
             p.MEMBER_PROMOTE: self.member_promote,
             p.MEMBER_REMOVE: self.member_remove,
             p.SNAPSHOT_SAVE: self.snapshot_save,
+            p.LOCK_FORCE_RELEASE: self.lock_force_release,
         }
         add_routes(app, {ep: self.api._timed(ep.name, h) for ep, h in handlers.items()})
         app.cleanup_ctx.append(self.heard_from.background)
@@ -177,6 +188,25 @@ class AdminApi:
                 p.CHANGE_IN_PROGRESS,
                 f"{exc}; one membership change at a time: wait for it (`raftstate member list`) and retry",
             ) from None
+
+    # ----------------------------------------------------------------- locks
+
+    async def lock_force_release(self, request: web.Request) -> web.Response:
+        name = schema.name_from_path(request.match_info["name"], self.api.limits, "lock name")
+        self.api._require_leader()
+        data = encode(Command(ForceReleaseLock(name)))
+        result = await self.api._propose(data, self.api._timeout(request.query))
+        caller = CALLER.get()
+        who = f"token {caller[0]!r}" if caller is not None else "a caller (auth off)"
+        if result.get("released"):
+            held = f"held by owner {result['owner']!r} (token {result['token']}, opened by " + (
+                f"token {result['caller']!r})" if result.get("caller") else "no token name)"
+            )
+        else:
+            held = "which was free"
+        # %r everywhere a client chose the text: control characters come out escaped.
+        log.warning("AUDIT: %s from %s force-released lock %r %s", who, request.remote or "?", name, held)
+        return respond(request, {"name": name, **result})
 
     # ----------------------------------------------------------------- backup
 

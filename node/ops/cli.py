@@ -7,6 +7,7 @@
     raftstate snapshot save FILE                           consistent backup from the leader
     raftstate snapshot inspect FILE                        verify; counts, index, term, size
     raftstate snapshot restore FILE --config new.yaml      seed the data dirs of a new cluster
+    raftstate lock force-release NAME                      free a lock whoever holds it (admin; audited)
 
 Every command but inspect/restore takes ``--config cluster.yaml`` or ``--endpoints host:port,...``,
 and, on a secured cluster, ``--token`` (default $RAFTSTATE_TOKEN; admin for changes and backups, read
@@ -73,6 +74,17 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     sp = leaf(leader, "transfer", "hand leadership to another voter (default: the most caught-up)", _transfer)
     where(sp)
     sp.add_argument("--to", help="the voter to hand leadership to")
+
+    locks = sub.add_parser("lock", help="locks (admin)").add_subparsers(dest="lock_action", required=True)
+    sp = leaf(
+        locks,
+        "force-release",
+        "free a lock whoever holds it, e.g. a worker that died with a long lease (admin token; the "
+        "leader logs an AUDIT line)",
+        _lock_force_release,
+    )
+    where(sp)
+    sp.add_argument("name", help="the lock's name")
 
     snap = sub.add_parser("snapshot", help="backups").add_subparsers(dest="snapshot_action", required=True)
     sp = leaf(snap, "save", "write a consistent backup of the state, from the leader", _snapshot_save)
@@ -242,6 +254,19 @@ def _transfer(args: argparse.Namespace) -> int:
     if args.to and doc.get("leader") != args.to:
         raise AdminError(f"leadership did not move to {args.to} (leader now: {doc.get('leader')}); retry")
     print(json.dumps(doc) if args.json else f"leader: {doc.get('leader')}")
+    return 0
+
+
+def _lock_force_release(args: argparse.Namespace) -> int:
+    doc = call_leader(
+        _endpoints(args), p.LOCK_FORCE_RELEASE, {}, timeout=args.timeout, access=_access(args), name=args.name
+    )
+    if args.json:
+        print(json.dumps(doc))
+    elif doc.get("released"):
+        print(f"lock {args.name!r} released; it was held by {doc.get('owner')!r} (token {doc.get('token')})")
+    else:
+        print(f"lock {args.name!r} was not held; nothing to release")
     return 0
 
 
