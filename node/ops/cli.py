@@ -7,7 +7,7 @@
     raftstate snapshot save FILE                           consistent backup from the leader
     raftstate snapshot inspect FILE                        verify; counts, index, term, size
     raftstate snapshot restore FILE --config new.yaml      seed the data dirs of a new cluster
-    raftstate lock force-release NAME                      free a lock whoever holds it (admin; audited)
+    raftstate force-release LOCK                           free a lock whoever holds it (admin; audited)
 
 Every command but inspect/restore takes ``--config cluster.yaml`` or ``--endpoints host:port,...``,
 and, on a secured cluster, ``--token`` (default $RAFTSTATE_TOKEN; admin for changes and backups, read
@@ -75,9 +75,8 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     where(sp)
     sp.add_argument("--to", help="the voter to hand leadership to")
 
-    locks = sub.add_parser("lock", help="locks (admin)").add_subparsers(dest="lock_action", required=True)
     sp = leaf(
-        locks,
+        sub,
         "force-release",
         "free a lock whoever holds it, e.g. a worker that died with a long lease (admin token; the "
         "leader logs an AUDIT line)",
