@@ -1,7 +1,8 @@
 """One node process: storage, peer transport, Raft driver and HTTP API on one aiohttp server.
 
 ``serve(config, node_id)`` is what ``raftstate node`` runs. SIGTERM/SIGINT: a leader first hands
-leadership to the most caught-up voter, then the node stops serving, flushes and exits 0.
+leadership to the most caught-up voter, then the node stops serving, flushes and exits 0. SIGHUP:
+the node reads its tokens again (node/security/token_reload.py).
 """
 
 from __future__ import annotations
@@ -253,6 +254,7 @@ async def serve(config: ClusterConfig, node_id: str, *, joining: Membership | No
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.security.reload_tokens)  # token rotation
     await server.start()
     assert server.driver is not None
     server.driver.fatal_listeners.append(lambda exc: stop.set())

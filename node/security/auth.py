@@ -126,6 +126,13 @@ class Authenticator:
             self.failures.labels(reason=reason)  # export zeros, not gaps
         self._last_log: dict[tuple[str, str], float] = {}
 
+    def replace_tokens(self, auth: ResolvedAuth) -> None:
+        """Take up a new token list (token rotation: node/security/token_reload.py). One assignment:
+        a request is checked against the old list or the new one, never a mix."""
+        assert auth.enabled == self.enabled, "auth cannot be switched on or off without a restart"
+        self._tokens = [(name, role, hashlib.sha256(tok).digest()) for name, role, tok in auth.tokens]
+        self.open_endpoints = auth.open_endpoints
+
     def role_of(self, request: web.Request) -> tuple[str, Role] | None:
         """(token name, role) of the request's bearer token; None if it has none or a wrong one."""
         header = request.headers.get("Authorization", "")

@@ -4,6 +4,7 @@
 variable or file before any data directory is touched), and hands the server:
 
     install(app)      middlewares: HTTP guard (slow clients), then token auth (node/security/auth.py)
+    reload_tokens()   token rotation on SIGHUP (node/security/token_reload.py)
     peer_auth         signs/checks peer handshakes (node/peers/peer_auth.py); None when auth is off
     client_ssl        TLS context for dialing peers; None without tls:
     site(...)         the listener: TLS if configured, behind the connection guard
@@ -27,6 +28,7 @@ from raftstate.node.peers.peer_auth import PeerAuth
 from raftstate.node.security.auth import AUTHENTICATOR, MEMBERS_PROOF, Authenticator, auth_middleware
 from raftstate.node.security.config import resolve_auth
 from raftstate.node.security.tls import client_context, server_context
+from raftstate.node.security.token_reload import TokenReloader
 
 __all__ = ["NodeSecurity"]
 
@@ -48,6 +50,7 @@ class NodeSecurity:
                 config.node(node_id).address,
             )
         self.authenticator = Authenticator(auth, metrics)
+        self._reloader = TokenReloader(config.path, node_id, auth, self.authenticator, metrics)
         self.peer_auth = (
             PeerAuth(auth.cluster_secret, config.cluster_id, node_id, members=self._members)
             if auth.enabled
@@ -61,6 +64,10 @@ class NodeSecurity:
         self.server_ssl: ssl.SSLContext | None = server_context(tls, where) if tls else None
         self.client_ssl: ssl.SSLContext | None = client_context(tls, where) if tls else None
         self.guard = HttpGuard(s.max_client_connections, float(s.client_body_timeout_s), metrics)
+
+    def reload_tokens(self) -> bool:
+        """SIGHUP: read the tokens again (the old ones are refused after it); False if it failed."""
+        return self._reloader.reload()
 
     @property
     def tls(self) -> bool:
