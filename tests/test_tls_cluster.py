@@ -16,6 +16,7 @@ import pytest
 
 from raftstate.client import AsyncClient, ConnectFailed, Unavailable
 from raftstate.node.ops.local_cluster import LocalCluster, wait_until
+from raftstate.node.peers.bound_dial import peer_connector
 from raftstate.node.peers.peer_auth import PeerAuth
 from raftstate.node.peers.transport import CLUSTER_HEADER, NODE_HEADER, STREAM_PATH, TARGET_HEADER
 
@@ -119,7 +120,8 @@ async def test_peers_without_a_certificate_of_the_ca_are_refused(cluster: LocalC
 
     async def dial(ctx: ssl.SSLContext) -> int | str:
         headers = {NODE_HEADER: leader, CLUSTER_HEADER: "test", TARGET_HEADER: target, **proof.sign(target)}
-        async with aiohttp.ClientSession() as s:
+        # The proof bound to this TLS connection, as a node's own dialer does (node/peers/bound_dial.py).
+        async with aiohttp.ClientSession(connector=peer_connector(proof)) as s:
             try:
                 ws = await s.ws_connect(url, headers=headers, ssl=ctx)
             except aiohttp.WSServerHandshakeError as exc:

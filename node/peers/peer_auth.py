@@ -16,6 +16,15 @@ checks it before upgrading, so no byte of a refused stream ever reaches the Raft
 The MAC binds sender and receiver ids, so a proof captured on the way to n2 cannot open a stream
 to n3, nor claim to be another node. (Without TLS an on-path attacker can still read and alter the
 frames of an established stream; enable tls: for that.)
+
+**Bound to the TLS channel** (issue 18). With TLS on, the proof is ``v2`` and its MAC also covers
+the SHA-256 of the certificate the *receiver* showed in this connection's TLS handshake — which the
+dialer reads from its own TLS session after the handshake, just before the request leaves
+(node/peers/bound_dial.py), and the receiver knows as its own certificate. A node tricked into
+dialing someone else (a wrong address, a test's dial map, DNS) hands that someone a proof bound to
+*its* certificate: relayed to the real receiver over another connection, it fails (``bad_proof``),
+since no one but the receiver holds the receiver's key. A TLS receiver refuses an unbound ``v1``
+proof (``unbound_proof``); without TLS only ``v1`` exists.
 """
 
 from __future__ import annotations
@@ -30,10 +39,17 @@ from typing import Final
 
 from raftstate.node.errors import RemoteFault
 
-__all__ = ["PROOF_HEADER", "PeerAuth", "PeerRefusal"]
+__all__ = ["PROOF_HEADER", "PeerAuth", "PeerRefusal", "cert_binding"]
 
 PROOF_HEADER: Final = "X-Raftstate-Proof"
 _VERSION: Final = "v1"
+#: a proof bound to the TLS channel: the MAC also covers the receiver's certificate
+_BOUND: Final = "v2"
+
+
+def cert_binding(der: bytes) -> bytes:
+    """What a proof is bound to: the SHA-256 of a certificate (DER), as seen in the TLS handshake."""
+    return hashlib.sha256(der).digest()
 
 
 class PeerRefusal(RemoteFault):
@@ -75,8 +91,12 @@ class PeerAuth:
         max_skew_s: float = 30.0,
         clock: Callable[[], float] = time.time,
         max_nonces: int = 100_000,
+        binding: bytes | None = None,
     ) -> None:
+        """``binding``: :func:`cert_binding` of this node's own TLS certificate when it serves TLS
+        (its inbound proofs must then be bound to it); None without TLS."""
         assert secret, "an empty secret proves nothing"
+        self.binding = binding
         self._secret = secret
         self.cluster_id = cluster_id
         self.node_id = node_id
@@ -86,16 +106,23 @@ class PeerAuth:
         self._max_nonces = max_nonces
         self._seen: OrderedDict[str, float] = OrderedDict()  # nonce -> when seen; oldest first
 
-    def _mac(self, cluster: str, sender: str, receiver: str, ts_ms: int, nonce: str) -> str:
-        msg = "\n".join(("raftstate-peer-v1", cluster, sender, receiver, str(ts_ms), nonce))
+    def _mac(
+        self, cluster: str, sender: str, receiver: str, ts_ms: int, nonce: str, binding: bytes | None = None
+    ) -> str:
+        fields = ["raftstate-peer-v1", cluster, sender, receiver, str(ts_ms), nonce]
+        if binding is not None:
+            fields[0] = "raftstate-peer-v2"
+            fields.append(binding.hex())
+        msg = "\n".join(fields)
         return hmac.new(self._secret, msg.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
 
-    def sign(self, receiver: str) -> dict[str, str]:
-        """Headers for a handshake from this node to ``receiver``."""
+    def sign(self, receiver: str, binding: bytes | None = None) -> dict[str, str]:
+        """Headers for a handshake from this node to ``receiver``; ``binding``: the
+        :func:`cert_binding` of the certificate the receiver showed in this connection (TLS)."""
         ts_ms = int(self._clock() * 1000)
         nonce = secrets.token_hex(16)
-        mac = self._mac(self.cluster_id, self.node_id, receiver, ts_ms, nonce)
-        return {PROOF_HEADER: f"{_VERSION}:{ts_ms}:{nonce}:{mac}"}
+        mac = self._mac(self.cluster_id, self.node_id, receiver, ts_ms, nonce, binding)
+        return {PROOF_HEADER: f"{_VERSION if binding is None else _BOUND}:{ts_ms}:{nonce}:{mac}"}
 
     def check(
         self, headers: Mapping[str, str], sender: str, cluster: str, *, spend: bool = True
@@ -111,8 +138,18 @@ class PeerAuth:
         if raw is None:
             return PeerRefusal(401, "missing_proof", f"no {PROOF_HEADER} header; this cluster requires auth")
         parts = raw.split(":")
-        if len(parts) != 4 or parts[0] != _VERSION or not parts[1].isascii() or not parts[1].isdigit():
-            return PeerRefusal(401, "malformed_proof", f"{PROOF_HEADER} is not v1:<ms>:<nonce>:<mac>")
+        want_version = _VERSION if self.binding is None else _BOUND
+        if len(parts) == 4 and parts[0] == _VERSION and self.binding is not None:
+            return PeerRefusal(
+                401,
+                "unbound_proof",
+                "this node serves TLS and needs a proof bound to the TLS channel (v2); the dialer "
+                "sent v1: upgrade it, or check that it dials this node over TLS",
+            )
+        if len(parts) != 4 or parts[0] != want_version or not parts[1].isascii() or not parts[1].isdigit():
+            return PeerRefusal(
+                401, "malformed_proof", f"{PROOF_HEADER} is not {want_version}:<ms>:<nonce>:<mac>"
+            )
         _, ts_text, nonce, mac = parts
         if len(ts_text) > 15 or not 16 <= len(nonce) <= 64 or len(mac) != 64:
             return PeerRefusal(401, "malformed_proof", f"{PROOF_HEADER} has fields of the wrong size")
@@ -125,7 +162,7 @@ class PeerAuth:
                 f"handshake time is {skew:.0f}s away from this node's clock (limit {self.max_skew_s:.0f}s); "
                 "sync the clocks (NTP) — or this is a replayed handshake",
             )
-        want = self._mac(cluster, sender, self.node_id, int(ts_text), nonce)
+        want = self._mac(cluster, sender, self.node_id, int(ts_text), nonce, self.binding)
         if not hmac.compare_digest(want.encode("ascii"), mac.encode("ascii", "replace")):
             return PeerRefusal(
                 401,

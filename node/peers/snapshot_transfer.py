@@ -64,6 +64,7 @@ from raftstate.client import protocol
 from raftstate.node.config import parse_address
 from raftstate.node.errors import RemoteFault
 from raftstate.node.metrics import NodeMetrics
+from raftstate.node.peers.bound_dial import peer_connector
 from raftstate.node.peers.handshake import NODE_HEADER, REJECT_HEADER, PeerGate, handshake_headers
 from raftstate.node.peers.peer_auth import PeerAuth
 from raftstate.node.peers.wire import FrameError, decode_one, encode_one
@@ -252,7 +253,7 @@ class SnapshotSender:
             # A connection of its own (closed after): never the peer stream, never a pooled one.
             async with (
                 aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(force_close=True, limit=1),
+                    connector=peer_connector(self._peer_auth, force_close=True, limit=1),
                     timeout=aiohttp.ClientTimeout(total=None),  # progress.deadline bounds each step
                 ) as session,
                 asyncio.timeout(None) as progress.deadline,

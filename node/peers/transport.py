@@ -36,6 +36,7 @@ from aiohttp import web
 from raftstate.client import protocol
 from raftstate.node.config import parse_address
 from raftstate.node.metrics import NodeMetrics
+from raftstate.node.peers.bound_dial import peer_connector
 from raftstate.node.peers.fault_dial import DialMap
 from raftstate.node.peers.handshake import (
     CLUSTER_HEADER,
@@ -182,7 +183,8 @@ class PeerTransport:
         o = self.options
         self._session = aiohttp.ClientSession(
             # limit=0: every peer holds one connection for good; the default pool cap would starve them
-            connector=aiohttp.TCPConnector(limit=0),
+            # peer_connector: the proof is bound to the TLS channel once it is up (bound_dial.py)
+            connector=peer_connector(self._peer_auth, limit=0),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=o.connect_timeout_s),
         )
         for peer in self._peers.values():

@@ -22,11 +22,12 @@ from raftstate.node.api.codec import BODY_DONE, BODY_TIMEOUT_S
 from raftstate.node.api.guard import GuardedTCPSite, HttpGuard
 from raftstate.node.config import ClusterConfig
 from raftstate.node.driver import RaftDriver
+from raftstate.node.errors import ConfigError
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.peers.members_auth import members_proof_checker
-from raftstate.node.peers.peer_auth import PeerAuth
+from raftstate.node.peers.peer_auth import PeerAuth, cert_binding
 from raftstate.node.security.auth import AUTHENTICATOR, MEMBERS_PROOF, Authenticator, auth_middleware
-from raftstate.node.security.config import resolve_auth
+from raftstate.node.security.config import TlsConfig, resolve_auth
 from raftstate.node.security.tls import client_context, server_context
 from raftstate.node.security.token_reload import TokenReloader
 
@@ -51,16 +52,18 @@ class NodeSecurity:
             )
         self.authenticator = Authenticator(auth, metrics)
         self._reloader = TokenReloader(config.path, node_id, auth, self.authenticator, metrics)
+        tls = config.tls.get(node_id) if config.tls else None
+        where = str(config.path)
+        # With TLS, inbound peer proofs must be bound to this node's own certificate (peer_auth.py).
+        binding = own_cert_binding(tls, where) if tls else None
         self.peer_auth = (
-            PeerAuth(auth.cluster_secret, config.cluster_id, node_id, members=self._members)
+            PeerAuth(auth.cluster_secret, config.cluster_id, node_id, members=self._members, binding=binding)
             if auth.enabled
             else None
         )
         self._members_proof = (
             members_proof_checker(auth.cluster_secret, config.cluster_id) if auth.enabled else None
         )
-        tls = config.tls.get(node_id) if config.tls else None
-        where = str(config.path)
         self.server_ssl: ssl.SSLContext | None = server_context(tls, where) if tls else None
         self.client_ssl: ssl.SSLContext | None = client_context(tls, where) if tls else None
         self.guard = HttpGuard(s.max_client_connections, float(s.client_body_timeout_s), metrics)
@@ -103,3 +106,18 @@ class NodeSecurity:
         if self._driver is None:
             return listed
         return self._driver.raft.membership.members | listed
+
+
+def own_cert_binding(tls: TlsConfig, where: str) -> bytes:
+    """:func:`cert_binding` of the certificate this node shows in its TLS handshakes: the first one
+    of its ``tls.cert`` file (a chain starts with the leaf)."""
+    try:
+        pem = tls.cert.read_text(encoding="ascii")
+        end = pem.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")
+        der = ssl.PEM_cert_to_DER_cert(pem[pem.index("-----BEGIN CERTIFICATE-----") : end])
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{where}: tls.cert: cannot read a certificate from {tls.cert} ({exc}); check the path, or "
+            "make test certificates with scripts/make_certs.py"
+        ) from None
+    return cert_binding(der)
