@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from raftstate.client import AsyncClient, InvalidRequest
 from raftstate.node.ops.local_cluster import HttpError, LocalCluster, http, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -26,8 +27,9 @@ TOKENS = {
     "admin": "admin-quota-0123456789",
     "write": "write-quota-0123456789",
     "write2": "write2-quota-012345678",
+    "write3": "write3-quota-012345678",
 }
-ROLES = {"admin": "admin", "write": "write", "write2": "write"}
+ROLES = {"admin": "admin", "write": "write", "write2": "write", "write3": "write"}
 ENV = {"Q_SECRET": SECRET, **{f"Q_{n.upper()}": t for n, t in TOKENS.items()}}
 AUTH = {
     "enabled": True,
@@ -62,6 +64,18 @@ def call(c: LocalCluster, who: str, method: str, path: str, body: Any = None) ->
 
 def acquire(c: LocalCluster, who: str, name: str, ttl: float) -> tuple[int, Any]:
     return call(c, who, "POST", f"/v1/locks/{name}/acquire", {"owner": f"{who}-worker", "ttl": ttl})
+
+
+async def test_over_the_stream_the_token_name_travels_too(cluster: LocalCluster) -> None:
+    """The client library speaks /v1/stream: its operations carry their connection's token name
+    and its quotas (this test runs first; it leaves one session of write3's open)."""
+    endpoints = [cluster.url(n, "") for n in cluster.ids]
+    async with AsyncClient(endpoints, token=TOKENS["write3"], timeout=20) as w:
+        with pytest.raises(InvalidRequest, match=r"settings\.max_lock_ttl_s"):
+            await w.acquire_lock("s-forever", ttl=TEN_YEARS_S)
+        await w.acquire_lock("s1", ttl=600)
+    status, body = call(cluster, "admin", "POST", "/v1/locks/s1/force-release", {})
+    assert (status, body["released"], body["caller"]) == (200, True, "write3-token")
 
 
 def test_the_issues_attack_is_refused_and_an_admin_still_acquires(cluster: LocalCluster) -> None:
@@ -112,9 +126,11 @@ def test_the_issues_attack_is_refused_and_an_admin_still_acquires(cluster: Local
     assert got == [200, 200, 429]
     got = [call(cluster, "write2", "POST", "/v1/sessions", {})[0] for _ in range(2)]
     assert got == [200, 200]
-    # 4 open; the writers' share of max_sessions: 6 is 5, the admin may fill all 6.
-    assert call(cluster, "admin", "POST", "/v1/sessions", {})[0] == 200
-    assert call(cluster, "admin", "POST", "/v1/sessions", {})[0] == 200  # 6: the whole limit
+    # 5 open (write3's from the stream test too): the writers' share of max_sessions: 6 is 5...
+    assert cluster.status(leader)["state"]["sessions"] == 5
+    got = [call(cluster, "write3", "POST", "/v1/sessions", {})[0]]
+    assert got == [429]
+    assert call(cluster, "admin", "POST", "/v1/sessions", {})[0] == 200  # ...the admin may fill all 6
     status, err = call(cluster, "admin", "POST", "/v1/sessions", {})
     assert (status, err["code"]) == (429, "too_many_sessions")
     # Every replica decided the same: one digest at one applied index.
