@@ -159,7 +159,13 @@ class AiohttpTransport:
             connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30, ssl=self._ssl)
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                headers={"Accept": p.MSGPACK, "User-Agent": "raftstate-client/0.1", **self._auth},
+                headers={
+                    "Accept": p.MSGPACK,
+                    "User-Agent": "raftstate-client/0.1",
+                    # the client follows the leader itself: a follower must answer not_leader, not forward
+                    p.FORWARD_HEADER: "never",
+                    **self._auth,
+                },
                 trace_configs=[_sent_tracer()],
             )
         return self._session

@@ -33,6 +33,10 @@ from urllib.parse import quote
 
 JSON: Final = "application/json"
 MSGPACK: Final = "application/msgpack"
+#: ``X-Raftstate-Forward: never`` on a request: a follower answers 421 not_leader instead of
+#: forwarding it to the leader (node/api/forward.py). The client library sends it: it follows the
+#: leader itself (one hop less, and its retries stay exactly-once).
+FORWARD_HEADER: Final = "X-Raftstate-Forward"
 
 # Error codes (machine-readable, stable).
 NOT_LEADER: Final = "not_leader"

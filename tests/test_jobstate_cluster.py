@@ -24,6 +24,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from raftstate.client import protocol as p
 from raftstate.node.ops.local_cluster import LocalCluster, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -85,9 +86,10 @@ class Cluster(LocalCluster):
         content_type: str = "application/json",
         accept: str = "application/json",
         timeout: float = 10.0,
+        headers: dict[str, str] | None = None,
     ) -> Reply:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        headers = {"Content-Type": content_type, "Accept": accept}
+        headers = {"Content-Type": content_type, "Accept": accept, **(headers or {})}
         req = urllib.request.Request(self.url(nid, path), data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -283,6 +285,8 @@ def test_size_limits_and_bad_input_are_refused_and_never_kill_a_node(c: Cluster)
 
 
 def test_followers_answer_not_leader_naming_the_leader(c: Cluster) -> None:
+    """With ``X-Raftstate-Forward: never`` a follower answers 421 instead of forwarding
+    (forwarding itself: tests/test_forwarding_cluster.py)."""
     leader = c.wait_leader()
     for nid in c.followers():
         for method, path, body in [
@@ -292,7 +296,7 @@ def test_followers_answer_not_leader_naming_the_leader(c: Cluster) -> None:
             ("GET", "/v1/keys", None),
             ("GET", "/v1/locks/nl", None),
         ]:
-            r = c.call(nid, method, path, body)
+            r = c.call(nid, method, path, body, headers={p.FORWARD_HEADER: "never"})
             assert (r.status, r.code) == (421, "not_leader"), r
             assert (r.error["leader"], r.error["leader_address"]) == (leader, c.addr[leader])
 

@@ -7,7 +7,8 @@ multiplexed stream (node/api/stream.py); adding one is a row plus that method.
 
 A write is validated and size-checked (node/api/schema.py) before it is proposed; the state
 machine's outcome comes back once the entry is applied on this node. Writes and linearizable reads
-on a follower are answered ``not_leader`` (421) naming the leader's id and address. Reads compute
+on a follower are refused ``not_leader`` naming the leader's id and address; over HTTP the node's
+forwarder (node/api/forward.py) then relays them to the leader, unless the caller opted out. Reads compute
 expiry at this node's read time (node/runtime/cluster_time.py) and never change state.
 """
 
@@ -26,6 +27,7 @@ from raftstate.client import protocol as p
 from raftstate.node.api import schema
 from raftstate.node.api.admission import check_room
 from raftstate.node.api.codec import error_response, read_body, respond
+from raftstate.node.api.forward import Forwarder
 from raftstate.node.api.schema import ApiLimits
 from raftstate.node.driver import OutcomeUnknown, ProposalLost, RaftDriver, ReadAborted
 from raftstate.node.errors import Refusal
@@ -43,6 +45,9 @@ Operation = Callable[[str, Any, Mapping[str, str]], Awaitable[Any]]
 
 
 class Api:
+    #: relays not_leader HTTP requests to the leader (node/api/forward.py); None: answer them 421
+    forwarder: Forwarder | None = None
+
     def __init__(
         self,
         driver: RaftDriver,
@@ -54,9 +59,12 @@ class Api:
         request_timeout_s: float = 5.0,
         extra_status: Callable[[], dict[str, Any]] = dict,
         read_barrier: Callable[[float], Awaitable[None]] | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
         """``read_barrier``: what makes a linearizable client read safe, ``(timeout_s) -> None``;
-        by default ReadIndex through the driver. Only a test hook passes another (node/test_hooks.py)."""
+        by default ReadIndex through the driver. Only a test hook passes another (node/test_hooks.py).
+        ``forwarder``: relays HTTP writes and linearizable reads to the leader when this node is not
+        it (node/api/forward.py); None: answer them not_leader (421)."""
         self.driver = driver
         self.metrics = metrics
         self.cluster_time = cluster_time
@@ -65,12 +73,15 @@ class Api:
         self.timeout_s = request_timeout_s
         self.extra_status = extra_status
         self._linearizable_read = read_barrier or self._read_barrier
+        self.forwarder = forwarder
         #: (applied index, sha256) of the last state digest (GET /status?digest=1)
         self._digest_cache: tuple[int, str] | None = None
 
     def install(self, app: web.Application) -> None:
         """Route the operations endpoints, every client operation and the leader transfer."""
         app.middlewares.append(_unknown_routes_as_errors)
+        if self.forwarder is not None:
+            self.forwarder.install(app)
         handlers: dict[p.Endpoint, Handler] = {
             p.HEALTH: self.health,
             p.READY: self.ready,
@@ -80,7 +91,7 @@ class Api:
         }
         for ep in p.ENDPOINTS:
             if ep.stream:
-                handlers[ep] = self._timed(ep.name, self._http(self.operation(ep), ep.param))
+                handlers[ep] = self._timed(ep.name, self._http(self.operation(ep), ep.param, ep))
         add_routes(app, handlers)
 
     # ----------------------------------------------------------------- operations endpoints
@@ -226,12 +237,15 @@ class Api:
         client operation of the endpoint table."""
         return {ep.name: self.operation(ep) for ep in p.ENDPOINTS if ep.stream}
 
-    def _http(self, op: Operation, param: str | None = None) -> Handler:
-        """The HTTP face of an operation: path parameter, body and query in, response out."""
+    def _http(self, op: Operation, param: str | None = None, ep: p.Endpoint | None = None) -> Handler:
+        """The HTTP face of an operation: path parameter, body and query in, response out. With a
+        forwarder, a not_leader refusal of ``ep`` is forwarded to the leader (node/api/forward.py)."""
 
         async def handler(request: web.Request) -> web.StreamResponse:
             name = request.match_info[param] if param else ""
             body = {} if request.method == "GET" else await read_body(request, self.max_request_bytes)
+            if self.forwarder is not None and ep is not None:  # a follower relays to the leader
+                return await self.forwarder.serve(request, ep, body, lambda q: op(name, body, q))
             return respond(request, await op(name, body, request.query))
 
         return handler
