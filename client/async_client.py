@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import os
 import random
 import socket
@@ -66,12 +67,17 @@ from raftstate.client.stream import StreamingTransport
 
 __all__ = ["AsyncClient"]
 
+log = logging.getLogger("raftstate.client")
+
 DEFAULT_TIMEOUT_S: Final = 10.0
 #: one attempt on one node gives up after this (a paused node never answers; the server's own
 #: proposal timeout is 5 s, after which it answers outcome_unknown)
 DEFAULT_ATTEMPT_TIMEOUT_S: Final = 3.0
 #: an attempt pending this long starts a probe of who leads
 DEFAULT_PROBE_AFTER_S: Final = 1.0
+#: close() asks the cluster to forget the client's session within this (best effort: a dead or
+#: unreachable cluster costs close() at most this; the session then expires after its idle timeout)
+SESSION_CLOSE_TIMEOUT_S: Final = 1.0
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
 
@@ -179,12 +185,32 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close connections. Calls after this raise ClientClosed. Locks still held simply expire."""
+        """End the client session (if a write opened one), then close connections. Calls after this
+        raise ClientClosed. Locks still held simply expire.
+
+        Ending the session (``DELETE /v1/sessions/{id}``) lets the cluster forget it and its
+        remembered outcomes at once, instead of keeping them for ``session_idle_timeout_s`` and
+        counting them against ``max_sessions``. It is best effort: at most
+        :data:`SESSION_CLOSE_TIMEOUT_S`, and any failure is ignored (the session then expires)."""
         if self._closed:
             return
-        self._closed = True
-        await self._leader.aclose()
-        await self._transport.aclose()
+        try:
+            await self._end_session()
+        finally:
+            self._closed = True
+            await self._leader.aclose()
+            await self._transport.aclose()
+
+    async def _end_session(self) -> None:
+        sid = self._sessions.forget()
+        if sid is None:
+            return
+        op = _Op(_Kind.WRITE, p.SESSION_CLOSE, str(sid), f"close client session {sid}")
+        try:
+            async with asyncio.timeout(SESSION_CLOSE_TIMEOUT_S + 0.25):  # _call keeps its deadline; in case
+                await self._call(op, SESSION_CLOSE_TIMEOUT_S)
+        except (RaftStateError, TimeoutError, OSError) as exc:
+            log.debug("client session %d was not closed (%s); it expires after its idle timeout", sid, exc)
 
     aclose = close
 

@@ -211,6 +211,9 @@ SESSION_OPEN: Final = Endpoint("session_open", "POST", "/v1/sessions", _WRITE, w
                                query=_T)
 SESSION_KEEPALIVE: Final = Endpoint("session_keepalive", "POST", "/v1/sessions/{id}/keepalive", _WRITE,
                                     writes=True, stream=True, query=_T)
+#: the client is done with the session: the cluster forgets it and its outcomes at once (idempotent)
+SESSION_CLOSE: Final = Endpoint("session_close", "DELETE", "/v1/sessions/{id}", _WRITE, writes=True,
+                                stream=True, query=_T)
 # ---- admin (docs/operations.md): leadership, membership, backups
 LEADER_TRANSFER: Final = Endpoint("transfer", "POST", "/v1/leader/transfer", _ADMIN, writes=True,
                                   body=("to",), query=_T)

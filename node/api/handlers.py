@@ -224,6 +224,12 @@ class Api:
     async def op_session_keepalive(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
         return await self._write(query, lambda: schema.keepalive(name, body, self.limits))
 
+    async def op_session_close(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        # WHO MAY CLOSE (branch hauth records the token name that opened a session): only the same
+        # token, or an admin, may close it. Check it here, before proposing — the caller's token is
+        # not in (name, body, query) yet — and refuse with p.FORBIDDEN naming the session.
+        return await self._write(query, lambda: schema.close_session(name, body, self.limits))
+
     def operation(self, ep: p.Endpoint) -> Operation:
         """The function of client operation ``ep``: the method ``op_<name>``."""
         assert ep.stream, f"{ep.name} is not a client operation"

@@ -44,6 +44,7 @@ __all__ = [
     "MAX_DURATION_MS",
     "MAX_TIME_MS",
     "AcquireLock",
+    "CloseSession",
     "Command",
     "DeleteKey",
     "Expire",
@@ -145,6 +146,13 @@ class KeepAlive:
 
 
 @dataclass(frozen=True, slots=True)
+class CloseSession:
+    """The client is done with session ``id``: forget it and every outcome it remembers."""
+
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
 class Expire:
     """The leader's sweep: remove these if they have expired at this entry's time. Carries no clock:
     apply re-checks every name against the entry's time_ms, so a stale list is harmless."""
@@ -155,7 +163,16 @@ class Expire:
 
 
 Operation = (
-    SetKey | DeleteKey | Increment | AcquireLock | RenewLock | ReleaseLock | OpenSession | KeepAlive | Expire
+    SetKey
+    | DeleteKey
+    | Increment
+    | AcquireLock
+    | RenewLock
+    | ReleaseLock
+    | OpenSession
+    | KeepAlive
+    | CloseSession
+    | Expire
 )
 
 
@@ -266,6 +283,7 @@ SCHEMA: Final[dict[str, tuple[type[Any], dict[str, Check]]]] = {
         {"idle_timeout_ms": _duration, "max_results": _results, "max_sessions": _index},
     ),
     "session_keepalive": (KeepAlive, {"id": _index}),
+    "session_close": (CloseSession, {"id": _index}),
     "expire": (Expire, {"keys": _names, "locks": _names, "sessions": _indexes}),
 }
 OP_NAME: Final[dict[type[Any], str]] = {cls: name for name, (cls, _) in SCHEMA.items()}
