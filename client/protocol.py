@@ -62,6 +62,8 @@ REQUEST_TIMEOUT: Final = "request_timeout"  #: the request body arrived too slow
 #: the write may or may not have been applied (e.g. leadership lost after proposing)
 OUTCOME_UNKNOWN: Final = "outcome_unknown"
 INTERNAL: Final = "internal"
+#: no route for this method and path on the node (a typo, or a newer client than the node)
+UNKNOWN_ENDPOINT: Final = "unknown_endpoint"
 # Membership (admin) refusals: nothing was changed. See docs/operations.md.
 MEMBER_EXISTS: Final = "member_exists"  #: adding an id that is already a voter or learner
 CHANGE_IN_PROGRESS: Final = "change_in_progress"  #: another membership change is not committed yet
@@ -91,6 +93,7 @@ STATUS_OF: Final[dict[str, int]] = {
     REQUEST_TIMEOUT: 408,
     OUTCOME_UNKNOWN: 504,
     INTERNAL: 500,
+    UNKNOWN_ENDPOINT: 404,
     MEMBER_EXISTS: 409,
     CHANGE_IN_PROGRESS: 409,
     QUORUM_UNREACHABLE: 409,

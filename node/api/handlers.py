@@ -358,13 +358,14 @@ def add_routes(app: web.Application, handlers: Mapping[p.Endpoint, Handler]) -> 
 
 @web.middleware
 async def _unknown_routes_as_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """An unknown path or method gets a structured error, not aiohttp's plain-text 404/405 (which a
-    client could mistake for a missing key)."""
+    """An unknown path or method is 404 ``unknown_endpoint`` with an error document, not aiohttp's
+    plain-text 404/405: its own code, so no client mistakes it for a missing key, and a document,
+    so a client tells a raftstate node from another service on the port."""
     try:
         return await handler(request)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
         err = Refusal(
-            p.INVALID_REQUEST,
+            p.UNKNOWN_ENDPOINT,
             f"no endpoint {request.method} {request.path} ({exc.reason}); see docs/api.md",
         )
         return error_response(request, err)
