@@ -204,7 +204,10 @@ class Forwarder:
                 headers[name] = request.headers[name]
         data = None
         if ep.method != "GET":
-            data = msgpack.packb(body, use_bin_type=True)
+            try:  # validated before it was refused not_leader, so this holds; a Refusal if not
+                data = msgpack.packb(body, use_bin_type=True)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise Refusal(p.INVALID_REQUEST, f"the request body cannot be forwarded: {exc}") from None
             headers["Content-Type"] = p.MSGPACK
         query = urlencode(list(_with_timeout(request.query, left_s).items()))
         url = URL(f"{self._scheme}://{address}{request.rel_url.raw_path}?{query}", encoded=True)
