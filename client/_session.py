@@ -130,6 +130,14 @@ class SessionManager:
         next write registers a new one."""
         self._drop(ticket.session)
 
+    def forget(self) -> int | None:
+        """The client is closing: drop the session and return its id (None if none was opened), so
+        that it can be ended on the cluster. No write may be numbered in it afterwards."""
+        sid = self.session
+        if self._session is not None:
+            self._drop(self._session.session)
+        return sid
+
     def _drop(self, session: int) -> None:
         if self._session is not None and self._session.session == session:
             self._session = None

@@ -123,6 +123,29 @@ def _sent_tracer() -> aiohttp.TraceConfig:
     return trace
 
 
+def connect_error(endpoint: str, exc: aiohttp.ClientConnectorError) -> ConnectFailed:
+    """Why a connection to ``endpoint`` could not be made, in words that say what to fix (HTTP and
+    stream connections alike). Nothing was sent."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return untrusted_certificate(endpoint, exc)
+    os_error = exc.os_error
+    if isinstance(os_error, ssl.SSLError) and "WRONG_VERSION_NUMBER" in str(os_error):
+        return ConnectFailed(
+            f"cannot connect to {endpoint}: it does not speak TLS (it answered in plain HTTP); use "
+            f"{endpoint.replace('https://', 'http://', 1)}, or turn tls: on in the cluster file",
+            misaddressed="not_tls",
+            node=endpoint,
+        )
+    if isinstance(os_error, ConnectionRefusedError):
+        return ConnectFailed(
+            f"nothing listening at {endpoint} (connection refused); is the node running, and is this "
+            "its address?",
+            misaddressed="refused",
+            node=endpoint,
+        )
+    return ConnectFailed(f"cannot connect to {endpoint}: {os_error}", node=endpoint)
+
+
 def untrusted_certificate(endpoint: str, exc: aiohttp.ClientConnectorCertificateError) -> ConnectFailed:
     """TLS: the node's certificate is not trusted (HTTP and stream connections alike)."""
     return ConnectFailed(
@@ -159,7 +182,13 @@ class AiohttpTransport:
             connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=30, ssl=self._ssl)
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                headers={"Accept": p.MSGPACK, "User-Agent": "raftstate-client/0.1", **self._auth},
+                headers={
+                    "Accept": p.MSGPACK,
+                    "User-Agent": "raftstate-client/0.1",
+                    # the client follows the leader itself: a follower must answer not_leader, not forward
+                    p.FORWARD_HEADER: "never",
+                    **self._auth,
+                },
                 trace_configs=[_sent_tracer()],
             )
         return self._session
@@ -195,16 +224,14 @@ class AiohttpTransport:
                 except ValueError as exc:
                     body = f"<undecodable {resp.content_type} body: {exc}>"
                 return Response(resp.status, body)
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise untrusted_certificate(endpoint, exc) from exc
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             if trace.headers_sent:  # an earlier try of this request went out on a reused connection
                 raise ResponseLost(
                     f"connection to {endpoint} broke during {what}, and reconnecting failed: {exc}",
                     node=endpoint,
                 ) from exc
-            if isinstance(exc, aiohttp.ClientConnectorError):  # refused, unreachable, DNS: nothing sent
-                raise ConnectFailed(f"cannot connect to {endpoint}: {exc.os_error}", node=endpoint) from exc
+            if isinstance(exc, aiohttp.ClientConnectorError):  # refused, TLS, unreachable, DNS: nothing sent
+                raise connect_error(endpoint, exc) from exc
             raise ConnectFailed(f"connect to {endpoint} timed out", node=endpoint) from exc
         except TimeoutError as exc:
             raise ResponseLost(

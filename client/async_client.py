@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import os
 import random
 import socket
@@ -66,12 +67,23 @@ from raftstate.client.stream import StreamingTransport
 
 __all__ = ["AsyncClient"]
 
+log = logging.getLogger("raftstate.client")
+
 DEFAULT_TIMEOUT_S: Final = 10.0
 #: one attempt on one node gives up after this (a paused node never answers; the server's own
 #: proposal timeout is 5 s, after which it answers outcome_unknown)
 DEFAULT_ATTEMPT_TIMEOUT_S: Final = 3.0
 #: an attempt pending this long starts a probe of who leads
 DEFAULT_PROBE_AFTER_S: Final = 1.0
+#: a client that never reached a node of its cluster gives up this early (not at its deadline)
+#: once every endpoint is misaddressed: nothing listens there, another service or the other
+#: scheme answers (ConnectFailed.misaddressed). Not at once: nodes started a moment ago may not
+#: listen yet. A client that has reached its cluster once keeps trying until the deadline (a
+#: whole-cluster restart looks the same from outside).
+MISADDRESSED_GIVE_UP_S: Final = 2.0
+#: close() asks the cluster to forget the client's session within this (best effort: a dead or
+#: unreachable cluster costs close() at most this; the session then expires after its idle timeout)
+SESSION_CLOSE_TIMEOUT_S: Final = 1.0
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
 
@@ -160,6 +172,8 @@ class AsyncClient:
         self._leader = LeaderTracker(endpoints, clock=clock)
         self._sessions = SessionManager(self._register_session, clock=clock)
         self._closed = False
+        #: some node of the cluster answered this client (any answer with a raftstate error document)
+        self._reached_cluster = False
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] = "cluster.yaml", **kwargs: Any) -> Self:
@@ -179,12 +193,32 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close connections. Calls after this raise ClientClosed. Locks still held simply expire."""
+        """End the client session (if a write opened one), then close connections. Calls after this
+        raise ClientClosed. Locks still held simply expire.
+
+        Ending the session (``DELETE /v1/sessions/{id}``) lets the cluster forget it and its
+        remembered outcomes at once, instead of keeping them for ``session_idle_timeout_s`` and
+        counting them against ``max_sessions``. It is best effort: at most
+        :data:`SESSION_CLOSE_TIMEOUT_S`, and any failure is ignored (the session then expires)."""
         if self._closed:
             return
-        self._closed = True
-        await self._leader.aclose()
-        await self._transport.aclose()
+        try:
+            await self._end_session()
+        finally:
+            self._closed = True
+            await self._leader.aclose()
+            await self._transport.aclose()
+
+    async def _end_session(self) -> None:
+        sid = self._sessions.forget()
+        if sid is None:
+            return
+        op = _Op(_Kind.WRITE, p.SESSION_CLOSE, str(sid), f"close client session {sid}")
+        try:
+            async with asyncio.timeout(SESSION_CLOSE_TIMEOUT_S + 0.25):  # _call keeps its deadline; in case
+                await self._call(op, SESSION_CLOSE_TIMEOUT_S)
+        except (RaftStateError, TimeoutError, OSError) as exc:
+            log.debug("client session %d was not closed (%s); it expires after its idle timeout", sid, exc)
 
     aclose = close
 
@@ -591,6 +625,8 @@ class AsyncClient:
         last: RaftStateError | None = None
         attempts = 0
         redirects = 0  # not_leader hops in a row: after a few, stale hints cost a backoff
+        misaddressed: dict[str, ConnectFailed] = {}  # endpoint -> why no raftstate node is there
+        started = self._clock()
         try:
             while True:
                 if attempts and deadline.expired:
@@ -613,6 +649,9 @@ class AsyncClient:
                 except ConnectFailed as exc:
                     last = exc
                     self._leader.failed(endpoint)
+                    if exc.misaddressed:
+                        misaddressed[endpoint] = exc
+                        self._give_up_if_misaddressed(op, misaddressed, started, maybe_applied)
                 except ResponseLost as exc:
                     # The node may be alive (a reset, a slow fsync): try it again after a backoff. If
                     # it died, that try is refused and we rotate; if it is paused, the probe started
@@ -623,11 +662,19 @@ class AsyncClient:
                     if ticket is not None:
                         self._sessions.answered(ticket)
                     if 200 <= resp.status < 300:
+                        self._reached_cluster = True
                         if not stale:
                             self._leader.succeeded(endpoint)
                         return resp.body
                     err = error_from_body(resp.status, resp.body, node=endpoint, what=op.what)
                     last = err
+                    if isinstance(err, ConnectFailed):  # not a raftstate node's answer: nothing applied
+                        self._leader.failed(endpoint)
+                        misaddressed[endpoint] = err
+                        self._give_up_if_misaddressed(op, misaddressed, started, maybe_applied)
+                        await asyncio.sleep(min(backoff.next_delay(), deadline.remaining()))
+                        continue
+                    self._reached_cluster = True
                     if err.code == p.NOT_LEADER:
                         redirects += 1
                         if (
@@ -667,6 +714,27 @@ class AsyncClient:
         finally:
             if ticket is not None:
                 self._sessions.done(ticket)
+
+    def _give_up_if_misaddressed(
+        self, op: _Op, misaddressed: dict[str, ConnectFailed], started: float, maybe_applied: bool
+    ) -> None:
+        """Raise Unavailable now if no node of the cluster was ever reached and every endpoint is
+        misaddressed (see :data:`MISADDRESSED_GIVE_UP_S`); else let the call retry."""
+        if self._reached_cluster or maybe_applied or self._clock() - started < MISADDRESSED_GIVE_UP_S:
+            return
+        if not set(self._leader.endpoints) <= misaddressed.keys():
+            return
+        first = next(iter(misaddressed.values()))
+        refused = all(e.misaddressed == "refused" for e in misaddressed.values())
+        head = (
+            f"nothing listening at {', '.join(self._leader.endpoints)}: is the cluster running, and are "
+            "these its addresses?"
+            if refused
+            else "no raftstate node at any endpoint: " + "; ".join(e.message for e in misaddressed.values())
+        )
+        raise Unavailable(
+            f"{op.what}: {head} (gave up early: no raftstate node received it)", cause=first, node=first.node
+        )
 
     async def _ticket(self, op: _Op, deadline: Deadline) -> Ticket:
         try:

@@ -261,7 +261,17 @@ class TransportError(RaftStateError):
 
 
 class ConnectFailed(TransportError):
-    """The request never reached the node (connection refused, DNS, connect timeout)."""
+    """The request never reached the node (connection refused, DNS, connect timeout).
+
+    ``misaddressed`` says why, when the address itself looks wrong rather than the node busy or
+    restarting: ``"refused"`` (nothing listens there), ``"not_raftstate"`` (another service
+    answered: an HTTP answer without a raftstate error document), ``"not_tls"`` (https to a plain
+    http node); None otherwise. A client that never reached a node of its cluster and finds every endpoint
+    misaddressed says so early instead of retrying until its deadline."""
+
+    def __init__(self, message: str, *, misaddressed: str | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.misaddressed = misaddressed
 
 
 class ResponseLost(TransportError):
@@ -273,6 +283,7 @@ class ResponseLost(TransportError):
 
 #: code -> class. Codes missing here (and "internal") become ServerError.
 ERROR_OF_CODE: Final[dict[str, type[RaftStateError]]] = {
+    p.UNKNOWN_ENDPOINT: InvalidRequest,  # a raftstate node without that route (an older version?)
     p.NOT_LEADER: Unavailable,  # the client follows these; raised only wrapped in Unavailable
     p.UNAVAILABLE: Unavailable,
     p.TIMEOUT: Unavailable,
@@ -300,7 +311,12 @@ ERROR_OF_CODE: Final[dict[str, type[RaftStateError]]] = {
 
 def error_from_body(status: int, body: object, *, node: str, what: str) -> RaftStateError:
     """The error a node's non-2xx answer stands for. ``what`` names the call ("PUT key 'a'") for
-    answers that carry no error document (a proxy's 502, an older node's 404 for an unknown route)."""
+    answers that carry no error document (a proxy's 502, another service on the port).
+
+    Without an error document the answer is not a raftstate node's (every route of a node, also
+    an unknown one, answers with one): 502/503/504 are a proxy's (Unavailable: retried), anything
+    else is another service on that port — a misaddressed :class:`ConnectFailed`, never NotFound
+    (which a caller could read as "no such key")."""
     err = body.get("error") if isinstance(body, dict) else None
     if isinstance(err, dict) and isinstance(err.get("code"), str):
         code: str = err["code"]
@@ -308,18 +324,17 @@ def error_from_body(status: int, body: object, *, node: str, what: str) -> RaftS
         details = {k: v for k, v in err.items() if k not in ("code", "message")}
         cls = ERROR_OF_CODE.get(code, ServerError)
         return cls(f"{message} (node {node})", code=code, node=node, details=details)
-    # No error document (a proxy's 502, an older node's 404 for an unknown route): classify by
-    # status alone, with a code no node sends, so a route-less 404 is never read as "no such key".
+    # No error document: classify by status alone, with a code no node sends.
     text = body if isinstance(body, str) else repr(body)
     code = f"http_{status}"
-    if status == 404:
-        return NotFound(
-            f"node {node} has no route for {what} (HTTP 404: {text[:200]!r}); is it an older raftstate?",
-            code=code,
-            node=node,
-        )
     if status in (502, 503, 504):
         return Unavailable(
             f"node {node} answered HTTP {status} to {what}: {text[:200]!r}", code=code, node=node
         )
-    return ServerError(f"node {node} answered HTTP {status} to {what}: {text[:200]!r}", code=code, node=node)
+    return ConnectFailed(
+        f"{node} is not a raftstate node: it answered HTTP {status} without a raftstate error to {what} "
+        f"({text[:120]!r}); check the endpoint (another service on that port?)",
+        misaddressed="not_raftstate",
+        code=code,
+        node=node,
+    )

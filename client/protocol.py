@@ -33,6 +33,10 @@ from urllib.parse import quote
 
 JSON: Final = "application/json"
 MSGPACK: Final = "application/msgpack"
+#: ``X-Raftstate-Forward: never`` on a request: a follower answers 421 not_leader instead of
+#: forwarding it to the leader (node/api/forward.py). The client library sends it: it follows the
+#: leader itself (one hop less, and its retries stay exactly-once).
+FORWARD_HEADER: Final = "X-Raftstate-Forward"
 
 # Error codes (machine-readable, stable).
 NOT_LEADER: Final = "not_leader"
@@ -58,6 +62,8 @@ REQUEST_TIMEOUT: Final = "request_timeout"  #: the request body arrived too slow
 #: the write may or may not have been applied (e.g. leadership lost after proposing)
 OUTCOME_UNKNOWN: Final = "outcome_unknown"
 INTERNAL: Final = "internal"
+#: no route for this method and path on the node (a typo, or a newer client than the node)
+UNKNOWN_ENDPOINT: Final = "unknown_endpoint"
 # Membership (admin) refusals: nothing was changed. See docs/operations.md.
 MEMBER_EXISTS: Final = "member_exists"  #: adding an id that is already a voter or learner
 CHANGE_IN_PROGRESS: Final = "change_in_progress"  #: another membership change is not committed yet
@@ -87,6 +93,7 @@ STATUS_OF: Final[dict[str, int]] = {
     REQUEST_TIMEOUT: 408,
     OUTCOME_UNKNOWN: 504,
     INTERNAL: 500,
+    UNKNOWN_ENDPOINT: 404,
     MEMBER_EXISTS: 409,
     CHANGE_IN_PROGRESS: 409,
     QUORUM_UNREACHABLE: 409,
@@ -207,6 +214,9 @@ SESSION_OPEN: Final = Endpoint("session_open", "POST", "/v1/sessions", _WRITE, w
                                query=_T)
 SESSION_KEEPALIVE: Final = Endpoint("session_keepalive", "POST", "/v1/sessions/{id}/keepalive", _WRITE,
                                     writes=True, stream=True, query=_T)
+#: the client is done with the session: the cluster forgets it and its outcomes at once (idempotent)
+SESSION_CLOSE: Final = Endpoint("session_close", "DELETE", "/v1/sessions/{id}", _WRITE, writes=True,
+                                stream=True, query=_T)
 # ---- admin (docs/operations.md): leadership, membership, backups
 LEADER_TRANSFER: Final = Endpoint("transfer", "POST", "/v1/leader/transfer", _ADMIN, writes=True,
                                   body=("to",), query=_T)

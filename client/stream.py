@@ -21,8 +21,8 @@ from raftstate.client._transport import (
     AiohttpTransport,
     Request,
     Response,
+    connect_error,
     encode_body,
-    untrusted_certificate,
 )
 from raftstate.client.errors import ConnectFailed, InvalidRequest, ResponseLost
 
@@ -146,8 +146,8 @@ class StreamConnection:
             raise StreamUnsupported(
                 f"{self.endpoint} refused a stream ({exc.status} {exc.message})", node=self.endpoint
             ) from None
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise untrusted_certificate(self.endpoint, exc) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise connect_error(self.endpoint, exc) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise ConnectFailed(
                 f"cannot open a stream to {self.endpoint}: {exc}", node=self.endpoint

@@ -152,7 +152,8 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        """Close connections and stop the client's thread. Further calls raise ClientClosed."""
+        """End the client session (best effort, see :meth:`AsyncClient.close`), close connections and
+        stop the client's thread. Further calls raise ClientClosed."""
         with self._close_lock:
             if self._closed:
                 return

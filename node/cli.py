@@ -120,6 +120,11 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 
 def _cmd_cluster_up(config: ClusterConfig, fetcher: StatusFetcher) -> int:
+    from raftstate.node.ops.local_cluster import already_running
+
+    if (running := already_running(config, fetcher)) is not None:
+        print(f"raftstate cluster up: {running}", file=sys.stderr)
+        return 1
     procs: dict[str, subprocess.Popen[bytes]] = {}
     for n in config.nodes:
         cmd = [sys.executable, "-m", "raftstate.node", "node", "--config", str(config.path), "--id", n.id]

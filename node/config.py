@@ -19,8 +19,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
-
+from raftstate.client.config import read_cluster_file
+from raftstate.client.config import yaml_repr as _show
 from raftstate.node.errors import ConfigError  # re-exported: the cluster file's error
 from raftstate.node.security.config import AuthConfig, TlsConfig, parse_auth, parse_tls
 from raftstate.raft.settings import RaftSettings
@@ -169,54 +169,11 @@ def parse_address(address: str) -> tuple[str, int]:
 
 
 def load_config(path: str | os.PathLike[str]) -> ClusterConfig:
-    """Read and validate a cluster file. Raises :class:`ConfigError` with one actionable message."""
+    """Read and validate a cluster file. Raises :class:`ConfigError` with one actionable message.
+    The YAML is read by the one reader the client uses too (client/config.py), so both say the
+    same about a broken file."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(
-            f"{p}: cannot read the cluster file ({reason}); check the path and permissions"
-        ) from None
-    try:
-        doc = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
-        fix = "keep one of them" if isinstance(exc, _DuplicateKey) else "fix the YAML there"
-        raise ConfigError(f"{p}: {where}: {exc.problem}; {fix}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({exc}); fix the syntax") from None
-    return _Validator(p).cluster(doc)
-
-
-# --------------------------------------------------------------------------- parsing
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (plain PyYAML keeps the last one silently)."""
-
-
-class _DuplicateKey(yaml.constructor.ConstructorError, ConfigError):
-    """Raised inside the YAML loader (so a yaml error first); load_config answers it as ConfigError."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: dict[object, int] = {}
-    for key_node, _ in node.value:
-        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise _DuplicateKey(
-                None, None, f"key {_show(key)} appears twice (first on line {seen[key]})", key_node.start_mark
-            )
-        seen[key] = key_node.start_mark.line + 1
-    mapping: dict[Any, Any] = loader.construct_mapping(node)
-    return mapping
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+    return _Validator(p).cluster(read_cluster_file(p, ConfigError))
 
 
 # --------------------------------------------------------------------------- validation
@@ -458,17 +415,6 @@ class _Validator:
 
 
 # --------------------------------------------------------------------------- message helpers
-
-
-def _show(value: object) -> str:
-    """A value as a user would type it: strings in double quotes, YAML spellings for the rest."""
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def _got(value: object) -> str:

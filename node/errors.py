@@ -43,7 +43,7 @@ Not in this tree: the core's own errors (``raftstate.raft.errors``: NotLeader, .
 answers as Refusals, and the client's tree (``raftstate.client.errors``), which never imports the node.
 Caller misuse (a bug, not a fault) stays ``ValueError``/``AssertionError``. Two private helpers
 are left out of the drawing: ``_BadRecord`` (a StorageError that never leaves storage/log_store.py)
-and config.py's ``_DuplicateKey`` (a yaml error that is also a ConfigError).
+and api/forward.py's ``_Lost`` (a RemoteFault that never leaves it: the leader's answer was lost).
 
 This module imports nothing of raftstate.node, so the pure state machine (``state/``) can use it.
 """

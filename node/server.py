@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from raftstate.node.api.admin import AdminApi
+from raftstate.node.api.forward import Forwarder
 from raftstate.node.api.handlers import Api
 from raftstate.node.api.schema import ApiLimits
 from raftstate.node.api.stream import StreamApi
@@ -169,6 +170,8 @@ class NodeServer:
             max_request_bytes=s.max_request_bytes,
             extra_status=self._extra_status,
             read_barrier=hooks.read_barrier(),
+            # a follower relays HTTP writes and linearizable reads to the leader (node/api/forward.py)
+            forwarder=Forwarder(self.driver, self.metrics, ssl_context=sec.client_ssl),
         )
         api.install(app)
         AdminApi(api, cluster_id=cfg.cluster_id, settings=s, data_dir=disk.path).install(

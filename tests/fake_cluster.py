@@ -236,7 +236,7 @@ class FakeCluster:
         """Node ``nid``'s answer: routed by the request's row of the endpoint table."""
         try:
             if r.op not in p.ENDPOINTS:
-                raise Refusal(p.INVALID_REQUEST, f"no endpoint {r.describe()}; see docs/api.md")
+                raise Refusal(p.UNKNOWN_ENDPOINT, f"no endpoint {r.describe()}; see docs/api.md")
             if r.op == p.STATUS:
                 return Response(200, self.nodes[nid].driver.status())
             if not r.op.stream:

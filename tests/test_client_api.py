@@ -125,9 +125,14 @@ def test_error_hierarchy_and_decoding() -> None:
     assert (
         isinstance(held, LockHeld) and held.owner == "w" and held.expires_at == datetime.fromtimestamp(5, UTC)
     )
-    # No error document: classified by status, never read as "no such key".
+    # No error document: not a raftstate node's answer (another service on the port), a connection
+    # error — never read as "no such key".
     e404 = error_from_body(404, "404: Not Found", node="http://n1:1", what="POST /v1/locks/a/acquire")
-    assert isinstance(e404, NotFound) and e404.code == "http_404" and "no route" in str(e404)
+    assert isinstance(e404, ConnectFailed) and not isinstance(e404, NotFound)
+    assert e404.code == "http_404" and e404.misaddressed == "not_raftstate"
+    assert "not a raftstate node" in str(e404)
+    unknown_route = {"error": {"code": "unknown_endpoint", "message": "no endpoint POST /v1/x"}}
+    assert isinstance(error_from_body(404, unknown_route, node="n", what="w"), InvalidRequest)
     assert isinstance(error_from_body(502, "bad gateway", node="n", what="w"), Unavailable)
     unknown_code = {"error": {"code": "brand_new", "message": "?"}}
     assert isinstance(error_from_body(500, unknown_code, node="n", what="w"), ServerError)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from raftstate.client import protocol
 from raftstate.node.ops.local_cluster import HttpError, LocalCluster, http, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -24,6 +25,9 @@ def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
     c.stop_all()
 
 
+NO_FORWARD = {protocol.FORWARD_HEADER: "never"}
+
+
 def _followers(c: LocalCluster, leader: str) -> list[str]:
     return [n for n in c.ids if n != leader]
 
@@ -33,9 +37,10 @@ def test_writes_and_reads_through_any_node(cluster: LocalCluster) -> None:
     follower = _followers(cluster, leader)[0]
     # (a follower may hear of the new leader a heartbeat after the leader knows it won)
     wait_until(lambda: cluster.status(follower)["leader"] == leader, 10, f"{follower} to know the leader")
-    # A follower refuses the write and names the leader (id and address) so the client can follow.
+    # Asked not to forward, a follower refuses the write and names the leader (id and address) so
+    # the client can follow. (Forwarding, the default: tests/test_forwarding_cluster.py.)
     with pytest.raises(HttpError) as err:
-        http("PUT", cluster.url(follower, "/v1/kv/a"), {"value": 1})
+        http("PUT", cluster.url(follower, "/v1/kv/a"), {"value": 1}, headers=NO_FORWARD)
     assert err.value.status == 421
     assert err.value.body["error"]["code"] == "not_leader"
     assert err.value.body["error"]["leader"] == leader
@@ -48,7 +53,7 @@ def test_writes_and_reads_through_any_node(cluster: LocalCluster) -> None:
         wait_until(lambda n=n: cluster.get("a", nid=n, stale=True)["version"] == v, 5, f"{n} to apply")
     # A linearizable read on a follower is redirected too.
     with pytest.raises(HttpError) as err:
-        cluster.get("a", nid=follower)
+        http("GET", cluster.url(follower, "/v1/kv/a"), headers=NO_FORWARD)
     assert err.value.body["error"]["code"] == "not_leader"
     with pytest.raises(HttpError) as err:
         cluster.get("missing")

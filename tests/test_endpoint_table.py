@@ -148,21 +148,21 @@ async def test_without_the_row_there_is_no_route_no_role_and_no_stream_op(
     assert ("POST", "/v1/echo/{name}") not in route_roles()
     assert "echo" not in fc.nodes["n1"].operations()
     req = Request(ECHO, "x", {"text": "hi"})
-    for role, want in ((Role.WRITE, 403), (Role.ADMIN, 400)):  # deny by default: an unknown route is admin
+    for role, want in ((Role.WRITE, 403), (Role.ADMIN, 404)):  # deny by default: an unknown route is admin
         http = AiohttpTransport(token=TOKENS[role])
         try:
             resp = await http.send(ep, req, 5.0)
         finally:
             await http.aclose()
         assert resp.status == want, resp.body
-    assert resp.body["error"]["code"] == p.INVALID_REQUEST and "no endpoint" in resp.body["error"]["message"]
+    assert resp.body["error"]["code"] == p.UNKNOWN_ENDPOINT and "no endpoint" in resp.body["error"]["message"]
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKENS[Role.ADMIN]}"}) as s:
         conn = StreamConnection(s, ep)
         status, body = await conn.call("echo", "x", timeout_s=5.0)
         await conn.aclose()
     assert status == 400 and "unknown op 'echo'" in body["error"]["message"]
     resp = await fc.transport().send(fc.endpoints[0], req, 5.0)
-    assert resp.status == 400 and "no endpoint" in resp.body["error"]["message"]
+    assert resp.status == 404 and "no endpoint" in resp.body["error"]["message"]
 
 
 def test_a_handler_without_its_row_is_refused() -> None:
@@ -205,13 +205,14 @@ def test_the_rows_and_what_the_node_derives_from_them() -> None:
         == Role.READ
     )
     assert roles[("PUT", "/v1/kv/{key}")] == roles[("POST", "/v1/sessions/{id}/keepalive")] == Role.WRITE
+    assert roles[("DELETE", "/v1/sessions/{id}")] == Role.WRITE
     assert roles[("POST", "/v1/leader/transfer")] == roles[("GET", "/v1/snapshot")] == Role.ADMIN
     assert roles[("POST", "/v1/locks/{name}/force-release")] == Role.ADMIN
     assert {ep.name for ep in p.ENDPOINTS if ep.openable} == {"status", "metrics"}
     ops = [ep for ep in p.ENDPOINTS if ep.stream]
     assert [ep.name for ep in ops] == [
         "increment", "get", "set", "delete", "list", "lock_acquire", "lock_renew", "lock_release",
-        "lock_get", "session_open", "session_keepalive",
+        "lock_get", "session_open", "session_keepalive", "session_close",
     ]  # fmt: skip
     api = object.__new__(Api)
     assert set(api.operations()) == {ep.name for ep in ops}

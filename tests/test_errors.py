@@ -73,7 +73,7 @@ EXCEPTIONS = _exception_classes()
 def test_the_search_finds_the_known_classes() -> None:
     """The check below is only as good as the search: it must see private and nested-module ones."""
     names = {key.split(":")[1] for key in EXCEPTIONS}
-    assert {"Refusal", "StorageCorruption", "_BadRecord", "_DuplicateKey", "FrameError"} <= names
+    assert {"Refusal", "StorageCorruption", "_BadRecord", "_Lost", "FrameError"} <= names
     assert {"ProposalLost", "AdminError", "HttpError", "PeerRefusal", "SnapshotMovedOn"} <= names
     assert len(EXCEPTIONS) >= 23
 

@@ -18,7 +18,7 @@ import dataclasses
 
 from raftstate.node.api.schema import ApiLimits
 from raftstate.node.security.config import Role
-from raftstate.node.state.commands import AcquireLock, Command, OpenSession, RenewLock
+from raftstate.node.state.commands import AcquireLock, CloseSession, Command, OpenSession, RenewLock
 from raftstate.node.state.machine import KVStateMachine
 from raftstate.node.state.quotas import check_lease_ttl, writer_limit
 
@@ -53,6 +53,8 @@ def stamp(cmd: Command, caller: Caller, lim: ApiLimits) -> Command:
             max_per_caller=None if admin else lim.max_sessions_per_token,
             max_sessions=room(op.max_sessions),
         )
+    elif isinstance(op, CloseSession):
+        op = dataclasses.replace(op, caller=None if admin else name)
     else:
         return cmd
     return dataclasses.replace(cmd, op=op)

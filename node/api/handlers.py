@@ -7,7 +7,8 @@ multiplexed stream (node/api/stream.py); adding one is a row plus that method.
 
 A write is validated and size-checked (node/api/schema.py) before it is proposed; the state
 machine's outcome comes back once the entry is applied on this node. Writes and linearizable reads
-on a follower are answered ``not_leader`` (421) naming the leader's id and address. Reads compute
+on a follower are refused ``not_leader`` naming the leader's id and address; over HTTP the node's
+forwarder (node/api/forward.py) then relays them to the leader, unless the caller opted out. Reads compute
 expiry at this node's read time (node/runtime/cluster_time.py) and never change state.
 """
 
@@ -26,6 +27,7 @@ from raftstate.client import protocol as p
 from raftstate.node.api import schema
 from raftstate.node.api.admission import check_room, stamp
 from raftstate.node.api.codec import error_response, read_body, respond
+from raftstate.node.api.forward import Forwarder
 from raftstate.node.api.schema import ApiLimits
 from raftstate.node.driver import OutcomeUnknown, ProposalLost, RaftDriver, ReadAborted
 from raftstate.node.errors import Refusal
@@ -45,6 +47,9 @@ Operation = Callable[[str, Any, Mapping[str, str]], Awaitable[Any]]
 
 
 class Api:
+    #: relays not_leader HTTP requests to the leader (node/api/forward.py); None: answer them 421
+    forwarder: Forwarder | None = None
+
     def __init__(
         self,
         driver: RaftDriver,
@@ -56,9 +61,12 @@ class Api:
         request_timeout_s: float = 5.0,
         extra_status: Callable[[], dict[str, Any]] = dict,
         read_barrier: Callable[[float], Awaitable[None]] | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
         """``read_barrier``: what makes a linearizable client read safe, ``(timeout_s) -> None``;
-        by default ReadIndex through the driver. Only a test hook passes another (node/test_hooks.py)."""
+        by default ReadIndex through the driver. Only a test hook passes another (node/test_hooks.py).
+        ``forwarder``: relays HTTP writes and linearizable reads to the leader when this node is not
+        it (node/api/forward.py); None: answer them not_leader (421)."""
         self.driver = driver
         self.metrics = metrics
         self.cluster_time = cluster_time
@@ -67,6 +75,7 @@ class Api:
         self.timeout_s = request_timeout_s
         self.extra_status = extra_status
         self._linearizable_read = read_barrier or self._read_barrier
+        self.forwarder = forwarder
         #: (applied index, sha256) of the last state digest (GET /status?digest=1)
         self._digest_cache: tuple[int, str] | None = None
         #: the digest being computed, by the applied index it covers
@@ -75,6 +84,8 @@ class Api:
     def install(self, app: web.Application) -> None:
         """Route the operations endpoints, every client operation and the leader transfer."""
         app.middlewares.append(_unknown_routes_as_errors)
+        if self.forwarder is not None:
+            self.forwarder.install(app)
         handlers: dict[p.Endpoint, Handler] = {
             p.HEALTH: self.health,
             p.READY: self.ready,
@@ -84,7 +95,7 @@ class Api:
         }
         for ep in p.ENDPOINTS:
             if ep.stream:
-                handlers[ep] = self._timed(ep.name, self._http(self.operation(ep), ep.param))
+                handlers[ep] = self._timed(ep.name, self._http(self.operation(ep), ep.param, ep))
         add_routes(app, handlers)
 
     # ----------------------------------------------------------------- operations endpoints
@@ -230,6 +241,11 @@ class Api:
     async def op_session_keepalive(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
         return await self._write(query, lambda: schema.keepalive(name, body, self.limits))
 
+    async def op_session_close(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        # Who may close: the token that opened the session, or an admin — stamped into the command
+        # (admission.stamp) and decided at apply (SessionTable.close).
+        return await self._write(query, lambda: schema.close_session(name, body, self.limits))
+
     def operation(self, ep: p.Endpoint) -> Operation:
         """The function of client operation ``ep``: the method ``op_<name>``."""
         assert ep.stream, f"{ep.name} is not a client operation"
@@ -243,12 +259,15 @@ class Api:
         client operation of the endpoint table."""
         return {ep.name: self.operation(ep) for ep in p.ENDPOINTS if ep.stream}
 
-    def _http(self, op: Operation, param: str | None = None) -> Handler:
-        """The HTTP face of an operation: path parameter, body and query in, response out."""
+    def _http(self, op: Operation, param: str | None = None, ep: p.Endpoint | None = None) -> Handler:
+        """The HTTP face of an operation: path parameter, body and query in, response out. With a
+        forwarder, a not_leader refusal of ``ep`` is forwarded to the leader (node/api/forward.py)."""
 
         async def handler(request: web.Request) -> web.StreamResponse:
             name = request.match_info[param] if param else ""
             body = {} if request.method == "GET" else await read_body(request, self.max_request_bytes)
+            if self.forwarder is not None and ep is not None:  # a follower relays to the leader
+                return await self.forwarder.serve(request, ep, body, lambda q: op(name, body, q))
             return respond(request, await op(name, body, request.query))
 
         return handler
@@ -355,13 +374,14 @@ def add_routes(app: web.Application, handlers: Mapping[p.Endpoint, Handler]) -> 
 
 @web.middleware
 async def _unknown_routes_as_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """An unknown path or method gets a structured error, not aiohttp's plain-text 404/405 (which a
-    client could mistake for a missing key)."""
+    """An unknown path or method is 404 ``unknown_endpoint`` with an error document, not aiohttp's
+    plain-text 404/405: its own code, so no client mistakes it for a missing key, and a document,
+    so a client tells a raftstate node from another service on the port."""
     try:
         return await handler(request)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
         err = Refusal(
-            p.INVALID_REQUEST,
+            p.UNKNOWN_ENDPOINT,
             f"no endpoint {request.method} {request.path} ({exc.reason}); see docs/api.md",
         )
         return error_response(request, err)

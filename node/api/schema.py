@@ -27,6 +27,7 @@ from raftstate.node.state.commands import (
     MAX_DURATION_MS,
     MAX_TIME_MS,
     AcquireLock,
+    CloseSession,
     Command,
     DeleteKey,
     Fence,
@@ -153,6 +154,13 @@ def release(name: str, body: Any, lim: ApiLimits) -> Command:
 def open_session(body: Any, lim: ApiLimits) -> Command:
     _Body(p.SESSION_OPEN, "", body)
     return Command(OpenSession(lim.session_idle_timeout_ms, lim.max_session_results, lim.max_sessions))
+
+
+def close_session(sid_text: str, body: Any, lim: ApiLimits) -> Command:
+    b = _Body(p.SESSION_CLOSE, sid_text, body)
+    if not _is_decimal(sid_text, 19) or not 1 <= int(sid_text) <= INT64_MAX:
+        raise b.error(f"{sid_text!r} is not a session id (a positive integer from POST /v1/sessions)")
+    return Command(CloseSession(int(sid_text)))
 
 
 def keepalive(sid_text: str, body: Any, lim: ApiLimits) -> Command:

@@ -8,6 +8,7 @@ small blocking HTTP helpers. Nothing here is mocked: these are the processes use
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -25,7 +26,9 @@ from typing import Any
 import yaml
 
 from raftstate.client import protocol
+from raftstate.node.config import ClusterConfig
 from raftstate.node.errors import RemoteFault
+from raftstate.node.ops.status_fetcher import StatusFetcher
 
 
 def free_ports(n: int) -> list[int]:
@@ -38,6 +41,67 @@ def free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
+
+
+def already_running(config: ClusterConfig, fetcher: StatusFetcher) -> str | None:
+    """Why ``raftstate cluster up`` must not start the nodes of ``config``: a process holds one of
+    their data dirs, or something answers at one of their addresses (another ``cluster up`` of the
+    same file, or of another file with the same ports) — or None when the way is clear. Checked
+    before starting anything, so a second ``cluster up`` neither prints the other cluster's leader
+    as its own nor leaves half-started nodes behind."""
+    found: list[str] = []
+    pids: set[int] = set()
+    for n in config.nodes:
+        pid = _lock_holder(Path(n.data_dir))
+        if pid is not None:
+            pids.add(pid)
+            found.append(f"node {n.id}'s data dir {n.data_dir} is in use (pid {pid or '?'})")
+        st = fetcher.fetch(n.address, timeout=0.5)
+        if st is not None:
+            found.append(
+                f"node {st.get('id', '?')} of cluster {st.get('cluster_id', '?')!r} answers at "
+                f"{fetcher.url(n.address)} ({st.get('role', '?')}, leader {st.get('leader') or 'unknown'})"
+            )
+        elif n.address in fetcher.refusals:
+            found.append(
+                f"a node answers at {fetcher.url(n.address)} ({fetcher.refusals[n.address]} for /status)"
+            )
+        elif _listening(n.address):
+            found.append(f"something else listens at {n.address}")
+    if not found:
+        return None
+    stop = f"kill {' '.join(str(p) for p in sorted(pids) if p)}" if any(pids) else "stop it"
+    return (
+        "a cluster is already running: " + "; ".join(found) + f". Stop it first (Ctrl-C where it runs, "
+        f"or {stop}), or give this one other addresses and data dirs in {config.path}"
+    )
+
+
+def _lock_holder(data_dir: Path) -> int | None:
+    """The PID in ``data_dir/LOCK`` while a process holds its flock (0: held, PID unreadable);
+    None when no process holds it. Never creates the file."""
+    try:
+        fd = os.open(data_dir / "LOCK", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        with contextlib.suppress(OSError, ValueError):
+            return int(os.pread(fd, 32, 0).decode("ascii", "replace").strip())
+        return 0
+    finally:
+        os.close(fd)  # also releases a shared lock taken above
+    return None
+
+
+def _listening(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=0.3):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 class HttpError(RemoteFault):

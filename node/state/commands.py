@@ -44,6 +44,7 @@ __all__ = [
     "MAX_DURATION_MS",
     "MAX_TIME_MS",
     "AcquireLock",
+    "CloseSession",
     "Command",
     "DeleteKey",
     "Expire",
@@ -160,6 +161,16 @@ class KeepAlive:
 
 
 @dataclass(frozen=True, slots=True)
+class CloseSession:
+    """The client is done with session ``id``: forget it and every outcome it remembers."""
+
+    id: int
+    #: the NAME of the token asking (absent: an admin token, or auth off): a session opened by
+    #: another token is not closed (node/state/quotas.py)
+    caller: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Expire:
     """The leader's sweep: remove these if they have expired at this entry's time. Carries no clock:
     apply re-checks every name against the entry's time_ms, so a stale list is harmless."""
@@ -179,6 +190,7 @@ Operation = (
     | ForceReleaseLock
     | OpenSession
     | KeepAlive
+    | CloseSession
     | Expire
 )
 
@@ -308,6 +320,7 @@ SCHEMA: Final[dict[str, tuple[type[Any], dict[str, Check]]]] = {
         },
     ),
     "session_keepalive": (KeepAlive, {"id": _index}),
+    "session_close": (CloseSession, {"id": _index, "caller": _name}),
     "expire": (Expire, {"keys": _names, "locks": _names, "sessions": _indexes}),
 }
 OP_NAME: Final[dict[type[Any], str]] = {cls: name for name, (cls, _) in SCHEMA.items()}

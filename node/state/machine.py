@@ -42,6 +42,7 @@ from raftstate.client import protocol as p
 from raftstate.node.errors import Refusal
 from raftstate.node.state.commands import (
     AcquireLock,
+    CloseSession,
     Command,
     DeleteKey,
     Expire,
@@ -178,6 +179,8 @@ class KVStateMachine:
                 return self.sessions.open(index, now, op)
             case KeepAlive():
                 return self.sessions.keepalive(now, op)
+            case CloseSession():
+                return self.sessions.close(op)
             case Expire():
                 return {
                     "keys": self.keys.expire(op.keys, now),

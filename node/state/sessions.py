@@ -3,7 +3,7 @@
 A client opens a session (its id is the log index of the open) and numbers its writes ``seq`` 1, 2, …
 Every attempt of one write carries the same (session, seq). At apply time, in this order:
 
-    session unknown or expired at now_ms        -> session_expired; nothing applied, nothing recorded
+    session unknown, closed or expired at now_ms -> session_expired; nothing applied, nothing recorded
     seq's outcome remembered                    -> that outcome again; the write is NOT re-applied
     seq <= acked (its outcome was forgotten)    -> invalid_request; nothing applied
     max_results outcomes already remembered     -> invalid_request (ack more); nothing applied
@@ -31,6 +31,7 @@ from typing import Any
 from raftstate.client import protocol as p
 from raftstate.node.errors import Refusal
 from raftstate.node.state.commands import (
+    CloseSession,
     KeepAlive,
     OpenSession,
     SessionRef,
@@ -126,6 +127,28 @@ class SessionTable:
         s.last_active_ms = now_ms
         self._touched(op.id)
         return {"ok": True}
+
+    def close(self, op: CloseSession) -> dict[str, Any]:
+        """Forget session ``op.id`` and every outcome it remembers, at once (its client is done: it
+        sends no retry that would need one). Idempotent: a session already gone — closed before,
+        expired and swept, never opened — answers ``closed: false`` and changes nothing. A write
+        of the session still in the log after this is answered session_expired, not applied.
+        Who may: the token that opened it, or an admin (``op.caller`` None); another token's close
+        is refused ``forbidden`` and changes nothing — decided here, the same on every replica."""
+        s = self.sessions.get(op.id)
+        if s is None:
+            return {"closed": False}
+        if op.caller is not None and s.caller is not None and op.caller != s.caller:
+            raise Refusal(
+                p.FORBIDDEN,
+                f"session {op.id} was opened by token {s.caller!r}, not {op.caller!r}: only that token "
+                "or an admin token may close it",
+                session=op.id,
+            )
+        del self.sessions[op.id]
+        self._callers.discard(s.caller, op.id)
+        self._dirty.add(op.id)  # the expiry index drops it lazily: _expiry_of answers None
+        return {"closed": True}
 
     def begin(self, ref: SessionRef, now_ms: int) -> Outcome | None:
         """Admit write ``ref``: its remembered outcome, or None if it is new and must be applied
