@@ -154,4 +154,5 @@ def test_the_api_stamps_who_closes() -> None:
     assert stamp(cmd, ("worker-b", Role.WRITE), LIMITS).op == CloseSession(7, caller="worker-b")
     assert stamp(cmd, ("ops", Role.ADMIN), LIMITS).op == CloseSession(7)
     assert stamp(cmd, None, LIMITS).op == CloseSession(7)
-    assert decode(encode(stamp(cmd, ("worker-b", Role.WRITE), LIMITS))).op == CloseSession(7, caller="worker-b")
+    wire = encode(stamp(cmd, ("worker-b", Role.WRITE), LIMITS))
+    assert decode(wire).op == CloseSession(7, caller="worker-b")
