@@ -192,7 +192,7 @@ def test_every_row_is_served_by_a_node_exactly_once(tmp_path: Path) -> None:
 
 def test_the_rows_and_what_the_node_derives_from_them() -> None:
     roles = route_roles()
-    assert len(roles) == len(p.ENDPOINTS) == 25
+    assert len(roles) == len(p.ENDPOINTS) == 26
     # The roles the auth table held before it was derived (docs/security.md): unchanged.
     assert roles[("GET", "/health")] == roles[("GET", "/ready")] == "public"
     assert roles[("GET", "/status")] == roles[("GET", "/metrics")] == Role.READ
