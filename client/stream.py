@@ -148,6 +148,11 @@ class StreamConnection:
             ) from None
         except aiohttp.ClientConnectorCertificateError as exc:
             raise untrusted_certificate(self.endpoint, exc) from None
+        except aiohttp.ClientConnectorError as exc:  # its str names "ssl:default" even for plain http
+            raise ConnectFailed(
+                f"cannot open a stream to {self.endpoint}: {exc.os_error.strerror or exc.os_error}",
+                node=self.endpoint,
+            ) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise ConnectFailed(
                 f"cannot open a stream to {self.endpoint}: {exc}", node=self.endpoint
