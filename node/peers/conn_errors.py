@@ -9,6 +9,7 @@ given", which on a plain-http cluster reads as if TLS were involved. This says w
 from __future__ import annotations
 
 import errno
+import os
 
 import aiohttp
 
@@ -32,7 +33,7 @@ def describe_connect_error(exc: BaseException) -> str:
         os_error = exc.os_error
         code = os_error.errno
         why = os_error.strerror or str(os_error) or type(os_error).__name__
-        if code in _WHAT:
-            return f"{_WHAT[code]} at {exc.host}:{exc.port} ({why.lower()})"
+        if code in _WHAT:  # the OS's words (asyncio's strerror here is "Connect call failed (...)")
+            return f"{_WHAT[code]} at {exc.host}:{exc.port} ({os.strerror(code).lower()})"
         return f"cannot connect to {exc.host}:{exc.port}: {why}"
     return str(exc) or type(exc).__name__
