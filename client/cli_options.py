@@ -101,7 +101,9 @@ def cluster_options(default_timeout: str = "10") -> CliParser:
     """The parent parser of every command that talks to a cluster. ``--timeout`` defaults to None
     (then $RAFTSTATE_TIMEOUT, then the command's own default, named in ``default_timeout``)."""
     common = CliParser(add_help=False)
-    g = common.add_argument_group("cluster options (every command that talks to a cluster)")
+    # One group would be tidier in --help, but argparse loses a mutually exclusive group's place in
+    # an argument group copied from a parent: every option stays under "options".
+    g = common
     where = g.add_mutually_exclusive_group()
     where.add_argument(
         "--endpoints",

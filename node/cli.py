@@ -97,8 +97,8 @@ def build_parser() -> CliParser:
     p_up = csub.add_parser(
         "up",
         help="start every node of a cluster file (or --dev: a throwaway one) as child processes",
-        description="Start every node of a cluster file as child processes; Ctrl-C or SIGTERM stops them "
-        "all (a leader hands over first). --dev needs no file: 3 nodes on 127.0.0.1, auth off.",
+        description="Start every node of a cluster file as child processes; Ctrl-C or SIGTERM stops\n"
+        "them all (a leader hands over first). --dev needs no file: 3 nodes on 127.0.0.1, auth off.",
         parents=[cluster_options(default_timeout="0.3 per /status poll")],
         epilog=EXIT_CODES_HELP,
         formatter_class=raw,
@@ -145,7 +145,7 @@ def build_parser() -> CliParser:
     sub.add_parser(
         "status",
         help="show every node's role, term, leader and indexes",
-        description="One line per node: role, term, leader, commit and applied index, last contact. "
+        description="One line per node: role, term, leader, commit and applied index, last contact.\n"
         "--json prints the raw /status documents.",
         parents=[cluster_options(default_timeout="2 per node")],
         epilog=EXIT_CODES_HELP,

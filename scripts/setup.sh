@@ -18,10 +18,10 @@ fi
 stamp=.venv/.raftstate-installed
 # Reinstall when pyproject changes or a module is added/removed (strict editable mode links files).
 tree=$( (cat pyproject.toml; find package raft node client -name '*.py' | sort) | sha256sum | cut -c1-16)
-have_tree=""; have_extras=""
-if [ -f "$stamp" ]; then read -r have_tree have_extras < "$stamp" || true; fi
-# the extras to install: what was there plus what this profile needs
-extras=$(printf '%s\n' ${have_extras//,/ } ${want_extras//,/ } | sort -u | paste -sd, -)
+have_tree=""; have_extras=""; no_fast=""
+if [ -f "$stamp" ]; then read -r have_tree have_extras no_fast < "$stamp" || true; fi
+# the extras to install: what was there plus what this profile needs (not uvloop again where it failed)
+extras=$(printf '%s\n' ${have_extras//,/ } ${want_extras//,/ } | sort -u | { grep -vx "${no_fast:-^$}" || true; } | paste -sd, -)
 if [ "$have_tree" != "$tree" ] || [ "$extras" != "$have_extras" ]; then
     # setuptools and wheel: --no-build-isolation builds with the venv's own (no download per build).
     .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
@@ -29,9 +29,10 @@ if [ "$have_tree" != "$tree" ] || [ "$extras" != "$have_extras" ]; then
     editable=(--no-build-isolation --config-settings editable_mode=strict)
     if ! .venv/bin/python -m pip install -q "${editable[@]}" -e ".[$extras]"; then
         # uvloop (the fast extra) is optional: without a wheel for this platform, go on without it.
-        extras=$(printf '%s\n' ${extras//,/ } | grep -vx fast | paste -sd, -)
+        extras=$(printf '%s\n' ${extras//,/ } | { grep -vx fast || true; } | paste -sd, -)
         echo "scripts/setup.sh: installing without the fast extra (uvloop)" >&2
         .venv/bin/python -m pip install -q "${editable[@]}" -e ".${extras:+[$extras]}"
+        no_fast=fast
     fi
-    echo "$tree $extras" > "$stamp"
+    echo "$tree $extras $no_fast" > "$stamp"
 fi
