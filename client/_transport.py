@@ -143,7 +143,8 @@ def connect_error(endpoint: str, exc: aiohttp.ClientConnectorError) -> ConnectFa
             misaddressed="refused",
             node=endpoint,
         )
-    return ConnectFailed(f"cannot connect to {endpoint}: {os_error}", node=endpoint)
+    # (str(exc) would say "ssl:default" even for plain http: name the OS error only)
+    return ConnectFailed(f"cannot connect to {endpoint}: {os_error.strerror or os_error}", node=endpoint)
 
 
 def untrusted_certificate(endpoint: str, exc: aiohttp.ClientConnectorCertificateError) -> ConnectFailed:

@@ -9,16 +9,18 @@
     raftstate lock search-index                       who holds it ("free" if nobody)
     raftstate lock search-index --ttl 10 --run ./rebuild.sh --full   run a command holding the lock
 
-Every command takes ``--config cluster.yaml`` (default) or ``--endpoints URL,URL`` (or the
-RAFTSTATE_ENDPOINTS environment variable), ``--timeout SECONDS`` and ``--json`` (machine output).
+Every command takes the shared cluster options (client/cli_options.py): ``--endpoints URL,...`` or
+``--config FILE`` (else $RAFTSTATE_ENDPOINTS, $RAFTSTATE_CONFIG, ./cluster.yaml), ``--token``, ``--ca``,
+``--json`` (machine output) and ``--timeout SECONDS``; the exit codes are in every command's --help.
 
-Exit codes: 0 done; 1 no such key / not created / version mismatch; 2 usage or config error;
-3 the cluster could not answer (unavailable, outcome unknown, ...); 4 ``lock``: the lock was lost
-while the command ran (the command was terminated). ``lock --run CMD`` otherwise exits with CMD's code,
-and passes RAFTSTATE_LOCK_NAME / RAFTSTATE_LOCK_TOKEN to it (the token fences its writes).
+``lock NAME --run CMD`` runs CMD while holding (and renewing) the lock, with RAFTSTATE_LOCK_NAME and
+RAFTSTATE_LOCK_TOKEN in its environment (the token fences its writes); it exits with CMD's code, or 4
+if the lock was lost meanwhile (CMD is terminated).
 
-The ``raftstate`` entry point lives in raftstate.node.cli; it registers these commands with
-:func:`add_client_commands` and dispatches parsed args that carry ``client_command``.
+Adding a command: a module with ``add_commands(subparsers)`` that calls
+:func:`raftstate.client.cli_options.client_command` per command, and one line in
+:func:`add_client_commands`. The ``raftstate`` entry point (raftstate.node.cli) registers these
+commands and runs parsed args that carry ``client_handler`` with :func:`run_client_command`.
 """
 
 from __future__ import annotations
@@ -32,43 +34,53 @@ import subprocess
 import sys
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from raftstate.client._types import Entry, LockInfo
+from raftstate.client.cli_options import (
+    EXIT_CLUSTER,
+    EXIT_CODES_HELP,
+    EXIT_LOCK_LOST,
+    EXIT_NO,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliParser,
+    Subparsers,
+    UsageError,
+    client_command,
+    no_cluster_file_hint,
+    target_of,
+    timeout_of,
+)
 from raftstate.client.config import TOKEN_ENV
 from raftstate.client.errors import InvalidRequest, RaftStateError, VersionMismatch
 from raftstate.client.sync_client import Client
 
 __all__ = ["add_client_commands", "main", "run_client_command"]
 
-DEFAULT_CONFIG = "cluster.yaml"
-EXIT_OK, EXIT_NO, EXIT_USAGE, EXIT_CLUSTER, EXIT_LOCK_LOST = 0, 1, 2, 3, 4
-
 Handler = Callable[[argparse.Namespace, Client], int]
 
+LOCK_HELP = """show a lock's holder, or run a command while holding the lock.
 
-def add_client_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add get/set/delete/incr/keys/lock to a ``raftstate`` argument parser's subcommands."""
+With --run CMD ...: takes the lock (waiting up to --wait), runs CMD with these environment variables
+and renews the lease every ttl/3 while CMD runs:
+  RAFTSTATE_LOCK_NAME   the lock's name
+  RAFTSTATE_LOCK_TOKEN  its fencing token: pass it to fenced writes so a stale holder is refused
+If the lock is lost meanwhile, CMD gets SIGTERM (SIGKILL 10 s later) and the exit code is 4."""
 
-    def command(name: str, help_: str, handler: Handler) -> argparse.ArgumentParser:
-        sp = subparsers.add_parser(name, help=help_, description=help_)
-        where = sp.add_mutually_exclusive_group()
-        where.add_argument("--config", help=f"cluster file listing the nodes (default {DEFAULT_CONFIG})")
-        where.add_argument("--endpoints", help="comma-separated node URLs, e.g. http://127.0.0.1:7001,...")
-        sp.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default 10)")
-        sp.add_argument("--token", help="auth token (default $RAFTSTATE_TOKEN)")
-        sp.add_argument("--ca", help="CA file to trust for https nodes (default: tls.ca of --config)")
-        sp.add_argument("--json", action="store_true", help="machine-readable JSON output")
-        sp.set_defaults(client_command=run_client_command, client_handler=handler)
-        return sp
 
+def add_client_commands(subparsers: Subparsers) -> None:
+    """Add get/set/delete/incr/keys/lock to a ``raftstate`` argument parser's subcommands; each gets
+    the shared cluster options and the exit codes in its help (client/cli_options.py)."""
+    command = partial(client_command, subparsers)
     sp = command("get", "print a key's value", _get)
-    sp.add_argument("key")
+    sp.add_argument("key", help="the key")
     sp.add_argument("--stale", action="store_true", help="read any node's local state (may be behind)")
 
     sp = command("set", "store a value (JSON if it parses, else a string)", _set)
-    sp.add_argument("key")
-    sp.add_argument("value")
+    sp.add_argument("key", help="the key")
+    sp.add_argument("value", help="JSON ('{\"a\": 1}', 42, true) or any other text, stored as a string")
     sp.add_argument("--string", action="store_true", help="store VALUE as a string even if it parses as JSON")
     sp.add_argument("--ttl", type=float, help="expire after this many seconds")
     cond = sp.add_mutually_exclusive_group()
@@ -76,29 +88,32 @@ def add_client_commands(subparsers: argparse._SubParsersAction[argparse.Argument
     cond.add_argument("--if-version", type=int, help="only if the key is at this version; exit 1 if not")
 
     sp = command("delete", "remove a key (exit 1 if it did not exist)", _delete)
-    sp.add_argument("key")
-    sp.add_argument("--if-version", type=int, help="only if the key is at this version")
+    sp.add_argument("key", help="the key")
+    sp.add_argument("--if-version", type=int, help="only if the key is at this version; exit 1 if not")
 
     sp = command("incr", "add to an integer key (missing counts as 0) and print the result", _incr)
-    sp.add_argument("key")
-    sp.add_argument("--by", type=int, default=1)
+    sp.add_argument("key", help="the counter's key")
+    sp.add_argument("--by", type=int, default=1, help="the amount to add, may be negative (default 1)")
     sp.add_argument("--ttl", type=float, help="(re)set the key to expire after this many seconds")
 
     sp = command("keys", "list keys with a prefix, sorted", _keys)
-    sp.add_argument("prefix", nargs="?", default="")
+    sp.add_argument("prefix", nargs="?", default="", help="list keys starting with this (default: all)")
     sp.add_argument("--limit", type=int, help="at most this many")
     sp.add_argument("--stale", action="store_true", help="read any node's local state (may be behind)")
 
     sp = command("lock", "show a lock's holder, or run a command while holding the lock", _lock)
-    sp.add_argument("name")
+    sp.description = LOCK_HELP
+    sp.add_argument("name", help="the lock's name")
     sp.add_argument("--ttl", type=float, default=10.0, help="lease seconds, renewed every ttl/3 (default 10)")
     sp.add_argument("--wait", type=float, help="seconds to wait for the lock (default: as long as it takes)")
     sp.add_argument(
         "--run",
         nargs=argparse.REMAINDER,
         metavar="CMD",
-        help="run CMD (everything after --run) while holding the lock, renewing it; must come last",
+        help="run CMD (everything after --run) while holding the lock, renewing it; must come last. "
+        "CMD gets RAFTSTATE_LOCK_NAME and RAFTSTATE_LOCK_TOKEN",
     )
+    # One more command module: its add_commands(subparsers) here, e.g. `cli_watch.add_commands(subparsers)`.
 
 
 def run_client_command(args: argparse.Namespace, client: Client | None = None) -> int:
@@ -110,7 +125,7 @@ def run_client_command(args: argparse.Namespace, client: Client | None = None) -
             with client:
                 return handler(args, client)
         return handler(args, client)
-    except InvalidRequest as exc:
+    except (InvalidRequest, UsageError) as exc:
         print(f"raftstate {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except RaftStateError as exc:
@@ -120,7 +135,12 @@ def run_client_command(args: argparse.Namespace, client: Client | None = None) -
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m raftstate.client.cli ...``: the client commands alone."""
-    parser = argparse.ArgumentParser(prog="raftstate", description="raftstate client commands")
+    parser = CliParser(
+        prog="raftstate",
+        description="raftstate client commands",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_client_commands(parser.add_subparsers(dest="command", required=True))
     return run_client_command(parser.parse_args(argv))
 
@@ -129,17 +149,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _client_for(args: argparse.Namespace) -> Client:
-    timeout = args.timeout if args.timeout and args.timeout > 0 else 10.0
-    endpoints = args.endpoints or (None if args.config else os.environ.get("RAFTSTATE_ENDPOINTS"))
-    kw: dict[str, Any] = {"timeout": timeout}
+    kw: dict[str, Any] = {"timeout": timeout_of(args, 10.0)}
     if args.token:
         kw["token"] = args.token
     if args.ca:
         kw["ca"] = args.ca
-    if endpoints:
+    target = target_of(args)
+    if target.endpoints is not None:
         kw.setdefault("token", os.environ.get(TOKEN_ENV))
-        return Client(endpoints, **kw)
-    return Client.from_config(args.config or DEFAULT_CONFIG, **kw)
+        return Client(target.endpoints, **kw)
+    assert target.config is not None
+    if not os.path.exists(target.config):
+        raise UsageError(no_cluster_file_hint(target.config))
+    return Client.from_config(target.config, **kw)
 
 
 def _get(args: argparse.Namespace, c: Client) -> int:

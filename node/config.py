@@ -209,7 +209,7 @@ class _Validator:
         if not isinstance(doc, dict):
             raise ConfigError(
                 f"{self.path}: the top level is {_got(doc)}, expected a mapping with cluster_id, nodes, "
-                "settings; see the cluster.yaml at the repository root"
+                "settings; `raftstate init` writes a commented example"
             )
         self.keys(doc, "", _TOP_KEYS, required=("nodes",))
         cluster_id = doc.get("cluster_id", DEFAULT_CLUSTER_ID)

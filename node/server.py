@@ -190,10 +190,21 @@ class NodeServer:
     async def stop(self, *, transfer: bool = True) -> None:
         d = self.driver
         if d is not None and transfer and d.raft.role == Role.LEADER and len(d.raft.membership.voters) > 1:
-            new = await d.transfer_leadership(
-                None, timeout_s=self.config.settings.election_timeout_ms / 1000 * 2
-            )
-            log.info("node %s handed leadership to %s before stopping", self.id, new)
+            wait_s = self.config.settings.election_timeout_ms / 1000 * 2
+            new = await d.transfer_leadership(None, timeout_s=wait_s)
+            # transfer_leadership: the new leader; None: stepped down, the new one not heard from yet;
+            # this node: nobody took over in time
+            if new is None:
+                log.info("node %s handed leadership over before stopping (successor not heard yet)", self.id)
+            elif new == self.id:
+                log.warning(
+                    "node %s stops as leader: no voter took over within %.1fs; the others elect a new "
+                    "leader within an election timeout",
+                    self.id,
+                    wait_s,
+                )
+            else:
+                log.info("node %s handed leadership to %s before stopping", self.id, new)
         if self._runner is not None:
             await self._runner.cleanup()
         if self.sweeper is not None:

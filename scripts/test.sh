@@ -4,7 +4,7 @@
 #   ./scripts/test.sh -k vote    extra arguments go to pytest
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-source scripts/setup.sh
+source scripts/setup.sh dev   # runtime + test tools (ruff, mypy, pytest, hypothesis, cryptography)
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff"; ruff check .
 echo "== mypy"; mypy

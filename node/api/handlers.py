@@ -152,10 +152,8 @@ class Api:
         self.metrics.state_keys.set(len(self.driver.sm.keys))
         if self.driver.state_file is not None:
             self.metrics.state_store_bytes.set(self.driver.state_file.size_bytes())
-        resp = web.Response(body=self.metrics.render())
-        resp.content_type = "text/plain"
-        resp.charset = "utf-8"
-        return resp
+        # the Prometheus exposition type (its version= parameter), not just text/plain
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": self.metrics.CONTENT_TYPE})
 
     async def leader_transfer(self, request: web.Request) -> web.Response:
         body = await read_body(request, self.max_request_bytes)

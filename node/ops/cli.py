@@ -9,9 +9,12 @@
     raftstate snapshot restore FILE --config new.yaml      seed the data dirs of a new cluster
     raftstate force-release LOCK                           free a lock whoever holds it (admin; audited)
 
-Every command but inspect/restore takes ``--config cluster.yaml`` or ``--endpoints host:port,...``,
-and, on a secured cluster, ``--token`` (default $RAFTSTATE_TOKEN; admin for changes and backups, read
-for ``member list``) and ``--ca FILE`` (default $RAFTSTATE_CA, or the ``tls.ca`` of --config).
+Every command but inspect/restore takes the shared cluster options (client/cli_options.py):
+``--endpoints`` or ``--config`` (else $RAFTSTATE_ENDPOINTS, $RAFTSTATE_CONFIG, ./cluster.yaml), and on a
+secured cluster ``--token`` (default $RAFTSTATE_TOKEN; admin for changes and backups, read for ``member
+list``) and ``--ca FILE`` (default $RAFTSTATE_CA, or the ``tls.ca`` of the cluster file). Exit codes as
+every command's (cli_options.EXIT_CODES_HELP): 1 refused by the cluster or a bad backup file, 2 usage or
+cluster file, 3 no leader / nothing answered.
 """
 
 from __future__ import annotations
@@ -21,11 +24,24 @@ import json
 import os
 import sys
 import time
+import urllib.error
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from raftstate.client import protocol as p
+from raftstate.client.cli_options import (
+    EXIT_CLUSTER,
+    EXIT_CODES_HELP,
+    EXIT_NO,
+    EXIT_USAGE,
+    Subparsers,
+    UsageError,
+    cluster_options,
+    no_cluster_file_hint,
+    target_of,
+    timeout_of,
+)
 from raftstate.node.config import ClusterConfig, ConfigError, load_config
 from raftstate.node.ops.admin_http import AdminError, call, call_leader, open_leader
 from raftstate.node.ops.backup_file import BackupError
@@ -36,43 +52,50 @@ __all__ = ["add_ops_commands", "membership_note", "run_ops_command"]
 
 Handler = Callable[[argparse.Namespace], int]
 
+#: AdminError codes that mean the cluster could not answer (exit 3), not that it said no (exit 1)
+_NO_ANSWER = (None, p.UNAVAILABLE, p.TIMEOUT, p.OUTCOME_UNKNOWN, p.NOT_LEADER)
 
-def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    def where(sp: argparse.ArgumentParser) -> None:
-        g = sp.add_mutually_exclusive_group()
-        g.add_argument("--config", help="cluster file whose nodes to ask (default cluster.yaml)")
-        g.add_argument("--endpoints", help="comma-separated node addresses host:port (any members)")
-        sp.add_argument("--timeout", type=float, default=30.0, help="seconds to find a leader (default 30)")
-        sp.add_argument("--json", action="store_true", help="machine-readable JSON output")
-        sp.add_argument("--token", help="token when auth is on (default $RAFTSTATE_TOKEN)")
-        sp.add_argument("--ca", help="CA file to verify https nodes (default $RAFTSTATE_CA or tls.ca)")
 
-    def leaf(parent: Any, name: str, help_: str, handler: Handler) -> argparse.ArgumentParser:
-        sp: argparse.ArgumentParser = parent.add_parser(name, help=help_, description=help_)
+def add_ops_commands(sub: Subparsers) -> None:
+    cluster = cluster_options(default_timeout="30")
+
+    def leaf(
+        parent: Any, name: str, help_: str, handler: Handler, *, remote: bool = True
+    ) -> argparse.ArgumentParser:
+        """``remote``: the command talks to a cluster (the shared cluster options)."""
+        sp: argparse.ArgumentParser = parent.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            parents=[cluster] if remote else [],
+            epilog=EXIT_CODES_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         sp.set_defaults(ops_command=handler)
         return sp
 
-    members = sub.add_parser("member", help="list, add or remove cluster members").add_subparsers(
-        dest="member_action", required=True
-    )
-    where(leaf(members, "list", "voters, learners, addresses and lag behind the leader", _member_list))
+    members = sub.add_parser(
+        "member",
+        help="list, add or remove cluster members",
+        description="list, add or remove cluster members",
+    ).add_subparsers(dest="member_action", required=True, metavar="ACTION")
+    leaf(members, "list", "voters, learners, addresses and lag behind the leader", _member_list)
     sp = leaf(
         members, "add", "add a node as a learner, wait until it caught up, promote it to voter", _member_add
     )
-    where(sp)
-    sp.add_argument("--id", required=True)
+    sp.add_argument("--id", required=True, help="the new member's id (unique, never reused)")
     sp.add_argument("--address", required=True, help="host:port the new node serves on")
     sp.add_argument(
         "--wait", type=float, default=120.0, help="seconds to wait for it to catch up (default 120)"
     )
     sp.add_argument("--learner", action="store_true", help="stop after adding it as a learner")
     sp = leaf(members, "remove", "remove a member (a leader hands leadership over first)", _member_remove)
-    where(sp)
-    sp.add_argument("--id", required=True)
+    sp.add_argument("--id", required=True, help="the member to remove")
 
-    leader = sub.add_parser("leader", help="leadership").add_subparsers(dest="leader_action", required=True)
+    leader = sub.add_parser("leader", help="hand leadership to another voter").add_subparsers(
+        dest="leader_action", required=True, metavar="ACTION"
+    )
     sp = leaf(leader, "transfer", "hand leadership to another voter (default: the most caught-up)", _transfer)
-    where(sp)
     sp.add_argument("--to", help="the voter to hand leadership to")
 
     sp = leaf(
@@ -82,39 +105,62 @@ def add_ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "leader logs an AUDIT line)",
         _lock_force_release,
     )
-    where(sp)
     sp.add_argument("name", help="the lock's name")
 
-    snap = sub.add_parser("snapshot", help="backups").add_subparsers(dest="snapshot_action", required=True)
+    snap = sub.add_parser("snapshot", help="save, inspect and restore backups").add_subparsers(
+        dest="snapshot_action", required=True, metavar="ACTION"
+    )
     sp = leaf(snap, "save", "write a consistent backup of the state, from the leader", _snapshot_save)
-    where(sp)
-    sp.add_argument("file", type=Path)
-    sp = leaf(snap, "inspect", "verify a backup file and print what it holds", _snapshot_inspect)
-    sp.add_argument("file", type=Path)
-    sp.add_argument("--json", action="store_true")
-    sp = leaf(snap, "restore", "seed the (empty) data dirs of a NEW cluster from a backup", _snapshot_restore)
-    sp.add_argument("file", type=Path)
+    sp.add_argument("file", type=Path, help="where to write the backup (replaced atomically)")
+    sp = leaf(
+        snap, "inspect", "verify a backup file and print what it holds", _snapshot_inspect, remote=False
+    )
+    sp.add_argument("file", type=Path, help="the backup file")
+    sp.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    sp = leaf(
+        snap,
+        "restore",
+        "seed the (empty) data dirs of a NEW cluster from a backup",
+        _snapshot_restore,
+        remote=False,
+    )
+    sp.add_argument("file", type=Path, help="the backup file")
     sp.add_argument("--config", required=True, help="the new cluster's file (a new cluster_id)")
 
 
 def run_ops_command(args: argparse.Namespace) -> int:
+    """Run a parsed operator command; errors become one line and an exit code (cli_options)."""
     try:
+        if getattr(args, "ops_command", None) is not _snapshot_inspect and hasattr(args, "timeout"):
+            args.timeout = timeout_of(args, 30.0)
         return int(args.ops_command(args))
-    except (AdminError, BackupError, ConfigError) as exc:
+    except (ConfigError, UsageError) as exc:
         print(f"raftstate: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
+        return EXIT_USAGE
+    except AdminError as exc:  # a code: the cluster answered no; none: nothing answered in time
         print(f"raftstate: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_CLUSTER if exc.code in _NO_ANSWER else EXIT_NO
+    except urllib.error.URLError as exc:
+        print(f"raftstate: cannot reach the cluster: {exc.reason}", file=sys.stderr)
+        return EXIT_CLUSTER
+    except (BackupError, OSError) as exc:
+        print(f"raftstate: {exc}", file=sys.stderr)
+        return EXIT_NO
 
 
 def _config(args: argparse.Namespace) -> ClusterConfig | None:
-    return None if getattr(args, "endpoints", None) else load_config(args.config or "cluster.yaml")
+    target = target_of(args)
+    if target.config is None:
+        return None
+    if not os.path.exists(target.config):
+        raise UsageError(no_cluster_file_hint(target.config))
+    return load_config(target.config)
 
 
 def _endpoints(args: argparse.Namespace) -> list[str]:
-    if getattr(args, "endpoints", None):
-        return [e.strip() for e in args.endpoints.split(",") if e.strip()]
+    target = target_of(args)
+    if target.endpoints is not None:
+        return target.endpoints
     config = _config(args)
     assert config is not None
     return list(config.addresses.values())

@@ -163,7 +163,7 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: flo
 class LocalCluster:
     """``auth``/``tls``: those sections of the cluster file (default: auth explicitly off);
     ``env``: variables every node gets (the secrets auth refers to); ``token``/``context``: what
-    the HTTP helpers send and trust."""
+    the HTTP helpers send and trust; ``ports``: the nodes' ports (default: free ones)."""
 
     def __init__(
         self,
@@ -177,13 +177,15 @@ class LocalCluster:
         token: str | None = None,
         context: ssl.SSLContext | None = None,
         cluster_id: str = "test",
+        ports: list[int] | None = None,
     ) -> None:
         self.root = root
         self.env = dict(env or {})
         self.token = token
         self.context = context
         self.scheme = "https" if tls else "http"
-        ports = free_ports(n)
+        ports = ports or free_ports(n)
+        assert len(ports) == n, f"{n} nodes need {n} ports, got {ports}"
         self.ids = [f"n{i + 1}" for i in range(n)]
         self.addr = {nid: f"127.0.0.1:{port}" for nid, port in zip(self.ids, ports, strict=True)}
         doc: dict[str, Any] = {

@@ -17,8 +17,9 @@ __all__ = ["StatusFetcher"]
 
 
 class StatusFetcher:
-    def __init__(self, config: ClusterConfig, token: str | None = None) -> None:
-        self.access = NodeAccess.for_operator(config, token)
+    def __init__(self, config: ClusterConfig | None, token: str | None = None, ca: str | None = None) -> None:
+        """``config`` None: nodes named by URL or host:port (``--endpoints``), trust from ``ca``."""
+        self.access = NodeAccess.for_operator(config, token, ca)
         #: why the last fetch was refused (e.g. "401 unauthorized"), for the status table
         self.refusals: dict[str, str] = {}
 

@@ -37,6 +37,7 @@ from raftstate.client import protocol
 from raftstate.node.config import parse_address
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.peers.bound_dial import peer_connector
+from raftstate.node.peers.conn_errors import describe_connect_error
 from raftstate.node.peers.fault_dial import DialMap
 from raftstate.node.peers.handshake import (
     CLUSTER_HEADER,
@@ -388,9 +389,7 @@ _CLOSED_TYPES = (
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return str(exc) or type(exc).__name__
+    return describe_connect_error(exc)  # no "ssl:default" in a plain-http connection error
 
 
 # --------------------------------------------------------------------------- inbound
