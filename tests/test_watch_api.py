@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,6 +22,7 @@ from raftstate.node.api.handlers import Api
 from raftstate.node.api.schema import ApiLimits
 from raftstate.node.api.stream import StreamApi
 from raftstate.node.api.watch import WatchLimits, parse_query
+from raftstate.node.config import ConfigError, Settings, load_config
 from raftstate.node.driver import DriverSettings, RaftDriver
 from raftstate.node.errors import Refusal
 from raftstate.node.metrics import NodeMetrics
@@ -288,3 +290,61 @@ def test_unknown_parameters_and_long_prefixes_are_refused() -> None:
 
 async def _no_barrier() -> None:
     return None
+
+
+_CLUSTER = """\
+cluster_id: test
+nodes:
+  - {id: n1, address: "127.0.0.1:7001", data_dir: ./data/n1}
+auth: {enabled: false}
+settings:
+"""
+
+
+@pytest.mark.parametrize(
+    ("settings", "field", "says"),
+    [
+        ("watch_max_events: 200000", "settings.watch_max_events", "at most 100000"),
+        ("watch_max_wait_s: 7200", "settings.watch_max_wait_s", "at most 3600"),
+        ("watch_history_events: 10", "settings.watch_history_events", "at least 1000"),
+        ("watch_history_bytes: 1000", "settings.watch_history_bytes", "at least 1049600"),
+        ("watch_history_age_s: 0", "settings.watch_history_age_s", "not positive"),
+        ("watch_max_wait_s: 1.5", "settings.watch_max_wait_s", "whole number of seconds"),
+    ],
+)
+def test_watch_settings_are_validated_with_one_precise_error(
+    tmp_path: Path, settings: str, field: str, says: str
+) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(_CLUSTER + "  " + settings + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert f"{field}:" in str(err.value) and says in str(err.value)
+
+
+def test_the_node_takes_its_watch_limits_from_its_settings(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.yaml"
+    path.write_text(
+        _CLUSTER + "  watch_max_events: 5000\n  watch_history_events: 5000\n  watch_max_wait_s: 30\n"
+    )
+    lim = WatchLimits.of(load_config(path).settings)
+    assert (lim.max_events, lim.history_events, lim.max_wait_s) == (5000, 5000, 30)
+    assert WatchLimits.of(Settings()) == WatchLimits(max_key_bytes=Settings().max_key_bytes)
+
+
+async def test_metrics_count_parked_polls_delivered_events_and_history(node: Node) -> None:
+    start = node.driver.sm.applied_index + 1
+    await node.put("m:1", 1)
+    status, _ = await node.watch(prefix="m:", **{"from": start})
+    assert status == 200
+    poll = asyncio.create_task(node.watch(prefix="m:", timeout=5, **{"from": start + 10}))
+    await asyncio.sleep(0.2)
+    async with node.http.get(node.url("/metrics")) as resp:
+        text = await resp.text()
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("raftstate_watch"))
+    assert float(values["raftstate_watch_parked"]) == 1
+    assert float(values["raftstate_watch_events_delivered_total"]) == 1
+    assert float(values["raftstate_watch_history_events"]) == node.driver.sm.history.events >= 1
+    assert float(values["raftstate_watch_history_oldest_revision"]) == 1
+    node.api.watch_hub.close()
+    await poll

@@ -37,6 +37,7 @@ from typing import Any, Final
 from prometheus_client import Counter, Gauge
 
 from raftstate.client import protocol as p
+from raftstate.node.config import Settings
 from raftstate.node.errors import Refusal
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.state.history import Event, History, Page
@@ -68,6 +69,18 @@ class WatchLimits:
     prune_batch_rows: int = 1000
     #: how often the pruning task looks at the retention
     prune_interval_s: float = 1.0
+
+    @classmethod
+    def of(cls, s: Settings) -> WatchLimits:
+        """The limits of a node with settings ``s`` (node/config.py)."""
+        return cls(
+            max_events=s.watch_max_events,
+            max_wait_s=s.watch_max_wait_s,
+            history_events=s.watch_history_events,
+            history_bytes=s.watch_history_bytes,
+            history_age_s=s.watch_history_age_s,
+            max_key_bytes=s.max_key_bytes,
+        )
 
     def __post_init__(self) -> None:
         assert self.max_events >= 1 and self.max_wait_s >= 1 and self.ring_events >= 1
