@@ -283,6 +283,8 @@ def test_limit_and_timeout_above_the_maximum_are_reduced_to_it() -> None:
     q = parse_query({"limit": "100000", "timeout": "3600", "from": "5"}, LIMITS)
     assert (q.limit, q.wait_s, q.from_rev) == (LIMITS.max_events, LIMITS.max_wait_s, 5)
     assert parse_query({}, LIMITS).wait_s == 5  # the default 10 s, capped by this node's maximum
+    assert parse_query({}, LIMITS).limit == 50  # the default 1000, capped likewise
+    assert parse_query({}, WatchLimits(max_events=5000)).limit == 1000  # a higher maximum: still 1000
 
 
 def test_unknown_parameters_and_long_prefixes_are_refused() -> None:
