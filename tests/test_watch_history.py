@@ -303,3 +303,27 @@ def test_the_fast_put_body_is_the_same_bytes_as_the_general_one() -> None:
     raw = msgpack.packb({"a": [1, 2]}, use_bin_type=True)
     for version, expires in ((1, None), (2**40, T0), (127, 0)):
         assert put_body(raw, version, expires) == body_of({"version": version, "expires_at": expires}, raw)
+
+
+def test_replicas_applying_the_same_log_record_the_same_history() -> None:
+    ops: list[tuple[Operation, int]] = [
+        (SetKey("a", 1, ttl_ms=50), T0),
+        (AcquireLock("L", "w", 50), T0),
+        (Increment("n", 3), T0 + 1),
+        (SetKey("a", 2, if_version=99), T0 + 2),  # refused
+        (Expire(keys=("a",), locks=("L",)), T0 + 100),
+        (DeleteKey("n"), T0 + 101),
+    ]
+    replicas = [Log(), Log()]
+    for log in replicas:
+        for op, t in ops:
+            log.do(op, t)
+    a, b = (list(log.sm.history.scan_all()) for log in replicas)
+    assert a == b and [ev.type for ev in a] == [
+        "put",
+        "lock_acquire",
+        "put",
+        "expire",
+        "lock_expire",
+        "delete",
+    ]
