@@ -264,7 +264,11 @@ class History:
             return 0
         # Where a batch of rows ends; revisions below it go whole.
         first = self._db.execute("SELECT revision FROM history ORDER BY revision, seq LIMIT 1").fetchone()
-        assert first is not None, "over retention with an empty table"
+        if first is None:  # counts that disagree with an empty table (never expected): trust the table
+            self._t.begin()
+            self.events = self.bytes = 0
+            self.save()
+            return 0
         cut_row = self._db.execute(
             "SELECT revision FROM history ORDER BY revision, seq LIMIT 1 OFFSET ?", (batch_rows,)
         ).fetchone()
