@@ -69,6 +69,8 @@ MEMBER_EXISTS: Final = "member_exists"  #: adding an id that is already a voter 
 CHANGE_IN_PROGRESS: Final = "change_in_progress"  #: another membership change is not committed yet
 QUORUM_UNREACHABLE: Final = "quorum_unreachable"  #: the resulting voters would have no reachable quorum
 NOT_CAUGHT_UP: Final = "not_caught_up"  #: a learner too far behind the leader to be promoted
+#: a watch asked for history older than the node keeps; the body names ``oldest`` (docs/watch.md)
+COMPACTED: Final = "compacted"
 
 STATUS_OF: Final[dict[str, int]] = {
     NOT_LEADER: 421,  # Misdirected Request: retry on the leader named in the body
@@ -98,6 +100,7 @@ STATUS_OF: Final[dict[str, int]] = {
     CHANGE_IN_PROGRESS: 409,
     QUORUM_UNREACHABLE: 409,
     NOT_CAUGHT_UP: 409,
+    COMPACTED: 410,  # Gone: re-list, then watch again from the revision of the listing
 }
 
 
@@ -210,6 +213,10 @@ LOCK_RENEW: Final = Endpoint("lock_renew", "POST", "/v1/locks/{name}/renew", _WR
 LOCK_RELEASE: Final = Endpoint("lock_release", "POST", "/v1/locks/{name}/release", _WRITE, writes=True,
                                stream=True, body=("token", *_NUMBERED), query=_T)
 LOCK_GET: Final = Endpoint("lock_get", "GET", "/v1/locks/{name:.+}", _READ, stream=True, query=_READ_Q)
+#: a long poll for the changes under ``prefix`` from revision ``from`` (docs/watch.md); ``timeout``
+#: is how long to wait for one (at most settings.watch_max_wait_s), not a request deadline
+WATCH: Final = Endpoint("watch", "GET", "/v1/watch", _READ, stream=True,
+                        query=("prefix", "from", "limit", "consistency", "timeout"))
 SESSION_OPEN: Final = Endpoint("session_open", "POST", "/v1/sessions", _WRITE, writes=True, stream=True,
                                query=_T)
 SESSION_KEEPALIVE: Final = Endpoint("session_keepalive", "POST", "/v1/sessions/{id}/keepalive", _WRITE,

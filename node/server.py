@@ -21,6 +21,7 @@ from raftstate.node.api.forward import Forwarder
 from raftstate.node.api.handlers import Api
 from raftstate.node.api.schema import ApiLimits
 from raftstate.node.api.stream import StreamApi
+from raftstate.node.api.watch import WatchLimits
 from raftstate.node.config import ClusterConfig
 from raftstate.node.driver import DriverSettings, RaftDriver
 from raftstate.node.metrics import NodeMetrics
@@ -172,6 +173,7 @@ class NodeServer:
             read_barrier=hooks.read_barrier(),
             # a follower relays HTTP writes and linearizable reads to the leader (node/api/forward.py)
             forwarder=Forwarder(self.driver, self.metrics, ssl_context=sec.client_ssl),
+            watch=WatchLimits.of(s),
         )
         api.install(app)
         AdminApi(api, cluster_id=cfg.cluster_id, settings=s, data_dir=disk.path).install(

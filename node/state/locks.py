@@ -46,6 +46,7 @@ from raftstate.node.state.commands import (
     to_seconds,
 )
 from raftstate.node.state.expiry import ExpiryIndex
+from raftstate.node.state.history import History, body_of
 from raftstate.node.state.quotas import CallerIndex, check_lease_ttl
 
 __all__ = ["Lock", "LockTable"]
@@ -68,7 +69,9 @@ class Lock:
 
 
 class LockTable:
-    def __init__(self) -> None:
+    def __init__(self, history: History | None = None) -> None:
+        """``history``: where apply records its events (docs/watch.md); None records none."""
+        self._history = history
         self.locks: dict[str, Lock] = {}
         self._expiry: ExpiryIndex[str] = ExpiryIndex(self._expiry_of)
         #: names changed since the last :meth:`take_dirty` (the store writes only those rows)
@@ -132,7 +135,13 @@ class LockTable:
         # As for sessions: the API checks first, this deterministic check holds under concurrency.
         self.check_quota(op, now_ms)
         self.check_room(op.name, now_ms, op.max_locks)
+        stale = self.locks.get(op.name)
+        if stale is not None:  # an expired lease the sweep has not removed: its end comes first
+            self._event("lock_expire", op.name, {"token": stale.token})
         self._put(op.name, Lock(op.owner, index, now_ms + op.ttl_ms, op.ttl_ms, op.caller))
+        self._event(
+            "lock_acquire", op.name, {"token": index, "owner": op.owner, "expires_at": now_ms + op.ttl_ms}
+        )
         return {"token": index, "expires_at": to_seconds(now_ms + op.ttl_ms)}
 
     def renew(self, now_ms: int, op: RenewLock) -> dict[str, Any]:
@@ -150,17 +159,18 @@ class LockTable:
     def release(self, now_ms: int, op: ReleaseLock) -> dict[str, Any]:
         lk = self.held(op.name, now_ms)
         if lk is None:
-            self._drop(op.name)  # an expired lease not swept yet
+            self._drop(op.name, "lock_expire")  # an expired lease not swept yet
             return {"released": False}
         if lk.token != op.token:
             raise self._lost(op.name, op.token, lk, f"release lock {op.name!r}")
-        self._drop(op.name)
+        self._drop(op.name, "lock_release")
         return {"released": True}
 
     def force_release(self, now_ms: int, op: ForceReleaseLock) -> dict[str, Any]:
         """Free ``op.name`` whoever holds it; the answer says whom it was taken from."""
         lk = self.held(op.name, now_ms)
-        self._drop(op.name)
+        # a held lock taken away is a release (an admin's); an unswept expired one, an expiry
+        self._drop(op.name, "lock_expire" if lk is None else "lock_release")
         if lk is None:
             return {"released": False}
         return {"released": True, "owner": lk.owner, "token": lk.token, "caller": lk.caller}
@@ -179,7 +189,7 @@ class LockTable:
         for name in names:
             lk = self.locks.get(name)
             if lk is not None and not lk.held_at(now_ms):
-                self._drop(name)
+                self._drop(name, "lock_expire")
                 removed += 1
         return removed
 
@@ -222,11 +232,17 @@ class LockTable:
             token=token,
         )
 
-    def _drop(self, name: str) -> None:
+    def _drop(self, name: str, event: str) -> None:
+        """Remove ``name`` (if present), with its watch event (docs/watch.md)."""
         lk = self.locks.pop(name, None)
         if lk is not None:
             self._callers.discard(lk.caller, name)
             self._dirty.add(name)
+            self._event(event, name, {"token": lk.token})
+
+    def _event(self, type_: str, name: str, fields: dict[str, Any]) -> None:
+        if self._history is not None:
+            self._history.record(type_, name, body_of(fields))
 
     def _put(self, name: str, lk: Lock) -> None:
         old = self.locks.get(name)
