@@ -25,7 +25,7 @@ from aiohttp import web
 from raftstate.client import protocol as p
 from raftstate.node.api import schema
 from raftstate.node.api.admission import check_room
-from raftstate.node.api.codec import error_response, read_body, respond
+from raftstate.node.api.codec import error_response, internal_error, read_body, respond
 from raftstate.node.api.schema import ApiLimits
 from raftstate.node.driver import OutcomeUnknown, ProposalLost, RaftDriver, ReadAborted
 from raftstate.node.errors import Refusal
@@ -311,10 +311,9 @@ class Api:
             except Refusal as err:
                 status = err.code
                 return error_response(request, err)
-            except Exception as exc:  # a bug: answer it, keep serving
+            except Exception:  # a bug: answer it (an error id, no details), keep serving
                 status = p.INTERNAL
-                log.exception("%s %s failed", request.method, request.path)
-                return error_response(request, Refusal(p.INTERNAL, f"internal error: {exc!r}"))
+                return error_response(request, internal_error(f"{request.method} {request.path}"))
             finally:
                 self.metrics.observe_request(op, status, time.perf_counter() - t0)
 
