@@ -25,8 +25,8 @@ from raftstate.client.protocol import (
     REQUEST_TIMEOUT,
     REQUEST_TOO_LARGE,
 )
-from raftstate.node.api.log_fields import printable
 from raftstate.node.errors import Refusal
+from raftstate.node.security.log_fields import printable
 
 log = logging.getLogger("raftstate.node")
 
@@ -103,19 +103,10 @@ def _limits(data: bytes, budget: _Budget) -> dict[str, Any]:
     }
 
 
-class TooManyItems(ValueError):
-    """A msgpack array holds more items than its reader takes."""
-
-    def __init__(self, what: str, count: int, limit: int) -> None:
-        super().__init__(f"{what} holds {count} items; the limit is {limit}")
-        self.count = count
-        self.limit = limit
-
-
 def unpack_items(data: bytes, *, what: str, max_items: int) -> list[Any]:
     """``data``, a msgpack array, as its items, decoded like :func:`unpack_bounded`; the array's
     length is checked against ``max_items`` BEFORE any item is decoded (raises
-    :class:`TooManyItems`). Raises ValueError (or msgpack's errors) for anything else wrong; a
+    a Refusal naming the limit). Raises ValueError (or msgpack's errors) for anything else; a
     frame that is not an array raises ``TypeError`` naming what it is."""
     unpacker = msgpack.Unpacker(
         max_buffer_size=max(len(data), 1), **_limits(data, _Budget(MAX_CONTAINERS, what))
@@ -126,7 +117,11 @@ def unpack_items(data: bytes, *, what: str, max_items: int) -> list[Any]:
     except ValueError:  # not an array: decode it whole (bounded) to name what it is
         raise TypeError(type(unpack_bounded(data, what=what)).__name__) from None
     if count > max_items:
-        raise TooManyItems(what, count, max_items)
+        raise Refusal(
+            INVALID_REQUEST,
+            f"{what} holds {count} items; the limit is {max_items} (nothing of it ran): send fewer per frame",
+            limit=max_items,
+        )
     items = [unpacker.unpack() for _ in range(count)]
     if unpacker.tell() != len(data):
         raise ValueError(f"{what} has {len(data) - unpacker.tell()} bytes after its array")

@@ -346,7 +346,11 @@ async def _unknown_routes_as_errors(request: web.Request, handler: Handler) -> w
             p.INVALID_REQUEST,
             f"no endpoint {request.method} {request.path} ({exc.reason}); see docs/api.md",
         )
-        return error_response(request, err)
+        resp = error_response(request, err)
+        if isinstance(exc, web.HTTPMethodNotAllowed):  # the path exists, not with this method
+            resp.set_status(405)
+            resp.headers["Allow"] = exc.headers.get("Allow", "")
+        return resp
 
 
 def _sha256_of(sm: KVStateMachine) -> str:

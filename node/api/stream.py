@@ -30,13 +30,13 @@ import msgpack
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from raftstate.client import protocol as p
-from raftstate.node.api.codec import TooManyItems, error_body, internal_error, unpack_items
+from raftstate.node.api.codec import error_body, internal_error, unpack_items
 from raftstate.node.api.handlers import Api, Operation, add_routes
-from raftstate.node.api.log_fields import printable
 from raftstate.node.errors import Refusal
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.security.auth import granted_role, need_of, refuse_weak_role
 from raftstate.node.security.config import Role
+from raftstate.node.security.log_fields import printable
 
 log = logging.getLogger("raftstate.node")
 
@@ -183,15 +183,8 @@ class _Connection:
     async def on_frame(self, data: bytes) -> None:
         try:
             items = unpack_items(data, what="stream frame", max_items=MAX_ITEMS_PER_FRAME)
-        except TooManyItems as exc:
-            self.answer(
-                None,
-                Refusal(
-                    p.INVALID_REQUEST,
-                    f"{exc} (nothing of it ran); send at most {exc.limit} requests per frame",
-                    limit=exc.limit,
-                ),
-            )
+        except Refusal as err:  # too many requests in one frame
+            self.answer(None, err)
             return
         except TypeError as exc:
             self.answer(None, Refusal(p.INVALID_REQUEST, f"stream frame is a msgpack {exc}; {_HOW}"))
