@@ -140,7 +140,7 @@ async def test_at_the_cap_with_every_connection_serving_a_request_new_ones_get_5
     # arrival was declared done would be odd; a handler still running is the honest case).
     held = []
     for _ in range(4):
-        r, w = await asyncio.open_connection("127.0.0.1", port)
+        _, w = await asyncio.open_connection("127.0.0.1", port)
         w.write(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
         held.append(w)
     await asyncio.sleep(0.1)

@@ -54,6 +54,11 @@ def authorize_stream(request: web.Request) -> Role:
 #: the most requests one frame may hold; a frame with more is refused whole, before any item is
 #: decoded (client/protocol.py: the client splits its frames at this size too)
 MAX_ITEMS_PER_FRAME: Final = p.STREAM_MAX_ITEMS_PER_FRAME
+#: requests of one frame are started in batches, one batch per event-loop turn, so that the loop
+#: polls its sockets (heartbeats) in between: 200 stale reads of a 256 KB value started in one turn
+#: stalled it 0.3 s. A batch doubles (up to MAX_START_BATCH) while a turn takes under TURN_BUDGET_S.
+MAX_START_BATCH: Final = 64
+TURN_BUDGET_S: Final = 0.005
 #: while this many bytes of answers wait to be sent, the node reads no more of the client's frames
 MAX_UNSENT_BYTES: Final = 4 << 20
 #: an answer frame is cut once it holds this many bytes (a bigger single answer goes alone)
@@ -173,6 +178,7 @@ class _Connection:
         self.unsent_bytes = 0
         self.has_out = asyncio.Event()
         self.room = asyncio.Event()
+        self.cut = False  #: the client stopped reading and was cut off: start nothing more
 
     def _busy(self) -> bool:
         return (
@@ -194,11 +200,22 @@ class _Connection:
                 None, Refusal(p.INVALID_REQUEST, f"stream frame is not valid msgpack ({exc}); {_HOW}")
             )
             return
+        batch, in_batch = 1, 0
         for i, item in enumerate(items):
+            if in_batch >= batch:
+                # Let the requests just started run (a stale read finishes in its first step, big
+                # value and all) and the loop poll its sockets, heartbeats first, before more start;
+                # their answers then count against the unsent budget below. The batch doubles while
+                # a turn stays cheap and drops to one request when it did not.
+                t0 = time.perf_counter()
+                await asyncio.sleep(0)
+                cheap = time.perf_counter() - t0 < TURN_BUDGET_S
+                batch, in_batch = (min(batch * 2, MAX_START_BATCH) if cheap else 1), 0
+            in_batch += 1
             while self._busy():
                 self.room.clear()
                 await self.room.wait()
-            if self.ws.closed:
+            if self.ws.closed or self.cut:
                 return
             self.start(i, item)
 
@@ -269,6 +286,8 @@ class _Connection:
         self._queue([rid, err.status, error_body(err)])
 
     def _queue(self, answer: list[Any]) -> None:
+        if self.cut:
+            return
         packed = msgpack.packb(answer, use_bin_type=True)
         self.unsent.append(packed)
         self.unsent_bytes += len(packed)
@@ -314,6 +333,9 @@ class _Connection:
             printable(self.request.remote),
             self.stream.send_timeout_s,
         )
+        self.cut = True
+        for t in list(self.tasks):
+            t.cancel()
         self.unsent.clear()
         self.unsent_bytes = 0
         transport = self.request.transport
