@@ -293,17 +293,24 @@ class _Connection:
         self.unsent_bytes += len(packed)
         self.has_out.set()
 
-    def _next_frame(self) -> bytes:
-        """The answers waiting, up to MAX_OUT_FRAME_BYTES (at least one), as one frame."""
+    def _next_frame(self) -> tuple[bytes, int, int]:
+        """The oldest answers waiting, up to MAX_OUT_FRAME_BYTES (at least one), as one frame, with
+        how many answers and bytes it holds. They stay in :attr:`unsent` (and hold their slots)
+        until the frame is sent: :meth:`_sent` drops them."""
         parts: list[bytes] = []
         size = 0
-        while self.unsent and (not parts or size + len(self.unsent[0]) <= MAX_OUT_FRAME_BYTES):
-            part = self.unsent.popleft()
+        for part in self.unsent:
+            if parts and size + len(part) > MAX_OUT_FRAME_BYTES:
+                break
             parts.append(part)
             size += len(part)
+        return _array_header(len(parts)) + b"".join(parts), len(parts), size
+
+    def _sent(self, count: int, size: int) -> None:
+        for _ in range(count):
+            self.unsent.popleft()
         self.unsent_bytes -= size
         assert self.unsent_bytes >= 0 and (self.unsent_bytes == 0) == (not self.unsent)
-        return _array_header(len(parts)) + b"".join(parts)
 
     async def write_loop(self) -> None:
         """The answers ready leave together, in frames of at most MAX_OUT_FRAME_BYTES; a frame the
@@ -312,7 +319,7 @@ class _Connection:
             await self.has_out.wait()
             self.has_out.clear()
             while self.unsent:
-                frame = self._next_frame()
+                frame, count, size = self._next_frame()
                 try:
                     async with asyncio.timeout(self.stream.send_timeout_s):
                         await self.ws.send_bytes(frame)
@@ -321,6 +328,7 @@ class _Connection:
                     return
                 except (ConnectionError, RuntimeError):
                     return  # the client went away; the reader sees it too
+                self._sent(count, size)
                 if not self._busy():
                     self.room.set()
                 await asyncio.sleep(0)  # one frame per loop turn: heartbeats go between big ones
