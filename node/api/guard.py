@@ -31,12 +31,13 @@ import asyncio
 import collections
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import Counter
 
+from raftstate.client import protocol as p
 from raftstate.node.metrics import NodeMetrics
 
 __all__ = ["GuardedTCPSite", "HttpGuard"]
@@ -45,8 +46,9 @@ log = logging.getLogger("raftstate.node.api.guard")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-#: the paths of peer routes (node to node): what a connection on a peer slot may ask for
-PEER_PATH_PREFIX = "/raft/"
+#: the paths of the peer routes (node to node, the endpoint table's PEER rows): what a connection
+#: admitted onto a peer slot may ask for
+PEER_PATHS: Final = frozenset(ep.path for ep in p.ENDPOINTS if ep.access == p.Access.PEER)
 
 _TOO_MANY = b"too many open connections (settings.max_client_connections)\n"
 _PER_ADDRESS = b"too many open connections from this address; close idle ones and retry\n"
@@ -184,7 +186,7 @@ class HttpGuard:
         if proto in self._probation:
             self._probation.discard(proto)
             crowded = self._open > self.max_connections - self.peer_slots
-            if crowded and not request.path.startswith(PEER_PATH_PREFIX):
+            if crowded and request.path not in PEER_PATHS:
                 self.refused.labels(reason="peer_slot").inc()
                 resp = web.Response(status=503, body=_PEERS_ONLY, headers={"Retry-After": "1"})
                 resp.force_close()
