@@ -70,6 +70,9 @@ class HealthProbe:
 
     def __enter__(self) -> HealthProbe:
         self._proc.start()
+        deadline = time.monotonic() + 30
+        while self.slowest_ms == 0.0 and time.monotonic() < deadline:  # the first answer came
+            time.sleep(0.05)
         return self
 
     def __exit__(self, *exc: object) -> None:
