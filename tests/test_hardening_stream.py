@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from raftstate.client import protocol as p
+from raftstate.client.stream import StreamConnection
 from raftstate.node.api import stream as stream_mod
 from raftstate.node.api.stream import MAX_ITEMS_PER_FRAME, MAX_OUT_FRAME_BYTES, StreamApi, _Connection
 from raftstate.node.metrics import NodeMetrics
@@ -212,3 +213,25 @@ async def test_an_idle_stream_is_closed_and_one_with_an_op_in_flight_is_not(
             msg = await asyncio.wait_for(busy.receive(), 3)
             assert msg.type == aiohttp.WSMsgType.BINARY
             assert msgpack.unpackb(msg.data)[0][:2] == [7, 200]
+
+
+async def test_the_client_splits_its_frames_at_the_node_s_item_cap(
+    idle_server: tuple[TestServer, StubApi],
+) -> None:
+    """2500 calls in one loop turn: the client sends them in frames of at most 1000 requests, so
+    none is refused for the frame's size."""
+    srv, api = idle_server
+    sent: list[int] = []
+    async with aiohttp.ClientSession() as session:
+        conn = StreamConnection(session, str(srv.make_url("")))
+        real_send = conn._send
+
+        def spy(ws: aiohttp.ClientWebSocketResponse, out: list[dict[str, Any]]) -> None:
+            sent.append(len(out))
+            real_send(ws, out)
+
+        conn._send = spy  # type: ignore[method-assign]
+        results = await asyncio.gather(*(conn.call("get", "1", timeout_s=20) for _ in range(2500)))
+        await conn.aclose()
+    assert all(status == 200 for status, _ in results)
+    assert sent == [1000, 1000, 500] and api.started == 2500
