@@ -75,6 +75,11 @@ def decode_costs() -> list[tuple[str, float, float, str]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument(
+        "--only",
+        type=lambda v: {int(i) for i in v.split(",")},
+        help="run only these attacks (0-based, e.g. 0,1,2)",
+    )
     args = ap.parse_args()
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -94,7 +99,14 @@ def main() -> int:
         before = wait_until(terms, 20, "every node to follow the leader")
         with HealthProbe(c.addr[leader]) as probe:
             results = asyncio.run(
-                run_all(c.url(leader, ""), READ, KEY, probe, lambda: {n: c.status(n)["term"] for n in c.ids})
+                run_all(
+                    c.url(leader, ""),
+                    READ,
+                    KEY,
+                    probe,
+                    lambda: {n: c.status(n)["term"] for n in c.ids},
+                    only=args.only,
+                )
             )
         after = {n: c.status(n)["term"] for n in c.ids}
         cut_logged = "took no answer frame" in c.log_text(leader)

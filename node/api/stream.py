@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from typing import Any, Final
@@ -141,7 +142,8 @@ class StreamApi:
                 t.cancel()
             writer.cancel()
             if not ws.closed:
-                await ws.close()
+                with contextlib.suppress(ConnectionError, RuntimeError):  # e.g. a cut-off reader
+                    await ws.close()
         return ws
 
 

@@ -16,7 +16,7 @@ import multiprocessing
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -253,11 +253,14 @@ async def run_all(
     probe: HealthProbe,
     terms: Callable[[], dict[str, int]],
     pause_s: float = 1.0,
+    only: Collection[int] | None = None,
 ) -> list[AttackResult]:
     """Every attack of :data:`ATTACKS` in turn, each with the probe's slowest answer during it and
     whether ``terms()`` (every node's term) moved."""
     out = []
-    for attack in ATTACKS:
+    for i, attack in enumerate(ATTACKS):
+        if only is not None and i not in only:
+            continue
         before = await asyncio.to_thread(terms)
         probe.slowest_ms = 0.0
         res = await run_attack(url, token, attack, key)
