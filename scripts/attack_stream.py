@@ -105,13 +105,13 @@ def main() -> int:
                     KEY,
                     probe,
                     lambda: wait_until(
-                        lambda: {n: c.status(n, timeout=5)["term"] for n in c.ids}, 60, "every node's status"
+                        lambda: {n: c.status(n, timeout=5)["term"] for n in c.ids}, 20, "every node's status"
                     ),
                     only=args.only,
                 )
             )
         after = wait_until(
-            lambda: {n: c.status(n, timeout=5)["term"] for n in c.ids}, 60, "every node's status"
+            lambda: {n: c.status(n, timeout=5)["term"] for n in c.ids}, 20, "every node's status"
         )
         cut_logged = "took no answer frame" in c.log_text(leader)
     print(f"3-node cluster, auth on, READ token, leader {leader}; terms before {before}, after {after}")

@@ -246,6 +246,13 @@ async def _collect(
         result.seconds = time.perf_counter() - t0
 
 
+async def _terms_or_none(terms: Callable[[], dict[str, int]]) -> dict[str, int] | None:
+    try:
+        return await asyncio.to_thread(terms)
+    except TimeoutError:  # a node does not answer /status
+        return None
+
+
 async def run_all(
     url: str,
     token: str,
@@ -261,11 +268,14 @@ async def run_all(
     for i, attack in enumerate(ATTACKS):
         if only is not None and i not in only:
             continue
-        before = await asyncio.to_thread(terms)
+        before = await _terms_or_none(terms)
         probe.slowest_ms = 0.0
         res = await run_attack(url, token, attack, key)
         res.health_max_ms = probe.slowest_ms
         await asyncio.sleep(pause_s)
-        res.terms_moved = await asyncio.to_thread(terms) != before
+        after = await _terms_or_none(terms)
+        res.terms_moved = after is None or after != before
+        if after is None:
+            res.closed = (res.closed + "; " if res.closed else "") + "/status unanswered afterwards"
         out.append(res)
     return out
