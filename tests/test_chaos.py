@@ -29,10 +29,8 @@ def _seed() -> int:
 
 
 def _explain(res: RunResult) -> str:
-    return (
-        f"seed {res.cfg.seed}\n{verdict_table(res)}\nreplay: {replay_command(res.cfg)}\n"
-        f"report: {res.report_dir}"
-    )
+    return (f"seed {res.cfg.seed}\n{verdict_table(res)}\nreplay: {replay_command(res.cfg)}\n"
+            f"report: {res.report_dir}")
 
 
 def test_mixed_fault_run_passes_every_check(tmp_path: Path) -> None:
@@ -60,13 +58,8 @@ def test_an_injected_bug_makes_the_run_fail(
     three seeds are tried (the measured catch rate is in docs/chaos.md)."""
     tried = []
     for attempt in range(3):
-        cfg = RunConfig(
-            seed=_seed() + attempt,
-            duration_s=duration_s,
-            faults=faults,
-            inject_bug=bug,
-            report_dir=tmp_path / f"run{attempt}",
-        )
+        cfg = RunConfig(seed=_seed() + attempt, duration_s=duration_s, faults=faults, inject_bug=bug,
+                        report_dir=tmp_path / f"run{attempt}")
         res = run(cfg)
         failed = {r.name for r in res.results if r.verdict == "fail"}
         tried.append(f"seed {cfg.seed}: failed checks {sorted(failed) or 'none'}")

@@ -25,16 +25,8 @@ from raftstate.node.chaos.history import INFINITY, History, Op, Status, load
 _ids = itertools.count()
 
 
-def op(
-    f: str,
-    key: str,
-    value: Any = None,
-    t: tuple[float, float] = (0, 1),
-    status: Status = "ok",
-    result: Any = None,
-    process: str = "p",
-    wall: tuple[float, float] | None = None,
-) -> Op:
+def op(f: str, key: str, value: Any = None, t: tuple[float, float] = (0, 1), status: Status = "ok",
+       result: Any = None, process: str = "p", wall: tuple[float, float] | None = None) -> Op:
     o = Op(next(_ids), process, f, key, value, t[0], t[0] if wall is None else wall[0], status, result)
     if status != "info":
         o.complete_t = t[1]
@@ -50,14 +42,8 @@ def lin(*ops: Op) -> str:
 
 
 def test_stale_read_is_caught() -> None:
-    assert (
-        lin(
-            op("write", "k", "a", (0, 1)),
-            op("write", "k", "b", (2, 3)),
-            op("read", "k", None, (4, 5), result="a"),
-        )
-        == "fail"
-    )
+    assert lin(op("write", "k", "a", (0, 1)), op("write", "k", "b", (2, 3)),
+               op("read", "k", None, (4, 5), result="a")) == "fail"
 
 
 def test_read_of_a_value_never_written_is_caught() -> None:
@@ -71,85 +57,43 @@ def test_lost_write_then_initial_value_read_is_caught() -> None:
 def test_reads_must_not_go_back_in_time() -> None:
     # both writes concurrent with both reads, but once a read saw b, a later read cannot see a
     w1, w2 = op("write", "k", "a", (0, 10)), op("write", "k", "b", (0, 10))
-    assert (
-        lin(
-            w1,
-            w2,
-            op("read", "k", None, (1, 2), result="b"),
-            op("read", "k", None, (1, 2), result="a"),
-            op("read", "k", None, (3, 4), result="b"),
-            op("read", "k", None, (5, 6), result="a"),
-        )
-        == "fail"
-    )
+    assert lin(w1, w2, op("read", "k", None, (1, 2), result="b"), op("read", "k", None, (1, 2), result="a"),
+               op("read", "k", None, (3, 4), result="b"), op("read", "k", None, (5, 6), result="a")) == "fail"
 
 
 def test_concurrent_reads_may_see_old_or_new() -> None:
-    assert (
-        lin(
-            op("write", "k", "a", (0, 1)),
-            op("write", "k", "b", (2, 6)),
-            op("read", "k", None, (3, 4), result="a"),
-            op("read", "k", None, (3, 5), result="b"),
-            op("read", "k", None, (7, 8), result="b"),
-        )
-        == "pass"
-    )
+    assert lin(op("write", "k", "a", (0, 1)), op("write", "k", "b", (2, 6)),
+               op("read", "k", None, (3, 4), result="a"), op("read", "k", None, (3, 5), result="b"),
+               op("read", "k", None, (7, 8), result="b")) == "pass"
 
 
 def test_unknown_write_may_apply_late_or_never() -> None:
-    assert (
-        lin(
-            op("write", "k", "a", (0, 1)),
-            op("write", "k", "b", (2, 0), status="info"),
-            op("read", "k", None, (3, 4), result="a"),
-            op("read", "k", None, (9, 10), result="b"),
-        )
-        == "pass"
-    )
-    assert (
-        lin(
-            op("write", "k", "a", (0, 1)),
-            op("write", "k", "b", (2, 0), status="info"),
-            op("read", "k", None, (9, 10), result="a"),
-        )
-        == "pass"
-    )
+    assert lin(op("write", "k", "a", (0, 1)), op("write", "k", "b", (2, 0), status="info"),
+               op("read", "k", None, (3, 4), result="a"), op("read", "k", None, (9, 10), result="b"),
+               ) == "pass"
+    assert lin(op("write", "k", "a", (0, 1)), op("write", "k", "b", (2, 0), status="info"),
+               op("read", "k", None, (9, 10), result="a")) == "pass"
     # but not before it was invoked
-    assert (
-        lin(
-            op("write", "k", "a", (0, 1)),
-            op("read", "k", None, (2, 3), result="b"),
-            op("write", "k", "b", (4, 0), status="info"),
-        )
-        == "fail"
-    )
+    assert lin(op("write", "k", "a", (0, 1)), op("read", "k", None, (2, 3), result="b"),
+               op("write", "k", "b", (4, 0), status="info")) == "fail"
 
 
 def test_cas_semantics() -> None:
     w = op("write", "k", "a", (0, 1))
-    assert (
-        lin(w, op("cas", "k", ["a", "b"], (2, 3), result=True), op("read", "k", None, (4, 5), result="b"))
-        == "pass"
-    )
+    assert lin(w, op("cas", "k", ["a", "b"], (2, 3), result=True), op("read", "k", None, (4, 5), result="b")
+               ) == "pass"
     assert lin(w, op("cas", "k", ["a", "b"], (2, 3), result=False)) == "fail"  # it should have matched
     assert lin(w, op("cas", "k", ["x", "b"], (2, 3), result=True)) == "fail"
     # an unknown cas applies exactly when it matches
-    assert (
-        lin(w, op("cas", "k", ["a", "b"], (2, 0), status="info"), op("read", "k", None, (4, 5), result="b"))
-        == "pass"
-    )
-    assert (
-        lin(w, op("cas", "k", ["x", "b"], (2, 0), status="info"), op("read", "k", None, (4, 5), result="b"))
-        == "fail"
-    )
+    assert lin(w, op("cas", "k", ["a", "b"], (2, 0), status="info"),
+               op("read", "k", None, (4, 5), result="b")) == "pass"
+    assert lin(w, op("cas", "k", ["x", "b"], (2, 0), status="info"),
+               op("read", "k", None, (4, 5), result="b")) == "fail"
 
 
 def test_failed_ops_are_ignored_and_budget_answers_unknown() -> None:
-    assert (
-        lin(op("write", "k", "a", (0, 1), status="fail"), op("read", "k", None, (2, 3), result=None))
-        == "pass"
-    )
+    assert lin(op("write", "k", "a", (0, 1), status="fail"), op("read", "k", None, (2, 3), result=None)
+               ) == "pass"
     many = [op("write", "k", f"v{i}", (0, 100)) for i in range(14)]
     many.append(op("read", "k", None, (101, 102), result="nope"))
     assert linearizable.check(many, budget=500).verdict == "unknown"
@@ -192,9 +136,8 @@ def tiny_histories(draw: st.DrawFn) -> list[Op]:
             out.append(op(f, "k", values[i], (start, end), status=status))
         else:
             expected = draw(st.sampled_from([None, *values]))
-            out.append(
-                op(f, "k", [expected, values[i]], (start, end), status=status, result=draw(st.booleans()))
-            )
+            out.append(op(f, "k", [expected, values[i]], (start, end), status=status,
+                          result=draw(st.booleans())))
     return out
 
 
@@ -208,9 +151,8 @@ def test_wgl_agrees_with_brute_force(ops: list[Op]) -> None:
 
 
 def incs(n: int, unknown: int = 0) -> list[Op]:
-    return [op("incr", "c", 1, (i, i + 0.5), result=i + 1) for i in range(n)] + [
-        op("incr", "c", 1, (50, 0), status="info") for _ in range(unknown)
-    ]
+    return ([op("incr", "c", 1, (i, i + 0.5), result=i + 1) for i in range(n)]
+            + [op("incr", "c", 1, (50, 0), status="info") for _ in range(unknown)])
 
 
 def test_counters() -> None:
@@ -228,10 +170,8 @@ def test_counters() -> None:
 
 
 def lock_history(write_tokens_by_version: list[tuple[int, int]]) -> list[Op]:
-    out = [
-        op("acquire", "L", None, (1, 2), result=10, process="a"),
-        op("acquire", "L", None, (5, 6), result=20, process="b"),
-    ]
+    out = [op("acquire", "L", None, (1, 2), result=10, process="a"),
+           op("acquire", "L", None, (5, 6), result=20, process="b")]
     for token, version in write_tokens_by_version:
         out.append(op("fenced-write", "L:data", {"lock": "L", "token": token}, (7, 8), result=version))
     return out

@@ -190,12 +190,8 @@ def test_profile_gives_defaults_that_options_override() -> None:
     ],
 )
 def test_script_refuses_what_it_cannot_do(args: list[str], code: int, message: str) -> None:
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "chaos.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "chaos.py"), *args],
+                         capture_output=True, text=True, timeout=60)
     assert out.returncode == code and message in out.stderr, out.stderr
 
 

@@ -210,26 +210,8 @@ def test_every_package_keeps_its_import_rules() -> None:
 #: what would let the core read a clock, draw global randomness or do I/O: raft/ takes time,
 #: randomness and messages as inputs (a seeded simulator replays any run)
 IMPURE: frozenset[str] = frozenset(
-    {
-        "time",
-        "random",
-        "os",
-        "socket",
-        "asyncio",
-        "threading",
-        "subprocess",
-        "io",
-        "pathlib",
-        "datetime",
-        "select",
-        "selectors",
-        "signal",
-        "shutil",
-        "tempfile",
-        "logging",
-        "secrets",
-        "uuid",
-    }
+    {"time", "random", "os", "socket", "asyncio", "threading", "subprocess", "io", "pathlib", "datetime",
+     "select", "selectors", "signal", "shutil", "tempfile", "logging", "secrets", "uuid"}
 )
 
 
