@@ -276,6 +276,6 @@ async def run_all(
         after = await _terms_or_none(terms)
         res.terms_moved = after is None or after != before
         if after is None:
-            res.closed = (res.closed + "; " if res.closed else "") + "/status unanswered afterwards"
+            res.closed = (res.closed + "; " if res.closed else "") + "status unanswered afterwards"
         out.append(res)
     return out
