@@ -302,6 +302,7 @@ ERROR_OF_CODE: Final[dict[str, type[RaftStateError]]] = {
     p.PAGE_TOO_LARGE: InvalidRequest,
     p.UNAUTHORIZED: AuthError,
     p.FORBIDDEN: AuthError,
+    p.TOO_MANY_AUTH_FAILURES: AuthError,
     p.TOO_MANY_SESSIONS: LimitExceeded,
     p.TOO_MANY_LOCKS: LimitExceeded,
     p.REQUEST_TIMEOUT: Unavailable,  # the body arrived too slowly: not applied, safe to retry

@@ -59,6 +59,8 @@ INVALID_REQUEST: Final = "invalid_request"
 UNAVAILABLE: Final = "unavailable"
 TIMEOUT: Final = "timeout"
 REQUEST_TIMEOUT: Final = "request_timeout"  #: the request body arrived too slowly (a slow client)
+#: this address failed authentication too often lately: answered without checking, retry later
+TOO_MANY_AUTH_FAILURES: Final = "too_many_auth_failures"
 #: the write may or may not have been applied (e.g. leadership lost after proposing)
 OUTCOME_UNKNOWN: Final = "outcome_unknown"
 INTERNAL: Final = "internal"
@@ -93,6 +95,7 @@ STATUS_OF: Final[dict[str, int]] = {
     UNAVAILABLE: 503,
     TIMEOUT: 504,
     REQUEST_TIMEOUT: 408,
+    TOO_MANY_AUTH_FAILURES: 429,
     OUTCOME_UNKNOWN: 504,
     INTERNAL: 500,
     UNKNOWN_ENDPOINT: 404,
@@ -241,6 +244,8 @@ LOCK_FORCE_RELEASE: Final = Endpoint("lock_force_release", "POST", "/v1/locks/{n
 # ---- connections (WebSockets)
 #: many client operations on one connection (docs/stream.md); each op is then held to its own row's access
 STREAM: Final = Endpoint("stream", "GET", "/v1/stream", _READ)
+#: the most requests one /v1/stream frame may hold (the node refuses a bigger frame whole)
+STREAM_MAX_ITEMS_PER_FRAME: Final = 1000
 #: node to node: Raft messages (node/peers/transport.py)
 RAFT_STREAM: Final = Endpoint("raft_stream", "GET", "/raft/v1/stream", Access.PEER)
 # ---- node to node, one request per transfer

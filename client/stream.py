@@ -94,6 +94,12 @@ class StreamConnection:
     def _flush(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self._flush_scheduled = False
         out, self._outbox = self._outbox, []
+        # The node takes at most STREAM_MAX_ITEMS_PER_FRAME requests per frame.
+        cap = p.STREAM_MAX_ITEMS_PER_FRAME
+        for i in range(0, len(out), cap):
+            self._send(ws, out[i : i + cap])
+
+    def _send(self, ws: aiohttp.ClientWebSocketResponse, out: list[dict[str, Any]]) -> None:
         if not out:
             return
         try:

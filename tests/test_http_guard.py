@@ -25,6 +25,12 @@ async def echo(request: web.Request) -> web.Response:
     return web.json_response({"got": body})
 
 
+async def hold(request: web.Request) -> web.Response:
+    """A request that stays in progress for a while (the test's checks take ~0.1 s)."""
+    await asyncio.sleep(1.5)
+    return web.Response()
+
+
 @pytest.fixture
 async def guarded() -> AsyncIterator[tuple[int, HttpGuard, NodeMetrics]]:
     metrics = NodeMetrics()
@@ -34,6 +40,7 @@ async def guarded() -> AsyncIterator[tuple[int, HttpGuard, NodeMetrics]]:
     app[BODY_DONE] = guard.body_done
     app.middlewares.append(guard.middleware)
     app.router.add_post("/echo", echo)
+    app.router.add_get("/hold", hold)
     runner = web.AppRunner(app, lingering_time=0.0)
     await runner.setup()
     (port,) = free_ports(1)
@@ -98,19 +105,45 @@ async def test_at_the_cap_the_oldest_slow_connection_makes_room(
         w.close()
 
 
-async def test_at_the_cap_with_no_slow_connection_new_ones_get_503(
+async def test_at_the_cap_an_idle_keep_alive_connection_is_evicted_before_a_slow_one(
     guarded: tuple[int, HttpGuard, NodeMetrics],
 ) -> None:
+    """Issue 18: a connection that delivered a whole request and now idles between requests held
+    its slot (keep-alive) beyond the guard's reach. It is now evictable again, and first."""
     port, _, metrics = guarded
-    # Four keep-alive connections that each delivered a whole request: not slow, never evicted.
-    held = []
-    for _ in range(4):
+    slow = await asyncio.open_connection("127.0.0.1", port)  # no headers yet: evictable
+    await asyncio.sleep(0.05)
+    kept = []
+    for _ in range(3):
         r, w = await asyncio.open_connection("127.0.0.1", port)
         w.write(
             b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
         )
         assert (await r.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        kept.append((r, w))
+    await asyncio.sleep(0.05)
+    assert (await request(port)).startswith(b"HTTP/1.1 200")
+    assert count(metrics, "evicted") == 1
+    # the oldest idle keep-alive connection is closed (its 200 body was already read: nothing more)
+    assert await asyncio.wait_for(kept[0][0].read(), 1) == b'{"got": {}}'
+    assert kept[0][0].at_eof()
+    assert not slow[0].at_eof()
+    for _, w in [slow, *kept]:
+        w.close()
+
+
+async def test_at_the_cap_with_every_connection_serving_a_request_new_ones_get_503(
+    guarded: tuple[int, HttpGuard, NodeMetrics],
+) -> None:
+    port, _, metrics = guarded
+    # Four connections whose request is in progress (a body that stays incomplete but whose
+    # arrival was declared done would be odd; a handler still running is the honest case).
+    held = []
+    for _ in range(4):
+        _, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
         held.append(w)
+    await asyncio.sleep(0.1)
     assert (await request(port)).startswith(b"HTTP/1.1 503")
     assert count(metrics, "too_many") == 1
     for w in held:

@@ -26,7 +26,7 @@ from aiohttp import web
 from raftstate.client import protocol as p
 from raftstate.node.api import schema
 from raftstate.node.api.admission import check_room, stamp
-from raftstate.node.api.codec import error_response, read_body, respond
+from raftstate.node.api.codec import error_response, internal_error, read_body, respond
 from raftstate.node.api.forward import Forwarder
 from raftstate.node.api.schema import ApiLimits
 from raftstate.node.api.watch import WatchHub, WatchLimits, parse_query
@@ -372,10 +372,9 @@ class Api:
             except Refusal as err:
                 status = err.code
                 return error_response(request, err)
-            except Exception as exc:  # a bug: answer it, keep serving
+            except Exception:  # a bug: answer it (an error id, no details), keep serving
                 status = p.INTERNAL
-                log.exception("%s %s failed", request.method, request.path)
-                return error_response(request, Refusal(p.INTERNAL, f"internal error: {exc!r}"))
+                return error_response(request, internal_error(f"{request.method} {request.path}"))
             finally:
                 self.metrics.observe_request(op, status, time.perf_counter() - t0)
 
@@ -409,7 +408,11 @@ async def _unknown_routes_as_errors(request: web.Request, handler: Handler) -> w
             p.UNKNOWN_ENDPOINT,
             f"no endpoint {request.method} {request.path} ({exc.reason}); see docs/api.md",
         )
-        return error_response(request, err)
+        resp = error_response(request, err)
+        if isinstance(exc, web.HTTPMethodNotAllowed):  # the path exists, not with this method
+            resp.set_status(405)
+            resp.headers["Allow"] = exc.headers.get("Allow", "")
+        return resp
 
 
 def _sha256_of(sm: KVStateMachine) -> str:

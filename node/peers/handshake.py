@@ -11,18 +11,21 @@ snapshot file (``POST /raft/v1/snapshot``, snapshot_transfer.py) — carries the
 and the receiver runs one check, :meth:`PeerGate.check`, before it reads a byte of the body or
 upgrades the connection: a certificate of the cluster's CA (TLS on), the proof, the cluster id, the
 dialer's id and the target. A refusal is answered with its status and the reason in
-``X-Raftstate-Reject``, and logged once per (host, dialer, reason): a misconfigured peer redials
-every couple of seconds.
+``X-Raftstate-Reject``, and logged at ERROR at most once a minute per (host, reason key): a
+misconfigured peer redials every couple of seconds, and a hostile one varies everything it can.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from typing import Final
 
 from aiohttp import web
 
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.peers.peer_auth import PeerAuth, PeerRefusal
+from raftstate.node.security.log_fields import printable
 
 __all__ = [
     "CLUSTER_HEADER",
@@ -38,6 +41,8 @@ NODE_HEADER = "X-Raftstate-Node"  #: the dialer's node id
 CLUSTER_HEADER = "X-Raftstate-Cluster"  #: the dialer's cluster_id; must equal the receiver's
 TARGET_HEADER = "X-Raftstate-Target"  #: the node id the dialer believes lives at this address
 REJECT_HEADER = "X-Raftstate-Reject"  #: why the receiver refused the handshake
+#: at most one ERROR line per (host, reason) this often; the rest at DEBUG, counted in the next line
+REFUSAL_LOG_INTERVAL_S: Final = 60.0
 
 
 def handshake_headers(
@@ -78,7 +83,8 @@ class PeerGate:
         self._what = what  #: what is refused, for the log: "raft stream", "snapshot transfer"
         self._log = logger
         self.refused = 0  #: handshakes refused since start
-        self._logged: set[tuple[str, str, str]] = set()  # (host, peer id, reason) already logged
+        #: (host, reason key) -> (when its last ERROR line was written, refusals since, unlogged)
+        self._logged: dict[tuple[str, str], tuple[float, int]] = {}
 
     def check(self, request: web.Request, *, spend: bool = True) -> PeerRefusal | None:
         """None if the request comes from a peer of this cluster that may talk to this node (its id
@@ -114,16 +120,37 @@ class PeerGate:
             )
         return None
 
-    def refuse(self, request: web.Request, status: int, reason: str) -> web.Response:
-        """Answer a refused handshake: ``status``, ``reason`` in the body and the reject header."""
+    def refuse(self, request: web.Request, refusal: PeerRefusal) -> web.Response:
+        """Answer a refused handshake: its status, its message in the body and the reject header.
+
+        Logged at ERROR once per (host, reason key) per REFUSAL_LOG_INTERVAL_S, the next line saying
+        how many were refused meanwhile; the others at DEBUG. The key is the constant ``reason``
+        (``stale_proof``, ...), never the message or the claimed node id: both vary per request, so
+        keying on them let a dialer write one ERROR line per request."""
         self.refused += 1
         remote = remote_of(request)
         peer_id = request.headers.get(NODE_HEADER, "")
-        # A misconfigured peer redials every couple of seconds: say it loudly once, then quietly.
-        key = (remote.rpartition(":")[0], peer_id, reason)
-        level = logging.DEBUG if key in self._logged else logging.ERROR
-        if len(self._logged) > 1000:
-            self._logged.clear()  # bound the memory a stream of bogus dialers can pin
-        self._logged.add(key)
-        self._log.log(level, "refused %s from %s (node %s): %s", self._what, remote, peer_id or "?", reason)
-        return web.Response(status=status, text=reason + "\n", headers={REJECT_HEADER: reason})
+        key = (remote.rpartition(":")[0], refusal.reason)
+        now = time.monotonic()
+        last, quiet = self._logged.get(key, (None, 0))
+        if last is not None and now - last < REFUSAL_LOG_INTERVAL_S:
+            self._logged[key] = (last, quiet + 1)
+            level = logging.DEBUG
+        else:
+            if key not in self._logged and len(self._logged) >= 1000:
+                self._logged.clear()  # bound the memory a stream of bogus dialers can pin
+            self._logged[key] = (now, 0)
+            level = logging.ERROR
+        more = f" ({quiet} more from this host for this reason since the last such line)" if quiet else ""
+        self._log.log(
+            level,
+            "refused %s from %s (node %s): %s%s",
+            self._what,
+            printable(remote),
+            printable(peer_id or "?"),
+            printable(refusal.message),
+            more,
+        )
+        return web.Response(
+            status=refusal.status, text=refusal.message + "\n", headers={REJECT_HEADER: refusal.message}
+        )

@@ -68,6 +68,7 @@ from raftstate.node.peers.bound_dial import peer_connector
 from raftstate.node.peers.handshake import NODE_HEADER, REJECT_HEADER, PeerGate, handshake_headers
 from raftstate.node.peers.peer_auth import PeerAuth
 from raftstate.node.peers.wire import FrameError, decode_one, encode_one
+from raftstate.node.security.log_fields import printable
 from raftstate.node.storage.data_dir import fsync_fd, publish, write_all
 from raftstate.raft.messages import InstallSnapshot
 
@@ -465,7 +466,7 @@ class SnapshotReceiver:
         refusal = self._gate.check(request, spend=spend)
         if refusal is not None:
             self._metrics.snapshot_transfers_total.labels(direction="receive", outcome="refused").inc()
-            return self._gate.refuse(request, refusal.status, refusal.message)
+            return self._gate.refuse(request, refusal)
         peer = request.headers.get(NODE_HEADER, "")
         size_text = request.headers.get(SIZE_HEADER, "")
         sha256 = request.headers.get(SHA256_HEADER, "")
@@ -615,7 +616,7 @@ class SnapshotReceiver:
         self._metrics.snapshot_transfers_total.labels(direction="receive", outcome=refused.outcome).inc()
         peer = request.headers.get(NODE_HEADER, "") or "?"
         level = logging.INFO if refused.outcome == "busy" else logging.WARNING
-        log.log(level, "refused a snapshot transfer from %s: %s", peer, refused.message)
+        log.log(level, "refused a snapshot transfer from %s: %s", printable(peer), printable(refused.message))
         return web.Response(
             status=refused.status, text=refused.message + "\n", headers={REJECT_HEADER: refused.message}
         )

@@ -48,7 +48,7 @@ from raftstate.node.peers.handshake import (
     handshake_headers,
     remote_of,
 )
-from raftstate.node.peers.peer_auth import PeerAuth
+from raftstate.node.peers.peer_auth import PeerAuth, PeerRefusal
 from raftstate.node.peers.wire import FrameError, decode_frame, encode_one, frame_header
 from raftstate.raft.messages import Message
 
@@ -444,7 +444,7 @@ class StreamReceiver:
         remote = remote_of(request)
         refusal = self._gate.check(request)
         if refusal is not None:
-            return self._gate.refuse(request, refusal.status, refusal.message)
+            return self._gate.refuse(request, refusal)
         peer_id = request.headers[NODE_HEADER]
         ws = web.WebSocketResponse(
             max_msg_size=self.options.max_frame_bytes,
@@ -453,7 +453,9 @@ class StreamReceiver:
             timeout=self.options.close_timeout_s,
         )
         if not ws.can_prepare(request).ok:
-            return self._gate.refuse(request, 400, "not a WebSocket upgrade request")
+            return self._gate.refuse(
+                request, PeerRefusal(400, "not_websocket", "not a WebSocket upgrade request")
+            )
         await ws.prepare(request)
         self._streams[ws] = peer_id
         log.debug("inbound stream from %s (%s) opened", peer_id, remote)

@@ -13,7 +13,12 @@ marked ``openable`` (status, metrics) public.
 Tokens travel as ``Authorization: Bearer <token>`` and are compared in constant time
 (:func:`hmac.compare_digest` over every configured token, never stopping at the first match).
 Failures are counted in ``raftstate_auth_failures{reason}`` and logged with the remote address and
-the route — never the token.
+the route (control characters escaped) — never the token.
+
+An address whose requests failed authentication (401) ``max_failures`` times within
+``failure_window_s`` is answered **429** ``too_many_auth_failures`` for the rest of that window,
+without looking at its token (no hashing, no comparing): guessing tokens costs the guesser time,
+not the node. 403s (a valid token, too weak) do not count.
 
 Who is calling — the token's *name* and role, never the secret — is kept for the request in the
 context variable :data:`CALLER` (the /v1/stream's operations inherit their connection's), so the
@@ -25,10 +30,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 from prometheus_client import Counter
@@ -38,6 +44,7 @@ from raftstate.node.api.codec import error_response
 from raftstate.node.errors import Refusal
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.security.config import ResolvedAuth, Role
+from raftstate.node.security.log_fields import printable
 
 __all__ = [
     "AUTHENTICATOR",
@@ -108,10 +115,52 @@ def need_of(ep: p.Endpoint) -> Role:
     return need if isinstance(need, Role) else Role.READ
 
 
-class Authenticator:
-    """The resolved tokens of one node, and its failure counter."""
+#: an address is throttled after this many failed authentications within AUTH_FAILURE_WINDOW_S
+AUTH_MAX_FAILURES: Final = 100
+AUTH_FAILURE_WINDOW_S: Final = 10.0
 
-    def __init__(self, auth: ResolvedAuth, metrics: NodeMetrics) -> None:
+
+class _FailureWindows:
+    """Failed authentications per address in fixed windows: ``address -> (window start, count)``.
+    Bounded: past ``max_addresses`` entries the expired windows are dropped (all, if none is)."""
+
+    def __init__(self, max_failures: int, window_s: float, max_addresses: int = 10_000) -> None:
+        assert max_failures > 0 and window_s > 0 and max_addresses > 0
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self.max_addresses = max_addresses
+        self._windows: dict[str, tuple[float, int]] = {}
+
+    def record(self, address: str, now: float) -> None:
+        start, count = self._windows.get(address, (now, 0))
+        if now - start >= self.window_s:
+            start, count = now, 0
+        if address not in self._windows and len(self._windows) >= self.max_addresses:
+            self._windows = {a: w for a, w in self._windows.items() if now - w[0] < self.window_s}
+            if len(self._windows) >= self.max_addresses:
+                self._windows.clear()
+        self._windows[address] = (start, count + 1)
+
+    def retry_after_s(self, address: str, now: float) -> float | None:
+        """Seconds until ``address`` may try again, or None if it is not throttled."""
+        window = self._windows.get(address)
+        if window is None or window[1] < self.max_failures:
+            return None
+        left = window[0] + self.window_s - now
+        return left if left > 0 else None
+
+
+class Authenticator:
+    """The resolved tokens of one node, its failure counter and its per-address failure limit."""
+
+    def __init__(
+        self,
+        auth: ResolvedAuth,
+        metrics: NodeMetrics,
+        *,
+        max_failures: int = AUTH_MAX_FAILURES,
+        failure_window_s: float = AUTH_FAILURE_WINDOW_S,
+    ) -> None:
         self.enabled = auth.enabled
         self.open_endpoints = auth.open_endpoints
         # Keep digests, not tokens: compare_digest then always compares 32 bytes, whatever was sent.
@@ -122,9 +171,30 @@ class Authenticator:
             ["reason"],
             registry=metrics.registry,
         )
-        for reason in ("missing_token", "invalid_token", "weak_role"):
+        for reason in ("missing_token", "invalid_token", "weak_role", "throttled"):
             self.failures.labels(reason=reason)  # export zeros, not gaps
         self._last_log: dict[tuple[str, str], float] = {}
+        self._failed = _FailureWindows(max_failures, failure_window_s)
+
+    def throttled(self, request: web.Request) -> Refusal | None:
+        """The 429 for an address over its failed-authentication limit, else None (checked before
+        the token is even read)."""
+        remote = request.remote or "?"
+        left = self._failed.retry_after_s(remote, time.monotonic())
+        if left is None:
+            return None
+        limit = self._failed.max_failures
+        err = self.refuse(
+            request,
+            "throttled",
+            p.TOO_MANY_AUTH_FAILURES,
+            f"{limit} or more requests from {remote} failed authentication within "
+            f"{self._failed.window_s:g} s; this address is refused without checking for {left:.1f} s "
+            "more: fix the token (client: token=..., CLI: --token or RAFTSTATE_TOKEN), then retry",
+            limit=limit,
+            retry_after_s=round(left, 1),
+        )
+        return err
 
     def replace_tokens(self, auth: ResolvedAuth) -> None:
         """Take up a new token list (token rotation: node/security/token_reload.py). One assignment:
@@ -146,18 +216,26 @@ class Authenticator:
                 found = (name, role)
         return found
 
-    def refuse(self, request: web.Request, reason: str, code: str, message: str) -> Refusal:
+    def refuse(self, request: web.Request, reason: str, code: str, message: str, **fields: Any) -> Refusal:
         self.failures.labels(reason=reason).inc()
         remote = request.remote or "?"
-        # One line per (address, reason) per second: a flood must not flood the log too.
         now = time.monotonic()
+        if code == p.UNAUTHORIZED:
+            self._failed.record(remote, now)
+        # One line per (address, reason) per second: a flood must not flood the log too.
         key = (remote, reason)
         if now - self._last_log.get(key, 0.0) >= 1.0:
             if len(self._last_log) > 10_000:
                 self._last_log.clear()
             self._last_log[key] = now
-            log.warning("refused %s %s from %s: %s", request.method, request.path, remote, reason)
-        return Refusal(code, message)
+            log.warning(
+                "refused %s %s from %s: %s",
+                printable(request.method),
+                printable(request.path),
+                printable(remote),
+                reason,
+            )
+        return Refusal(code, message, **fields)
 
 
 AUTHENTICATOR: Final = web.AppKey("raftstate_authenticator", Authenticator)
@@ -179,6 +257,9 @@ def authorize(request: web.Request, need: Need) -> None:
             return
         need = Role.READ
     assert isinstance(need, Role)
+    throttled = auth.throttled(request)
+    if throttled is not None:
+        raise throttled
     who = auth.role_of(request)
     if who is None:
         missing = "Authorization" not in request.headers
@@ -245,12 +326,19 @@ def route_need(request: web.Request) -> Need:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if isinstance(request.match_info.http_exception, web.HTTPMethodNotAllowed):
+        # A method no route of this path takes (OPTIONS, PATCH, ...): nothing runs, so nothing to
+        # authorize; answer 405 (the router's error, made structured by the API) rather than the
+        # deny-by-default 403, which would tell a read token it lacks a role that could not help.
+        return await handler(request)
     try:
         authorize(request, route_need(request))
     except Refusal as err:
         resp = error_response(request, err)
         if err.code == p.UNAUTHORIZED:
             resp.headers["WWW-Authenticate"] = 'Bearer realm="raftstate"'
+        elif err.code == p.TOO_MANY_AUTH_FAILURES:
+            resp.headers["Retry-After"] = str(max(1, math.ceil(err.fields.get("retry_after_s", 1))))
         return resp
     auth = request.app.get(AUTHENTICATOR)
     reset = CALLER.set(auth.role_of(request) if auth is not None and auth.enabled else None)

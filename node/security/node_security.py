@@ -66,7 +66,7 @@ class NodeSecurity:
         )
         self.server_ssl: ssl.SSLContext | None = server_context(tls, where) if tls else None
         self.client_ssl: ssl.SSLContext | None = client_context(tls, where) if tls else None
-        self.guard = HttpGuard(s.max_client_connections, float(s.client_body_timeout_s), metrics)
+        self.guard = HttpGuard.for_node(s.max_client_connections, float(s.client_body_timeout_s), metrics)
 
     def reload_tokens(self) -> bool:
         """SIGHUP: read the tokens again (the old ones are refused after it); False if it failed."""
@@ -93,8 +93,9 @@ class NodeSecurity:
     @property
     def runner_options(self) -> dict[str, Any]:
         """Keyword arguments for web.AppRunner: no "lingering" (aiohttp would otherwise keep reading
-        an unread body for up to 10 s after answering, e.g. after a 408 to a slow client)."""
-        return {"lingering_time": 0.0}
+        an unread body for up to 10 s after answering, e.g. after a 408 to a slow client), and the
+        guard's short keep-alive timeout (aiohttp's default is 3630 s)."""
+        return {"lingering_time": 0.0, "keepalive_timeout": self.guard.keepalive_timeout_s}
 
     def site(self, runner: web.AppRunner, host: str, port: int, **kw: Any) -> web.TCPSite:
         return GuardedTCPSite(runner, host, port, self.guard, ssl_context=self.server_ssl, **kw)
