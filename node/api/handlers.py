@@ -291,7 +291,9 @@ class Api:
         async def handler(request: web.Request) -> web.StreamResponse:
             name = request.match_info[param] if param else ""
             body = {} if request.method == "GET" else await read_body(request, self.max_request_bytes)
-            if self.forwarder is not None and ep is not None:  # a follower relays to the leader
+            # a follower relays to the leader what only the leader answers (a watch never needs it:
+            # every node serves one, and its ?timeout= is a long-poll wait, not a request deadline)
+            if self.forwarder is not None and ep is not None and ep is not p.WATCH:
                 return await self.forwarder.serve(request, ep, body, lambda q: op(name, body, q))
             return respond(request, await op(name, body, request.query))
 

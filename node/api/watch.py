@@ -197,6 +197,8 @@ class WatchHub:
         #: (from revision, n, poll): polls waiting for this node to apply that far
         self._ahead: list[tuple[int, int, _Poll]] = []
         self._n = itertools.count()
+        #: the applied index the ring (and the wake-ups of parked polls) has reached
+        self._synced = 0
         self._parked = 0
         self._closing = False
         r = metrics.registry
@@ -249,16 +251,7 @@ class WatchHub:
     def on_batch(self) -> None:
         """After each applied batch (committed to the store): take its events into the ring and wake
         the polls they concern. Cost: one dict lookup per event and distinct prefix length."""
-        new = self._sync()
-        by_len = self._by_len
-        if by_len:
-            for ev in new:
-                key = ev.key
-                for length, by_prefix in by_len.items():
-                    polls = by_prefix.get(key[:length]) if len(key) >= length else None
-                    if polls:
-                        for poll in polls:
-                            poll.wake()
+        self._sync()
         ahead = self._ahead
         applied = self.driver.sm.applied_index
         while ahead and ahead[0][0] <= applied + 1:
@@ -280,6 +273,19 @@ class WatchHub:
         self._ring_revs.extend(ev.revision for ev in new)
         if len(self._ring) > self._ring_max + self._ring_max // 4:
             self._trim()
+        # Whoever syncs (the driver's batch hook or a poll), the parked polls an event concerns are
+        # woken by it: so a parked poll that was never woken saw nothing under its prefix up to
+        # ``_synced`` — its progress answer needs no scan of the events of its wait.
+        by_len = self._by_len
+        if by_len:
+            for ev in new:
+                key = ev.key
+                for length, by_prefix in by_len.items():
+                    polls = by_prefix.get(key[:length]) if len(key) >= length else None
+                    if polls:
+                        for poll in polls:
+                            poll.wake()
+        self._synced = self.driver.sm.applied_index
         return new
 
     def _trim(self) -> None:
@@ -330,7 +336,12 @@ class WatchHub:
                 async with asyncio.timeout(remaining):
                     await poll.future
             except TimeoutError:
-                pass
+                self._sync()  # still parked: an event under the prefix applied just now wakes it
+                if not poll.future.done() and from_rev <= applied + 1:  # parked by prefix
+                    # Never woken: nothing under the prefix from from_rev (<= the applied index
+                    # when it parked, + 1) up to _synced (>= that applied index). The
+                    # progress answer, without scanning the (unrelated) events of the wait.
+                    return {"events": [], "revision": self._synced}
             finally:
                 self._unpark(poll, from_rev, applied)
 
