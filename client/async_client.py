@@ -63,6 +63,7 @@ from raftstate.client.errors import (
     error_from_body,
 )
 from raftstate.client.stream import StreamingTransport
+from raftstate.client.watch import Watch
 
 __all__ = ["AsyncClient"]
 
@@ -366,6 +367,27 @@ class AsyncClient:
             if not isinstance(nxt, str) or not page:
                 return
             after = nxt
+
+    # ================================================================= watch
+
+    def watch(
+        self,
+        prefix: str,
+        start_revision: int | None = None,
+        *,
+        progress: bool = False,
+        relist: bool = False,
+        node: str | None = None,
+    ) -> Watch:
+        """``async for event in state.watch("imports:42:")``: every change under ``prefix`` in revision
+        order (docs/watch.md). Without ``start_revision``, from the next change after the call (a
+        linearizable start on the leader); with one, history is replayed from it first. Polls any
+        node (``node``: start on this one) and resumes on another after a failure, without a gap or
+        a duplicate. ``progress=True`` also yields Progress(revision) when a poll ends empty;
+        ``relist=True`` yields a Snapshot of the prefix first (and again when the history a resume
+        needs is gone) instead of raising Compacted. Close it (``async with``) to stop polling."""
+        self._check_open()
+        return Watch(self, prefix, start_revision, progress=progress, relist=relist, node=node)
 
     # ================================================================= locks
 
