@@ -46,6 +46,7 @@ from raftstate.client._session import Registration, SessionManager, Ticket
 from raftstate.client._time import Ttl, When, expiry_fields, from_epoch, ttl_seconds
 from raftstate.client._transport import Request, Response, Transport
 from raftstate.client._types import Consistency, Entry, Fence, LockInfo, LockLease
+from raftstate.client._waiter import LOCK_GONE, ChangeWaiter
 from raftstate.client.config import client_args
 from raftstate.client.errors import (
     ClientClosed,
@@ -544,25 +545,30 @@ class AsyncClient:
     async def _acquire_and_renew(
         self, name: str, ttl_s: float, wait_s: float | None, owner: str | None
     ) -> Lock:
-        """Acquire, polling with jittered backoff while someone else holds it, then start renewing."""
+        """Acquire — while someone else holds it, wait for its release/expiry event (client/_waiter.py:
+        a slow poll as safety net; jittered polling on a cluster without watch) — then start renewing."""
         wait = None if wait_s is None else Deadline.after(wait_s, self._clock)
         backoff = Backoff(self._rng, base_s=0.05, cap_s=max(0.05, min(1.0, ttl_s / 2)))
-        while True:
-            try:
-                lease, started = await self._acquire(name, ttl_s, owner, None)
-                break
-            except LockHeld as held:
-                delay = backoff.next_delay()
-                if wait is not None:
-                    if wait.remaining() <= 0:
+        waiter = ChangeWaiter(self, name, LOCK_GONE, backoff)  # woken by the release (_waiter.py)
+        try:
+            while True:
+                try:
+                    lease, started = await self._acquire(name, ttl_s, owner, None)
+                    break
+                except LockHeld as held:
+                    if wait is not None and wait.remaining() <= 0:
                         raise LockHeld(
                             f"lock {name!r} is held by {held.owner or 'someone else'} "
                             f"(until {held.expires_at}); gave up after waiting {wait_s:g}s",
                             node=held.node,
                             details=held.details,
                         ) from held
-                    delay = min(delay, wait.remaining())
-                await asyncio.sleep(delay)
+                    if not waiter.started:
+                        await waiter.start()
+                        continue  # a release between the refusal and the watch's start: try now
+                    await waiter.wait(None if wait is None else wait.remaining())
+        finally:
+            await waiter.close()
         lock = Lock(self, lease, ttl_s, started, self._clock)
         lock._start_renewing()
         return lock

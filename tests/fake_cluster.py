@@ -241,6 +241,8 @@ class FakeCluster:
                 return Response(200, self.nodes[nid].driver.status())
             if not r.op.stream:
                 raise Refusal(p.INVALID_REQUEST, f"the fake cluster does not serve {r.describe()}")
+            if r.op == p.WATCH and not hasattr(self.nodes[nid], "op_watch"):
+                return Response(404, "no route (a node without watch)")
             body = {} if r.method == "GET" or r.body is None else r.body  # as the HTTP handler reads it
             return Response(200, await self.nodes[nid].operation(r.op)(r.name, body, r.query))
         except Refusal as err:
