@@ -35,6 +35,7 @@ from datetime import datetime
 from typing import Any
 
 from raftstate.client._types import Entry, LockInfo
+from raftstate.client.cli_watch import add_watch_command
 from raftstate.client.config import TOKEN_ENV
 from raftstate.client.errors import InvalidRequest, RaftStateError, VersionMismatch
 from raftstate.client.sync_client import Client
@@ -99,6 +100,7 @@ def add_client_commands(subparsers: argparse._SubParsersAction[argparse.Argument
         metavar="CMD",
         help="run CMD (everything after --run) while holding the lock, renewing it; must come last",
     )
+    add_watch_command(command)  # `raftstate watch PREFIX` (client/cli_watch.py)
 
 
 def run_client_command(args: argparse.Namespace, client: Client | None = None) -> int:

@@ -5,6 +5,7 @@ and the re-list, the bounded queue. The real-process tests are in test_watch_cli
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from typing import Any
 
@@ -194,3 +195,42 @@ def test_the_blocking_client_iterates_a_watch() -> None:
         got = [next(it) for _ in range(3)]
         it.close()  # type: ignore[attr-defined]
     assert [(e.key, e.revision) for e in got] == [("b:0", 1), ("b:1", 2), ("b:2", 3)]
+
+
+def _cli(argv: list[str], fh: FakeHistory) -> int:
+    import argparse
+
+    from raftstate.client.cli import add_client_commands, run_client_command
+
+    parser = argparse.ArgumentParser(prog="raftstate")
+    add_client_commands(parser.add_subparsers(dest="command", required=True))
+    with Client(fh.endpoints, transport=fh) as c:
+        return run_client_command(parser.parse_args(argv), c)
+
+
+def test_cli_watch_prints_events_from_a_revision_as_lines_or_json(capsys: pytest.CaptureFixture[str]) -> None:
+    fh = FakeHistory()
+    fh.put("imports:42:progress", {"processed": 100})
+    fh.put("imports:42:state", "running")
+    fh.delete("imports:42:state")
+    assert _cli(["watch", "imports:42:", "--from", "1", "--count", "3"], fh) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        '1 put imports:42:progress {"processed": 100}',
+        "2 put imports:42:state running",
+        "3 delete imports:42:state",
+    ]
+    assert _cli(["watch", "imports:", "--from", "2", "--count", "1", "--json"], fh) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc == {"type": "put", "key": "imports:42:state", "revision": 2, "value": "running", "version": 2}
+
+
+def test_cli_watch_refuses_a_bad_from_and_reports_compacted(capsys: pytest.CaptureFixture[str]) -> None:
+    fh = FakeHistory()
+    assert _cli(["watch", "a:", "--from", "0"], fh) == 2
+    assert "--from must be a revision >= 1" in capsys.readouterr().err
+    for i in range(3):
+        fh.put(f"a:{i}", i)
+    fh.compact(3)
+    assert _cli(["watch", "a:", "--from", "1"], fh) == 3
+    err = capsys.readouterr().err
+    assert "Compacted" in err and "'a:'" in err and "from revision 1" in err
