@@ -35,6 +35,8 @@ log = logging.getLogger("raftstate.client")
 SAFETY_POLL_S: Final = 1.0
 #: a watch that has not started within this long is given up for polling
 START_TIMEOUT_S: Final = 2.0
+#: False: wait by polling as before watch existed (scripts/lock_handover.py measures both)
+USE_WATCH = True
 LOCK_GONE: Final = frozenset({"lock_release", "lock_expire"})
 KEY_CHANGED: Final = frozenset({"put", "delete", "expire"})
 
@@ -56,6 +58,8 @@ class ChangeWaiter:
     async def start(self) -> None:
         """Begin watching the name; call it after the first refusal, then attempt again at once."""
         self.started = True
+        if not USE_WATCH:
+            return
         w: Watch | None = None
         try:
             w = self._client.watch(self._name, node=self._client.leader)
