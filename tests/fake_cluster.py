@@ -408,6 +408,10 @@ class FakeHistory:
         self.kv.pop(key, None)
         return self._commit([{"type": "delete", "key": key}])
 
+    def event(self, type_: str, key: str, **fields: Any) -> int:
+        """Any other event (lock_acquire, lock_release, lock_expire, expire) at a new revision."""
+        return self._commit([{"type": type_, "key": key, **fields}])
+
     def other(self) -> int:
         """A change outside every prefix the tests watch (the revision moves on)."""
         return self._commit([{"type": "put", "key": "~other", "value": 0}])

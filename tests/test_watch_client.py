@@ -234,3 +234,56 @@ def test_cli_watch_refuses_a_bad_from_and_reports_compacted(capsys: pytest.Captu
     assert _cli(["watch", "a:", "--from", "1"], fh) == 3
     err = capsys.readouterr().err
     assert "Compacted" in err and "'a:'" in err and "from revision 1" in err
+
+
+async def test_a_waiter_wakes_on_the_release_of_its_lock_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from raftstate.client._retry import Backoff
+    from raftstate.client._waiter import LOCK_GONE, ChangeWaiter
+
+    monkeypatch.setattr("raftstate.client._waiter.SAFETY_POLL_S", 30.0)
+    fh = FakeHistory()
+    fh.event("lock_acquire", "job", token=1, owner="a")
+    async with client(fh) as state:
+        waiter = ChangeWaiter(state, "job", LOCK_GONE, Backoff(random.Random(1)))
+        await waiter.start()
+        assert waiter.watching
+        woke = asyncio.ensure_future(waiter.wait(None))
+        fh.event("lock_release", "job2", token=2)  # another lock under the same prefix
+        fh.event("lock_acquire", "job", token=3, owner="b")  # not a release
+        await asyncio.sleep(0.3)
+        assert not woke.done()
+        fh.event("lock_expire", "job", token=3)
+        await asyncio.wait_for(woke, 5)
+        await waiter.close()
+
+
+async def test_a_waiter_polls_as_before_when_the_cluster_has_no_watch() -> None:
+    from fake_cluster import FakeCluster
+    from raftstate.client._retry import Backoff
+    from raftstate.client._waiter import LOCK_GONE, ChangeWaiter
+
+    fc = FakeCluster()
+    async with AsyncClient(fc.endpoints, transport=_NoWatch(fc.transport()), rng=random.Random(2)) as state:
+        waiter = ChangeWaiter(state, "job", LOCK_GONE, Backoff(random.Random(1), base_s=0.05, cap_s=0.05))
+        await waiter.start()
+        assert not waiter.watching
+        await asyncio.wait_for(waiter.wait(None), 1.0)  # the backoff's 50 ms, not a watch
+        await waiter.close()
+
+
+class _NoWatch:
+    """A transport whose nodes have no /v1/watch route (an older version)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def send(self, endpoint: str, request: Any, timeout_s: float) -> Any:
+        from raftstate.client import Response
+        from raftstate.client import protocol as p
+
+        if request.op == p.WATCH:
+            return Response(404, "404: Not Found")
+        return await self.inner.send(endpoint, request, timeout_s)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
