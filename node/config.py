@@ -71,6 +71,13 @@ class Settings:
     max_locks: int = 100_000  #: held locks, cluster-wide (also enforced at apply)
     max_client_connections: int = 1000  #: open HTTP connections per node; beyond it new ones are closed
     client_body_timeout_s: int = 10  #: a request body must arrive within this (slow clients)
+    # Watch (docs/watch.md): what one poll may ask, and the history each node keeps for it.
+    watch_max_events: int = 1000  #: largest ``limit`` of one watch answer (larger asks are reduced)
+    watch_max_wait_s: int = 60  #: longest ``timeout`` of one watch poll (larger asks are reduced)
+    #: history kept for watches that resume or start back in time; the oldest whole revisions go first
+    watch_history_events: int = 100_000
+    watch_history_bytes: int = 64 << 20  #: keys + event bodies (values as written) of the kept history
+    watch_history_age_s: int = 3600  #: cluster time an event is kept at most
 
     @property
     def heartbeat_ticks(self) -> int:
@@ -422,10 +429,46 @@ class _Validator:
                 f"({s.max_request_bytes}) entry with its batch",
                 f"raise it to at least max_request_bytes + 1 MiB ({s.max_request_bytes + (1 << 20)})",
             ),
+            *_watch_rules(s),
         ]
         for field, broken, problem, fix in rules:
             if broken:
                 self.fail(field, problem, fix)
+
+
+def _watch_rules(s: Settings) -> list[tuple[str, bool, str, str]]:
+    """The watch settings' cross-field rules (docs/watch.md, "Settings")."""
+    one_write = s.max_key_bytes + s.max_value_bytes
+    return [
+        (
+            "settings.watch_max_events",
+            s.watch_max_events > 100_000,
+            f"{s.watch_max_events} events is more than one watch answer may carry (the node builds "
+            "the answer in memory)",
+            "use at most 100000 (the default 1000 suits clients that poll as they go)",
+        ),
+        (
+            "settings.watch_max_wait_s",
+            s.watch_max_wait_s > 3600,
+            f"{s.watch_max_wait_s} s is longer than a poll should stay parked (proxies and load "
+            "balancers cut idle requests far sooner)",
+            "use at most 3600 (the default 60 is well within common idle timeouts)",
+        ),
+        (
+            "settings.watch_history_events",
+            s.watch_history_events < s.watch_max_events,
+            f"{s.watch_history_events} is less than watch_max_events ({s.watch_max_events}): the node "
+            "would keep less history than one answer may carry",
+            f"raise it to at least {s.watch_max_events} (the default is 100000)",
+        ),
+        (
+            "settings.watch_history_bytes",
+            s.watch_history_bytes < one_write,
+            f"{s.watch_history_bytes} cannot hold the event of one largest write (max_key_bytes + "
+            f"max_value_bytes = {one_write}): history would be pruned as soon as it is written",
+            f"raise it to at least {one_write}; the default 67108864 (64 MiB) holds thousands",
+        ),
+    ]
 
 
 # --------------------------------------------------------------------------- message helpers

@@ -173,6 +173,9 @@ class RaftDriver:
         #: observers called with (role, term, leader) on every change
         self.role_listeners: list[Callable[[Role, int, str | None], None]] = []
         self.apply_listeners: list[Callable[[Entry], None]] = []
+        #: called after each batch of applied entries is committed to the state (the watch hub
+        #: takes the batch's events: node/api/watch.py)
+        self.batch_listeners: list[Callable[[], None]] = []
         #: called once if persisting or applying fails, or a core invariant breaks (an assertion in
         #: step, tick or ready); the process must exit and recover from disk
         self.fatal_listeners: list[Callable[[BaseException], None]] = []
@@ -459,9 +462,9 @@ class RaftDriver:
             )
             self._apply(e)
             if k % APPLY_YIELD_EVERY == 0:
-                self.sm.flush()
+                self._flush_batch()
                 await asyncio.sleep(0)
-        self.sm.flush()  # the applied index is committed with what it covers
+        self._flush_batch()  # the applied index is committed with what it covers
         for rs in rd.reads:
             assert rs.index <= self.sm.applied_index, (
                 f"node {self.id}: a linearizable read is answered only once its index is applied "
@@ -489,6 +492,19 @@ class RaftDriver:
             for cb in self.role_listeners:
                 cb(s.role, s.term, s.leader)
         self.raft.advance(rd)
+
+    def _flush_batch(self) -> None:
+        self.sm.flush()
+        for cb in self.batch_listeners:
+            cb()
+
+    async def store_maintenance(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` — a short, bounded write to the state store that is not apply (pruning the
+        watch history) — between applies, under the apply lock (so never while the WAL restarts),
+        and commit it."""
+        async with self._apply_lock:
+            fn()
+            self.sm.flush()
 
     def _send(self, msg: Message) -> None:
         if isinstance(msg, InstallSnapshot):

@@ -19,6 +19,7 @@ from raftstate.node.api.admin import AdminApi
 from raftstate.node.api.handlers import Api
 from raftstate.node.api.schema import ApiLimits
 from raftstate.node.api.stream import StreamApi
+from raftstate.node.api.watch import WatchLimits
 from raftstate.node.config import ClusterConfig
 from raftstate.node.driver import DriverSettings, RaftDriver
 from raftstate.node.metrics import NodeMetrics
@@ -160,6 +161,7 @@ class NodeServer:
             max_request_bytes=s.max_request_bytes,
             extra_status=self._extra_status,
             read_barrier=hooks.read_barrier(),
+            watch=WatchLimits.of(s),
         )
         api.install(app)
         AdminApi(api, cluster_id=cfg.cluster_id, settings=s, data_dir=disk.path).install(

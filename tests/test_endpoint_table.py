@@ -192,7 +192,7 @@ def test_every_row_is_served_by_a_node_exactly_once(tmp_path: Path) -> None:
 
 def test_the_rows_and_what_the_node_derives_from_them() -> None:
     roles = route_roles()
-    assert len(roles) == len(p.ENDPOINTS) == 24
+    assert len(roles) == len(p.ENDPOINTS) == 25
     # The roles the auth table held before it was derived (docs/security.md): unchanged.
     assert roles[("GET", "/health")] == roles[("GET", "/ready")] == "public"
     assert roles[("GET", "/status")] == roles[("GET", "/metrics")] == Role.READ
@@ -202,6 +202,7 @@ def test_the_rows_and_what_the_node_derives_from_them() -> None:
         roles[("GET", "/v1/kv/{key}")]
         == roles[("GET", "/v1/keys")]
         == roles[("GET", "/v1/stream")]
+        == roles[("GET", "/v1/watch")]
         == Role.READ
     )
     assert roles[("PUT", "/v1/kv/{key}")] == roles[("POST", "/v1/sessions/{id}/keepalive")] == Role.WRITE
@@ -210,7 +211,7 @@ def test_the_rows_and_what_the_node_derives_from_them() -> None:
     ops = [ep for ep in p.ENDPOINTS if ep.stream]
     assert [ep.name for ep in ops] == [
         "increment", "get", "set", "delete", "list", "lock_acquire", "lock_renew", "lock_release",
-        "lock_get", "session_open", "session_keepalive",
+        "lock_get", "watch", "session_open", "session_keepalive",
     ]  # fmt: skip
     api = object.__new__(Api)
     assert set(api.operations()) == {ep.name for ep in ops}

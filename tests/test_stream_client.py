@@ -20,7 +20,7 @@ async def test_every_node_route_maps_to_its_stream_op_with_the_decoded_name() ->
     app = web.Application()
     Api.install(object.__new__(Api), app)  # the node's routes, as a node registers them
     ops = [ep for ep in p.ENDPOINTS if ep.stream]
-    assert len(ops) == 11
+    assert len(ops) == 12
     for ep in ops:
         req = Request(ep, name if ep.param else "")
         match = await app.router.resolve(make_mocked_request(req.method, req.path, app=app))

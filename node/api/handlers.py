@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +27,7 @@ from raftstate.node.api import schema
 from raftstate.node.api.admission import check_room
 from raftstate.node.api.codec import error_response, read_body, respond
 from raftstate.node.api.schema import ApiLimits
+from raftstate.node.api.watch import WatchHub, WatchLimits, parse_query
 from raftstate.node.driver import OutcomeUnknown, ProposalLost, RaftDriver, ReadAborted
 from raftstate.node.errors import Refusal
 from raftstate.node.metrics import NodeMetrics
@@ -54,9 +55,11 @@ class Api:
         request_timeout_s: float = 5.0,
         extra_status: Callable[[], dict[str, Any]] = dict,
         read_barrier: Callable[[float], Awaitable[None]] | None = None,
+        watch: WatchLimits | None = None,
     ) -> None:
         """``read_barrier``: what makes a linearizable client read safe, ``(timeout_s) -> None``;
-        by default ReadIndex through the driver. Only a test hook passes another (node/test_hooks.py)."""
+        by default ReadIndex through the driver. Only a test hook passes another (node/test_hooks.py).
+        ``watch``: the watch settings (default: the defaults, with ``limits.max_key_bytes``)."""
         self.driver = driver
         self.metrics = metrics
         self.cluster_time = cluster_time
@@ -67,10 +70,20 @@ class Api:
         self._linearizable_read = read_barrier or self._read_barrier
         #: (applied index, sha256) of the last state digest (GET /status?digest=1)
         self._digest_cache: tuple[int, str] | None = None
+        #: parked watch polls and recent events (node/api/watch.py), fed by the driver
+        self.watch_limits = watch or WatchLimits(max_key_bytes=limits.max_key_bytes)
+        real = isinstance(driver, RaftDriver)  # tests/fake_cluster.py drives an Api without Raft
+        self.watch_hub = WatchHub(
+            driver, self.watch_limits, metrics, store_maintenance=driver.store_maintenance if real else None
+        )
+        if real:
+            driver.batch_listeners.append(self.watch_hub.on_batch)
 
     def install(self, app: web.Application) -> None:
         """Route the operations endpoints, every client operation and the leader transfer."""
         app.middlewares.append(_unknown_routes_as_errors)
+        app.cleanup_ctx.append(self._watch_lifetime)
+        app.on_shutdown.append(self._watch_shutdown)
         handlers: dict[p.Endpoint, Handler] = {
             p.HEALTH: self.health,
             p.READY: self.ready,
@@ -82,6 +95,13 @@ class Api:
             if ep.stream:
                 handlers[ep] = self._timed(ep.name, self._http(self.operation(ep), ep.param))
         add_routes(app, handlers)
+
+    async def _watch_lifetime(self, app: web.Application) -> AsyncIterator[None]:
+        async with self.watch_hub.running():
+            yield
+
+    async def _watch_shutdown(self, app: web.Application) -> None:
+        self.watch_hub.close()  # parked polls answer now: shutting down waits for none of them
 
     # ----------------------------------------------------------------- operations endpoints
 
@@ -206,6 +226,13 @@ class Api:
             "token": lk.token,
             "expires_at": to_seconds(lk.expires_at_ms),
         }
+
+    async def op_watch(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
+        """A long poll for the changes under a prefix (docs/watch.md). ``timeout`` is how long to
+        wait for one, not a request deadline; the start (no ``from``) takes a ReadIndex on the
+        leader within the node's request timeout."""
+        q = parse_query(query, self.watch_limits)
+        return await self.watch_hub.watch(q, lambda: self._linearizable_read(self.timeout_s))
 
     async def op_session_open(self, name: str, body: Any, query: Mapping[str, str]) -> Any:
         return await self._write(query, lambda: schema.open_session(body, self.limits))

@@ -36,6 +36,7 @@ from raftstate.node.state.commands import (
     SetKey,
     to_seconds,
 )
+from raftstate.node.state.history import History, body_of
 from raftstate.node.state.tables import StateTables
 
 __all__ = ["KeyStore", "Record", "pack_value"]
@@ -76,12 +77,16 @@ class Record:
 
 
 _UNDECODED: Final = object()
+#: the body of an event with no fields besides type, key and revision
+_EMPTY_BODY: Final = body_of({})
 
 
 class KeyStore:
-    def __init__(self, tables: StateTables) -> None:
+    def __init__(self, tables: StateTables, history: History | None = None) -> None:
+        """``history``: where apply records its events (docs/watch.md); None records none."""
         self._t = tables
         self._db = tables.conn
+        self._history = history
         self.count = int(tables.meta("key_count") or 0)
 
     def __len__(self) -> int:
@@ -156,13 +161,18 @@ class KeyStore:
             return {"version": rec.version, "created": False, "expires_at": to_seconds(rec.expires_at_ms)}
         self._check_version(op.key, rec, op.if_version)
         expires = now_ms + op.ttl_ms if op.ttl_ms is not None else op.expires_at_ms
-        self._put(op.key, pack_value(op.value), index, expires, new=stored is None)
+        raw = pack_value(op.value)
+        self._put(op.key, raw, index, expires, new=stored is None)
+        self._put_event(op.key, raw, index, expires)
         return {"version": index, "created": rec is None, "expires_at": to_seconds(expires)}
 
     def delete(self, now_ms: int, op: DeleteKey) -> dict[str, Any]:
         rec = self.live(op.key, now_ms)
         self._check_version(op.key, rec, op.if_version)
-        self._remove(op.key)  # also an expired one that the sweep has not reached yet
+        removed = self._remove(op.key)  # also an expired one that the sweep has not reached yet
+        if self._history is not None and removed:
+            # An expired row a reader already saw as absent: its removal is its expiry's event.
+            self._history.record("delete" if rec is not None else "expire", op.key, _EMPTY_BODY)
         return {"deleted": rec is not None}
 
     def increment(self, index: int, now_ms: int, op: Increment) -> dict[str, Any]:
@@ -191,7 +201,9 @@ class KeyStore:
             expires = op.expires_at_ms
         else:
             expires = rec.expires_at_ms if rec is not None else None
-        self._put(op.key, pack_value(new), index, expires, new=stored is None)
+        raw = pack_value(new)
+        self._put(op.key, raw, index, expires, new=stored is None)
+        self._put_event(op.key, raw, index, expires)
         return {"value": new, "version": index, "expires_at": to_seconds(expires)}
 
     def expire(self, keys: tuple[str, ...], now_ms: int) -> int:
@@ -203,6 +215,8 @@ class KeyStore:
                 (key.encode(), now_ms),
             )
             removed += cur.rowcount
+            if cur.rowcount and self._history is not None:
+                self._history.record("expire", key, _EMPTY_BODY)
         self.count -= removed
         return removed
 
@@ -254,9 +268,15 @@ class KeyStore:
         if new:
             self.count += 1
 
-    def _remove(self, key: str) -> None:
+    def _remove(self, key: str) -> int:
         self._t.begin()
-        self.count -= self._db.execute("DELETE FROM kv WHERE key = ?", (key.encode(),)).rowcount
+        removed: int = self._db.execute("DELETE FROM kv WHERE key = ?", (key.encode(),)).rowcount
+        self.count -= removed
+        return removed
+
+    def _put_event(self, key: str, raw: bytes, version: int, expires: int | None) -> None:
+        if self._history is not None:
+            self._history.record("put", key, body_of({"version": version, "expires_at": expires}, raw))
 
 
 def _prefix_end(prefix: bytes) -> bytes | None:

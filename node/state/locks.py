@@ -41,6 +41,7 @@ from raftstate.node.state.commands import (
     to_seconds,
 )
 from raftstate.node.state.expiry import ExpiryIndex
+from raftstate.node.state.history import History, body_of
 
 __all__ = ["Lock", "LockTable"]
 
@@ -60,7 +61,9 @@ class Lock:
 
 
 class LockTable:
-    def __init__(self) -> None:
+    def __init__(self, history: History | None = None) -> None:
+        """``history``: where apply records its events (docs/watch.md); None records none."""
+        self._history = history
         self.locks: dict[str, Lock] = {}
         self._expiry: ExpiryIndex[str] = ExpiryIndex(self._expiry_of)
         #: names changed since the last :meth:`take_dirty` (the store writes only those rows)
@@ -108,7 +111,13 @@ class LockTable:
             )
         # As for sessions: the API checks first, this deterministic check holds under concurrency.
         self.check_room(op.name, now_ms, op.max_locks)
+        stale = self.locks.get(op.name)
+        if stale is not None:  # an expired lease the sweep has not removed: its end comes first
+            self._event("lock_expire", op.name, {"token": stale.token})
         self._put(op.name, Lock(op.owner, index, now_ms + op.ttl_ms, op.ttl_ms))
+        self._event(
+            "lock_acquire", op.name, {"token": index, "owner": op.owner, "expires_at": now_ms + op.ttl_ms}
+        )
         return {"token": index, "expires_at": to_seconds(now_ms + op.ttl_ms)}
 
     def renew(self, now_ms: int, op: RenewLock) -> dict[str, Any]:
@@ -124,13 +133,16 @@ class LockTable:
     def release(self, now_ms: int, op: ReleaseLock) -> dict[str, Any]:
         lk = self.held(op.name, now_ms)
         if lk is None:
-            if self.locks.pop(op.name, None) is not None:  # an expired lease not swept yet
+            stale = self.locks.pop(op.name, None)
+            if stale is not None:  # an expired lease not swept yet
                 self._dirty.add(op.name)
+                self._event("lock_expire", op.name, {"token": stale.token})
             return {"released": False}
         if lk.token != op.token:
             raise self._lost(op.name, op.token, lk, f"release lock {op.name!r}")
         del self.locks[op.name]
         self._dirty.add(op.name)
+        self._event("lock_release", op.name, {"token": lk.token})
         return {"released": True}
 
     def check_fence(self, fence: Fence, key: str, now_ms: int) -> None:
@@ -149,6 +161,7 @@ class LockTable:
             if lk is not None and not lk.held_at(now_ms):
                 del self.locks[name]
                 self._dirty.add(name)
+                self._event("lock_expire", name, {"token": lk.token})
                 removed += 1
         return removed
 
@@ -184,6 +197,10 @@ class LockTable:
             name=name,
             token=token,
         )
+
+    def _event(self, type_: str, name: str, fields: dict[str, Any]) -> None:
+        if self._history is not None:
+            self._history.record(type_, name, body_of(fields))
 
     def _put(self, name: str, lk: Lock) -> None:
         self.locks[name] = lk

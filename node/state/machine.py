@@ -14,6 +14,7 @@ The state is split by concept, each module holding its own rules:
     locks.py         leases with fencing tokens
     sessions.py      exactly-once writes (remembered outcomes)
     expiry.py        the derived index the leader's sweep asks "what has expired by T?"
+    history.py       the events of every change, by revision (watch; not part of snapshots)
 
 Apply order for a command: decode → session admission (maybe the remembered outcome) → fence →
 the operation → remember the outcome in the session.
@@ -53,6 +54,7 @@ from raftstate.node.state.commands import (
     SetKey,
     decode,
 )
+from raftstate.node.state.history import History
 from raftstate.node.state.keys import KeyStore, Record
 from raftstate.node.state.locks import Lock, LockTable
 from raftstate.node.state.sessions import Outcome, SessionTable
@@ -82,8 +84,10 @@ class KVStateMachine:
     def reopen(self, tables: StateTables) -> None:
         """Take up the state stored in ``tables`` (at start, and after a new store was installed)."""
         self.tables = tables
-        self.keys = KeyStore(self.tables)
-        self.locks = LockTable()
+        #: the events apply records, in the same transactions (docs/watch.md)
+        self.history = History(self.tables)
+        self.keys = KeyStore(self.tables, self.history)
+        self.locks = LockTable(self.history)
         self.sessions = SessionTable()
         self.locks.restore([msgpack.unpackb(r, raw=False) for _, r in self.tables.read_rows("locks", "name")])
         self.sessions.restore(
@@ -104,6 +108,7 @@ class KVStateMachine:
         t.set_meta("applied_index", self.applied_index)
         t.set_meta("time_ms", self.time_ms)
         self.keys.save_count()
+        self.history.save()
         t.write_rows("locks", "name", ((n, _packed(r)) for n, r in self.locks.take_dirty()))
         t.write_rows("sessions", "id", ((i, _packed(r)) for i, r in self.sessions.take_dirty()))
         t.commit()
@@ -137,6 +142,7 @@ class KVStateMachine:
         self.tables.begin()
         self.applied_index = index
         self.time_ms = max(self.time_ms, time_ms)
+        self.history.at(index, self.time_ms)
 
     def _execute(self, index: int, now: int, cmd: Command) -> Outcome:
         try:
@@ -277,6 +283,7 @@ class KVStateMachine:
             self.keys.restore(body["keys"])
             self.locks.restore(body["locks"])
             self.sessions.restore(body["sessions"])
+        self.history.reset(self.applied_index)  # the events before the snapshot are not in it
         self.flush()
 
 
