@@ -105,6 +105,11 @@ class FakeCluster:
             )
             for nid in self.ids
         }
+        # One replicated state, so one watch hub (node/api/watch.py) for every node: it takes each
+        # applied entry's events from the state's history and wakes the polls they concern.
+        hub = self.nodes[self.ids[0]].watch_hub
+        for api in self.nodes.values():
+            api.watch_hub = hub
         #: called (node, request) before each request is handled (tests move the leader here)
         self.on_request: Callable[[str, Request], None] | None = None
 
@@ -178,6 +183,7 @@ class FakeCluster:
         ref = decode(data).session
         fresh = ref is not None and not self._remembers(ref.id, ref.seq)
         outcome = self.sm.apply(self.sm.applied_index + 1, self.now_ms(), data)
+        self.nodes[self.ids[0]].watch_hub.on_batch()
         if ref is not None and fresh and self._remembers(ref.id, ref.seq):
             self.applied[(ref.id, ref.seq)] += 1  # executed now, not a remembered outcome
         return outcome
@@ -241,8 +247,6 @@ class FakeCluster:
                 return Response(200, self.nodes[nid].driver.status())
             if not r.op.stream:
                 raise Refusal(p.INVALID_REQUEST, f"the fake cluster does not serve {r.describe()}")
-            if r.op == p.WATCH and not hasattr(self.nodes[nid], "op_watch"):
-                return Response(404, "no route (a node without watch)")
             body = {} if r.method == "GET" or r.body is None else r.body  # as the HTTP handler reads it
             return Response(200, await self.nodes[nid].operation(r.op)(r.name, body, r.query))
         except Refusal as err:
