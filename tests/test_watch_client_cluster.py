@@ -30,7 +30,10 @@ pytestmark = pytest.mark.cluster
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path_factory.mktemp("watch-cluster"), settings={"watch_history_events": 300})
+    c = LocalCluster(
+        tmp_path_factory.mktemp("watch-cluster"),
+        settings={"watch_history_events": 300, "watch_max_events": 100},
+    )
     c.start()
     c.wait_leader()
     yield c
