@@ -28,7 +28,6 @@ yielded (it advances on progress notifications too). To resume later elsewhere, 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -270,11 +269,14 @@ class Watch:
         """Stop polling. Iteration then ends (``StopAsyncIteration``)."""
         self._closed = True
         pump, self._pump = self._pump, None
-        if pump is not None and not pump.done():
+        # Cancel until it is done: asyncio.wait_for (in the transport) can swallow a cancellation
+        # that arrives as its answer does (Python < 3.12), and the pump would poll on. It also
+        # stops by itself at its next poll, seeing _closed.
+        while pump is not None and not pump.done():
             pump.cancel()
-        if pump is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pump
+            await asyncio.wait({pump}, timeout=0.1)
+        if pump is not None and not pump.cancelled():
+            pump.exception()  # retrieved: never logged as "exception was never retrieved"
         if self._queue.empty():  # wake a consumer waiting in __anext__: it then stops
             self._queue.put_nowait(_Done(self.revision or 0, False))
 
@@ -296,7 +298,7 @@ class Watch:
                 else:
                     self._cursor.next = await self._current_revision() + 1
             self._started.set()
-            while True:
+            while not self._closed:
                 await self._poll_once()
         except asyncio.CancelledError:
             raise
@@ -348,7 +350,7 @@ class Watch:
         c = self._client
         backoff = Backoff(self._rng, base_s=0.05, cap_s=1.0)
         avoid: str | None = None
-        while True:
+        while not self._closed:
             if c._closed:
                 raise ClientClosed("the client of this watch was closed")
             assert self._cursor.next is not None

@@ -287,3 +287,28 @@ class _NoWatch:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+class _SwallowsCancel(FakeHistory):
+    """A transport that, like asyncio.wait_for on Python < 3.12 when the answer and the cancel
+    arrive together, returns the answer instead of raising CancelledError."""
+
+    async def send(self, endpoint: str, request: Any, timeout_s: float) -> Any:
+        try:
+            return await super().send(endpoint, request, timeout_s)
+        except asyncio.CancelledError:
+            return await FakeHistory.send(self, endpoint, request, 0.05)
+
+
+async def test_close_ends_the_pump_even_if_a_cancellation_is_swallowed() -> None:
+    """Regression: close() awaited the cancelled pump, which polled on forever (the chaos of a
+    real cluster test hung here)."""
+    fh = _SwallowsCancel()
+    async with client(fh) as state:
+        w = Watch(state, "x:", 1, poll_s=0.2)
+        await w.started()
+        await asyncio.sleep(0.05)  # a poll is parked
+        await asyncio.wait_for(w.close(), 3)
+        polls = len(fh.polls)
+        await asyncio.sleep(0.5)
+        assert len(fh.polls) == polls

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import pytest
 
 from raftstate.client import AsyncClient, Compacted, Event, Snapshot, Watch, _waiter
-from raftstate.node.ops.local_cluster import LocalCluster
+from raftstate.node.ops.local_cluster import LocalCluster, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -42,9 +42,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 @pytest.fixture
 def healthy(cluster: LocalCluster) -> LocalCluster:
+    """Every node running and answering (restart what a previous test killed), a leader elected."""
     for nid in cluster.ids:
         if not cluster.alive(nid):
             cluster.start(nid)
+    for nid in cluster.ids:
+        wait_until(lambda n=nid: cluster.status(n), 30, f"node {nid} to answer")  # type: ignore[misc]
     cluster.wait_leader()
     return cluster
 
