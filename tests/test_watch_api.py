@@ -5,6 +5,7 @@ Writes go through the same Api functions the HTTP routes call."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from raftstate.node.driver import DriverSettings, RaftDriver
 from raftstate.node.errors import Refusal
 from raftstate.node.metrics import NodeMetrics
 from raftstate.node.runtime.cluster_time import ClusterTime
+from raftstate.node.state.machine import KVStateMachine
+from raftstate.node.state.tables import StateTables
 from raftstate.node.storage.store import MemoryStorage
 from raftstate.raft import Membership, Message, Role
 
@@ -238,6 +241,8 @@ async def test_the_hub_wakes_only_the_polls_whose_prefix_matches(node: Node) -> 
     polls = {p_: asyncio.create_task(hub.watch(q[p_], _no_barrier)) for p_ in prefixes}
     await asyncio.sleep(0.2)
     assert all(not t.done() for t in polls.values())
+    # 1,003 parked polls in 4 buckets by prefix length: an event costs 4 dict lookups, not 1,003.
+    assert sorted(hub._by_len) == [0, 2, 6, 7] and len(hub._by_len[6]) == 1000
     await node.put("p0500:xyz", 1)
     await asyncio.sleep(0.1)
     woke = {p_ for p_, t in polls.items() if t.done()}
@@ -278,6 +283,8 @@ def test_limit_and_timeout_above_the_maximum_are_reduced_to_it() -> None:
     q = parse_query({"limit": "100000", "timeout": "3600", "from": "5"}, LIMITS)
     assert (q.limit, q.wait_s, q.from_rev) == (LIMITS.max_events, LIMITS.max_wait_s, 5)
     assert parse_query({}, LIMITS).wait_s == 5  # the default 10 s, capped by this node's maximum
+    assert parse_query({}, LIMITS).limit == 50  # the default 1000, capped likewise
+    assert parse_query({}, WatchLimits(max_events=5000)).limit == 1000  # a higher maximum: still 1000
 
 
 def test_unknown_parameters_and_long_prefixes_are_refused() -> None:
@@ -348,3 +355,28 @@ async def test_metrics_count_parked_polls_delivered_events_and_history(node: Nod
     assert float(values["raftstate_watch_history_oldest_revision"]) == 1
     node.api.watch_hub.close()
     await poll
+
+
+async def test_a_store_installed_from_the_leader_brings_its_history_and_the_ring_starts_over(
+    node: Node,
+) -> None:
+    start = node.driver.sm.applied_index + 1
+    versions = [await node.put(f"inst:{i}", i) for i in range(6)]
+    status, body = await node.watch(prefix="inst:", **{"from": start})
+    assert [e["revision"] for e in body["events"]] == versions  # served from the ring
+    # A copy of "the leader's" store: the same state, its history pruned up to versions[2].
+    copy = sqlite3.connect(":memory:", check_same_thread=False)
+    node.driver.sm.flush()
+    node.driver.sm.tables.conn.backup(copy)
+    leader = KVStateMachine(StateTables(copy))
+    while leader.history.oldest <= versions[2]:
+        leader.history.prune_step(0, 1 << 30, 0, batch_rows=1)
+    leader.flush()
+    node.driver.sm.reopen(StateTables(copy))  # what installing a received store does
+    status, body = await node.watch(prefix="inst:", **{"from": start})
+    assert status == 410 and body["error"]["oldest"] == leader.history.oldest  # oldest follows
+    status, body = await node.watch(prefix="inst:", **{"from": leader.history.oldest})
+    assert [e["revision"] for e in body["events"]] == versions[3:]  # the copy's history, not the ring
+    v = await node.put("inst:new", 1)
+    status, body = await node.watch(prefix="inst:", **{"from": versions[-1] + 1})
+    assert [e["revision"] for e in body["events"]] == [v]

@@ -147,3 +147,28 @@ def _serves(c: LocalCluster, nid: str) -> bool:
         return True
     except (OSError, HttpError, ValueError):
         return False
+
+
+def test_a_node_prunes_its_history_to_the_settings_and_answers_compacted(tmp_path: Path) -> None:
+    settings = {"watch_max_events": 10, "watch_history_events": 20}
+    with LocalCluster(tmp_path, n=1, settings=settings) as c:
+        c.start()
+        c.wait_leader(30)
+        versions = [c.put_retry(f"prune:{i}", i)["version"] for i in range(60)]
+
+        def compacted() -> dict[str, Any] | None:
+            try:
+                watch(c, "n1", "prune:", 1, timeout=0)
+            except HttpError as exc:
+                if exc.code == "compacted" and exc.body["error"]["oldest"] >= versions[-1] - 19:
+                    err: dict[str, Any] = exc.body["error"]
+                    return err
+                if exc.code != "compacted":
+                    raise
+            return None
+
+        err = wait_until(compacted, 20, "the history pruned to at most 20 events")
+        oldest = err["oldest"]
+        assert versions[-1] - 19 <= oldest <= versions[-1]
+        revs, _ = collect(c, "n1", "prune:", oldest, until=versions[-1])
+        assert revs == [v for v in versions if v >= oldest]  # everything from oldest on, in order

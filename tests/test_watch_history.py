@@ -26,7 +26,7 @@ from raftstate.node.state.commands import (
     SetKey,
     encode,
 )
-from raftstate.node.state.history import Event
+from raftstate.node.state.history import Event, body_of, put_body
 from raftstate.node.state.machine import KVStateMachine
 from raftstate.node.state.tables import StateTables
 
@@ -286,12 +286,44 @@ def test_restoring_a_whole_state_snapshot_starts_history_after_it() -> None:
     assert [ev.revision for ev in dst.sm.history.scan_all()] == [5]
 
 
-def test_take_new_hands_each_event_once_in_order() -> None:
+def test_take_new_hands_each_event_once_in_order_once_someone_takes_them() -> None:
     log = Log()
+    log.do(SetKey("before", 0))
+    assert log.sm.history.take_new() == []  # nobody took events yet: none were held in memory
     log.do(SetKey("a", 1))
     log.noop()
     log.do(SetKey("b", 2))
     got = log.sm.history.take_new()
-    assert [(ev.revision, ev.key) for ev in got] == [(1, "a"), (3, "b")]
+    assert [(ev.revision, ev.key) for ev in got] == [(2, "a"), (4, "b")]
     assert log.sm.history.take_new() == []
     assert isinstance(got[0], Event) and msgpack.unpackb(got[0].body)["value"] == 1
+
+
+def test_the_fast_put_body_is_the_same_bytes_as_the_general_one() -> None:
+    raw = msgpack.packb({"a": [1, 2]}, use_bin_type=True)
+    for version, expires in ((1, None), (2**40, T0), (127, 0)):
+        assert put_body(raw, version, expires) == body_of({"version": version, "expires_at": expires}, raw)
+
+
+def test_replicas_applying_the_same_log_record_the_same_history() -> None:
+    ops: list[tuple[Operation, int]] = [
+        (SetKey("a", 1, ttl_ms=50), T0),
+        (AcquireLock("L", "w", 50), T0),
+        (Increment("n", 3), T0 + 1),
+        (SetKey("a", 2, if_version=99), T0 + 2),  # refused
+        (Expire(keys=("a",), locks=("L",)), T0 + 100),
+        (DeleteKey("n"), T0 + 101),
+    ]
+    replicas = [Log(), Log()]
+    for log in replicas:
+        for op, t in ops:
+            log.do(op, t)
+    a, b = (list(log.sm.history.scan_all()) for log in replicas)
+    assert a == b and [ev.type for ev in a] == [
+        "put",
+        "lock_acquire",
+        "put",
+        "expire",
+        "lock_expire",
+        "delete",
+    ]

@@ -49,6 +49,8 @@ log = logging.getLogger("raftstate.node.api.watch")
 
 #: ``timeout`` of a poll when the request gives none (seconds)
 DEFAULT_WAIT_S: Final = 10.0
+#: ``limit`` of a poll when the request gives none (events)
+DEFAULT_LIMIT: Final = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +118,7 @@ def parse_query(query: Mapping[str, str], lim: WatchLimits) -> WatchQuery:
             limit=lim.max_key_bytes,
         )
     from_rev = _whole(query, "from", what, 1) if "from" in query else None
-    limit = min(_whole(query, "limit", what, 1), lim.max_events) if "limit" in query else lim.max_events
+    limit = min(_whole(query, "limit", what, 1) if "limit" in query else DEFAULT_LIMIT, lim.max_events)
     text = query.get("timeout")
     wait = DEFAULT_WAIT_S
     if text is not None:
@@ -189,7 +191,7 @@ class WatchHub:
         self._ring_max = min(limits.ring_events, limits.history_events)
         #: the history (and its generation) the ring was filled from: a new store, or a snapshot
         #: taken up, starts the ring over (None: not filled yet; the driver is not read before)
-        self._source: tuple[int, int] | None = None
+        self._source: tuple[History, int] | None = None
         #: prefix length -> prefix -> polls parked on it
         self._by_len: dict[int, dict[str, set[_Poll]]] = {}
         #: (from revision, n, poll): polls waiting for this node to apply that far
@@ -265,12 +267,11 @@ class WatchHub:
     def _sync(self) -> list[Event]:
         """Bring the ring up to the applied index; returns the events added."""
         history: History = self.driver.sm.history
-        source = self._source_of(history)
         new = history.take_new()
-        if source != self._source:
+        if self._source is None or self._source[0] is not history or self._source[1] != history.generation:
             # A received store was installed, or a whole-state snapshot taken up: the ring's events
             # belong to the history that was replaced. Start over; wake every poll to re-check.
-            self._source = source
+            self._source = (history, history.generation)  # held: an id() could be reused
             self._ring.clear()
             self._ring_revs.clear()
             self._ring_from = new[0].revision if new else self.driver.sm.applied_index + 1
@@ -280,10 +281,6 @@ class WatchHub:
         if len(self._ring) > self._ring_max + self._ring_max // 4:
             self._trim()
         return new
-
-    @staticmethod
-    def _source_of(history: History) -> tuple[int, int]:
-        return id(history), history.generation
 
     def _trim(self) -> None:
         """Drop the oldest whole revisions down to at most ``_ring_max`` events."""

@@ -33,7 +33,7 @@ import msgpack
 
 from raftstate.node.state.tables import StateTables
 
-__all__ = ["EVENT_TYPES", "Event", "History", "Page", "prefix_end"]
+__all__ = ["EVENT_TYPES", "Event", "History", "Page", "body_of", "prefix_end", "put_body"]
 
 #: every event type and what makes it (docs/watch.md has the table)
 EVENT_TYPES: Final = ("put", "delete", "expire", "lock_acquire", "lock_release", "lock_expire")
@@ -90,12 +90,28 @@ def body_of(fields: dict[str, Any], raw_value: bytes | None = None) -> bytes:
     return bytes(out)
 
 
+#: the fixed parts of a put's body: {"value": <raw>, "version": v, "expires_at": e} as msgpack
+_PUT_HEAD: Final = _PACKER.pack_map_header(3) + _PACKER.pack("value")
+_PUT_VERSION: Final = _PACKER.pack("version")
+_PUT_EXPIRES: Final = _PACKER.pack("expires_at")
+
+
+def put_body(raw_value: bytes, version: int, expires_at: int | None) -> bytes:
+    """``body_of({"version": version, "expires_at": expires_at}, raw_value)``, made faster: every
+    write makes one (the same bytes; a test holds them equal)."""
+    return b"".join(
+        (_PUT_HEAD, raw_value, _PUT_VERSION, _PACKER.pack(version), _PUT_EXPIRES, _PACKER.pack(expires_at))
+    )
+
+
 class History:
     """The ``history`` table of one store: written by apply (one thread), read by the watch API."""
 
     def __init__(self, tables: StateTables) -> None:
         self._t = tables
         self._db = tables.conn
+        #: rows recorded but not yet inserted (:meth:`save`; every read inserts them first)
+        self._pending: list[tuple[int, int, bytes, str, bytes, int]] = []
         self._db.execute(_SCHEMA)  # a store from before watch gets the table when it is opened
         applied = int(tables.meta("applied_index") or 0)
         oldest = tables.meta("history_oldest")
@@ -112,8 +128,11 @@ class History:
             self.oldest = int(oldest)
             self.events = int(tables.meta("history_events") or 0)
             self.bytes = int(tables.meta("history_bytes") or 0)
-        #: events applied since the last :meth:`take_new` (the watch hub's feed), in order
+        #: events applied since the last :meth:`take_new` (the watch hub's feed), in order; kept
+        #: only once someone takes them (a state machine without a watch hub holds none)
         self._new: list[Event] = []
+        self.feeding = False
+
         #: the entry being applied (:meth:`at`): its index is the revision of what it changes
         self._revision = applied
         self._time_ms = 0
@@ -132,30 +151,41 @@ class History:
         self._revision, self._time_ms, self._seq = index, time_ms, -1
 
     def record(self, type_: str, key: str, body: bytes) -> None:
-        """One event of the entry being applied (events of one entry come in apply order)."""
+        """One event of the entry being applied (events of one entry come in apply order). The row
+        is inserted with the batch's other rows at :meth:`save` (one ``executemany``: a third of
+        the cost of a statement per event), in the same transaction as the change."""
         if not self.enabled:
             return
         assert type_ in EVENT_TYPES, type_
         assert self._revision >= self.oldest, f"history: revision {self._revision} below oldest {self.oldest}"
         self._seq += 1
-        ev = Event(self._revision, self._seq, key, type_, body, self._time_ms)
-        self._t.begin()
-        self._db.execute(
-            "INSERT INTO history(revision, seq, key, type, body, time_ms) VALUES (?, ?, ?, ?, ?, ?)",
-            (ev.revision, ev.seq, key.encode(), type_, body, ev.time_ms),
-        )
+        kb = key.encode()
+        self._pending.append((self._revision, self._seq, kb, type_, body, self._time_ms))
         self.events += 1
-        self.bytes += ev.size
-        self._new.append(ev)
+        self.bytes += len(kb) + len(body)
+        if self.feeding:
+            self._new.append(Event(self._revision, self._seq, key, type_, body, self._time_ms))
 
     def save(self) -> None:
-        """Written with every commit (state/machine.py ``flush``)."""
+        """Written with every commit (state/machine.py ``flush``): the rows recorded since the last
+        save, and the meta values."""
+        self._write_pending()
         self._t.set_meta("history_oldest", self.oldest)
         self._t.set_meta("history_events", self.events)
         self._t.set_meta("history_bytes", self.bytes)
 
+    def _write_pending(self) -> None:
+        if self._pending:
+            self._t.begin()
+            self._db.executemany(
+                "INSERT INTO history(revision, seq, key, type, body, time_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                self._pending,
+            )
+            self._pending.clear()
+
     def take_new(self) -> list[Event]:
         """The events recorded since the last call (the watch hub's feed after each apply batch)."""
+        self.feeding = True
         out, self._new = self._new, []
         return out
 
@@ -163,6 +193,7 @@ class History:
         """Forget every event: the state was replaced by a whole-state snapshot at ``applied_index``
         (inside the caller's transaction); history starts after it."""
         self._t.begin()
+        self._pending.clear()
         self._db.execute("DELETE FROM history")
         self.oldest = applied_index + 1
         self._revision = applied_index
@@ -181,6 +212,7 @@ class History:
         history costs a bounded read: the page may then be empty, complete up to the last revision
         examined."""
         assert limit >= 1 and max_examined >= 1
+        self._write_pending()
         if from_rev > upto:
             return Page([], upto)
         low = prefix.encode()
@@ -207,6 +239,7 @@ class History:
 
     def scan_all(self) -> Iterator[Event]:
         """Every stored event in order (tests and tools)."""
+        self._write_pending()
         for rev, seq, key, type_, body, time_ms in self._db.execute(
             "SELECT revision, seq, key, type, body, time_ms FROM history ORDER BY revision, seq"
         ):
@@ -217,6 +250,7 @@ class History:
     def over(self, max_events: int, max_bytes: int, min_time_ms: int) -> bool:
         """Whether the history holds more than the retention allows (oldest rows too old, too many
         rows, or too many bytes)."""
+        self._write_pending()
         if self.events > max_events or self.bytes > max_bytes:
             return True
         row = self._db.execute("SELECT time_ms FROM history ORDER BY revision, seq LIMIT 1").fetchone()
@@ -230,7 +264,11 @@ class History:
             return 0
         # Where a batch of rows ends; revisions below it go whole.
         first = self._db.execute("SELECT revision FROM history ORDER BY revision, seq LIMIT 1").fetchone()
-        assert first is not None, "over retention with an empty table"
+        if first is None:  # counts that disagree with an empty table (never expected): trust the table
+            self._t.begin()
+            self.events = self.bytes = 0
+            self.save()
+            return 0
         cut_row = self._db.execute(
             "SELECT revision FROM history ORDER BY revision, seq LIMIT 1 OFFSET ?", (batch_rows,)
         ).fetchone()

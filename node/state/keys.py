@@ -36,7 +36,7 @@ from raftstate.node.state.commands import (
     SetKey,
     to_seconds,
 )
-from raftstate.node.state.history import History, body_of
+from raftstate.node.state.history import History, body_of, put_body
 from raftstate.node.state.tables import StateTables
 
 __all__ = ["KeyStore", "Record", "pack_value"]
@@ -276,7 +276,7 @@ class KeyStore:
 
     def _put_event(self, key: str, raw: bytes, version: int, expires: int | None) -> None:
         if self._history is not None:
-            self._history.record("put", key, body_of({"version": version, "expires_at": expires}, raw))
+            self._history.record("put", key, put_body(raw, version, expires))
 
 
 def _prefix_end(prefix: bytes) -> bytes | None:
