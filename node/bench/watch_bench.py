@@ -46,9 +46,12 @@ def run_watch_bench(args: argparse.Namespace, loadgen_cmd: LoadgenCmd, run_loadg
         pid = c.procs[leader].pid
 
         def load(run: str) -> dict[str, Any]:
+            cpu0, t0 = _cpu_s(pid), time.monotonic()
             res = run_loadgen(loadgen_cmd("raftstate-stream", endpoints, "put", conc, args, run))
+            res["leader_cpu_share"] = (_cpu_s(pid) - cpu0) / (time.monotonic() - t0)
             print(
-                f"  {run:12} put c={conc} {res['ops_per_s']:8.0f} ops/s  p99 {res['p99'] or 0:6.1f} ms",
+                f"  {run:12} put c={conc} {res['ops_per_s']:8.0f} ops/s  p99 {res['p99'] or 0:6.1f} ms  "
+                f"leader CPU {res['leader_cpu_share']:.0%} of a core",
                 flush=True,
             )
             return res
@@ -117,10 +120,17 @@ def run_watch_bench(args: argparse.Namespace, loadgen_cmd: LoadgenCmd, run_loadg
         f"  leader RssAnon {rss_before:.1f} → {rss_parked:.1f} MB with the watchers parked: "
         f"{per_watcher_kb:.1f} KB per watcher"
     )
+    print(f"  the watchers' process used {w['cpu_s']:.1f} s of CPU in {w['wall_s']:.1f} s (same machine)")
     print(f"  load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
         args.json.write_text(json.dumps(doc, indent=1))
     return 0
+
+
+def _cpu_s(pid: int) -> float:
+    """utime + stime of a process, in seconds (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_ready(p: subprocess.Popen[str]) -> None:

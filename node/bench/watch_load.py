@@ -88,6 +88,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "latency_from_sent_ms": {k: from_sent[k] for k in ("p50", "p99", "p999")},
         "latency_from_acked_ms": {k: from_acked[k] for k in ("p50", "p99", "p999")},
         "probe_write_ms": {k: percentiles(writes)[k] for k in ("p50", "p99")},
+        "cpu_s": time.process_time(),
+        "wall_s": time.monotonic() - started,
     }
 
 
