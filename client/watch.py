@@ -355,10 +355,13 @@ class Watch:
                 raise ClientClosed("the client of this watch was closed")
             assert self._cursor.next is not None
             node = self._pick_node(avoid)
+            # Jittered: watches started together would otherwise all time out together, every
+            # poll_s, and their empty answers and next polls reach the node in one burst.
+            wait_s = round(self._poll_s * self._rng.uniform(0.7, 1.0), 3)
             query = {
                 "prefix": self.prefix,
                 "from": str(self._cursor.next),
-                "timeout": f"{self._poll_s:g}",
+                "timeout": f"{wait_s:g}",
                 "limit": str(DEFAULT_LIMIT),
             }
             request = Request(p.WATCH, "", None, query)
