@@ -232,6 +232,7 @@ def main() -> int:
     wg = ap.add_argument_group("--watchers: N watchers on the leader while put runs")
     wg.add_argument("--watchers", type=int, metavar="N", help="write rate with/without N watchers; latency")
     wg.add_argument("--watch-connections", type=int, default=10, help="client connections the watchers share")
+    wg.add_argument("--watch-poll-s", type=float, default=5.0, help="each watch poll's wait (default 5)")
     mk = ap.add_argument_group("--markers: random webhook markers through the client library")
     mk.add_argument("--markers", type=int, metavar="KEYS", help="write KEYS random markers, a row per --step")
     mk.add_argument("--step", type=int, default=500_000, help="keys per row (default 500000)")

@@ -73,6 +73,8 @@ def run_watch_bench(args: argparse.Namespace, loadgen_cmd: LoadgenCmd, run_loadg
                 str(conns),
                 "--duration",
                 str(args.duration + args.warmup + 4),
+                "--poll-s",
+                str(args.watch_poll_s),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -98,6 +100,7 @@ def run_watch_bench(args: argparse.Namespace, loadgen_cmd: LoadgenCmd, run_loadg
         "watchers": n,
         "connections": conns,
         "concurrency": conc,
+        "poll_s": args.watch_poll_s,
         "alone_before": a["ops_per_s"],
         "with_watchers": b["ops_per_s"],
         "alone_after": cc["ops_per_s"],
@@ -110,7 +113,10 @@ def run_watch_bench(args: argparse.Namespace, loadgen_cmd: LoadgenCmd, run_loadg
     }
     ls, la = w["latency_from_sent_ms"], w["latency_from_acked_ms"]
     print()
-    print(f"watch bench: {n} watchers on the leader over {conns} connections, put at c={conc}")
+    print(
+        f"watch bench: {n} watchers on the leader over {conns} connections (poll wait "
+        f"{args.watch_poll_s:g} s), put at c={conc}"
+    )
     print(f"  write rate alone {a['ops_per_s']:.0f} / {cc['ops_per_s']:.0f} ops/s (before/after), ", end="")
     print(f"with watchers {b['ops_per_s']:.0f} ops/s: {ratio:.0%} (target >= 85%)")
     print(f"  delivery, write sent → watcher:  p50 {ls['p50'] or 0:.1f} ms  p99 {ls['p99'] or 0:.1f} ms")

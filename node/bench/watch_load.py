@@ -48,7 +48,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     started = time.monotonic()
     for i in range(args.watchers):
-        w = clients[i % len(clients)].watch(f"wb:{i}:", node=node)
+        w = Watch(clients[i % len(clients)], f"wb:{i}:", None, node=node, poll_s=args.poll_s)
         watches.append(w)
     await asyncio.gather(*(w.started() for w in watches))
     start_s = time.monotonic() - started
@@ -100,6 +100,7 @@ def main() -> int:
     ap.add_argument("--watchers", type=int, default=1000)
     ap.add_argument("--connections", type=int, default=10)
     ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--poll-s", type=float, default=5.0, help="each poll's wait (the progress interval)")
     ap.add_argument("--probe-rate", type=float, default=20.0, help="probe writes per second")
     args = ap.parse_args()
     print(json.dumps(asyncio.run(run(args))))
