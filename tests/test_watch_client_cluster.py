@@ -115,7 +115,9 @@ async def test_the_polled_node_dies_or_stops_and_the_watch_resumes_elsewhere(
     revs = [e.revision for e in got]
     assert revs == sorted(written), "a gap, a duplicate or a reordering across the failover"
     assert [e.value for e in got] == [written[r] for r in revs]
-    assert len(set(w.nodes_used)) >= 2 and w.nodes_used[0] == node, w.nodes_used
+    # The events after the fault came from another node (the victim may not have answered any poll
+    # before it: a node restarted by the previous test can still be catching up).
+    assert w.nodes_used and w.nodes_used[-1] != node, (node, w.nodes_used)
 
 
 async def test_lock_and_once_waiters_are_woken_by_the_event_not_by_the_poll(
