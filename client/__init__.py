@@ -15,6 +15,7 @@ from raftstate.client.async_client import AsyncClient
 from raftstate.client.errors import (
     AuthError,
     ClientClosed,
+    Compacted,
     ConnectFailed,
     InvalidRequest,
     LimitExceeded,
@@ -34,6 +35,7 @@ from raftstate.client.errors import (
     WrongType,
 )
 from raftstate.client.sync_client import Client, SyncLock
+from raftstate.client.watch import Event, Progress, Snapshot, Watch
 
 __all__ = [
     "AiohttpTransport",
@@ -41,9 +43,11 @@ __all__ = [
     "AuthError",
     "Client",
     "ClientClosed",
+    "Compacted",
     "ConnectFailed",
     "Consistency",
     "Entry",
+    "Event",
     "Fence",
     "InvalidRequest",
     "LimitExceeded",
@@ -55,17 +59,20 @@ __all__ = [
     "NotFound",
     "OutcomeUnknown",
     "Overflow",
+    "Progress",
     "RaftStateError",
     "Request",
     "Response",
     "ResponseLost",
     "ServerError",
     "SessionExpired",
+    "Snapshot",
     "SyncLock",
     "TooLarge",
     "Transport",
     "TransportError",
     "Unavailable",
     "VersionMismatch",
+    "Watch",
     "WrongType",
 ]

@@ -14,10 +14,11 @@ The key moves through three states (the value is a small marker map)::
        └──── ttl passed ◄───────────────────────────────────────────────────────────────────┘
 
 - The claimer renews its claim every claim_ttl/3 while the body runs, so a long body keeps it.
-- A caller that finds the key *running* waits (polling with backoff, at most ``wait`` seconds —
-  None: until it resolves) for it to become done (→ ``first_time`` False) or absent (→ it claims
-  and runs the body itself). After ``wait`` it gets LockHeld: answer the webhook with an error
-  (e.g. HTTP 409) and let the sender retry later — NOT a 200, because the first worker may still fail.
+- A caller that finds the key *running* waits (woken by the key's watch event, client/_waiter.py;
+  at most ``wait`` seconds — None: until it resolves) for it to become done (→ ``first_time``
+  False) or absent (→ it claims and runs the body itself). After ``wait`` it gets LockHeld:
+  answer the webhook with an error (e.g. HTTP 409) and let the sender retry later — NOT a 200,
+  because the first worker may still fail.
 - A caller that finds the key *done* gets False at once; so does one that finds a value that
   once() did not write (the key is taken).
 
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from raftstate.client._lock import MARGIN_SHARE, RENEW_SHARE
 from raftstate.client._retry import Backoff, Deadline
+from raftstate.client._waiter import KEY_CHANGED, ChangeWaiter
 from raftstate.client.errors import ClientClosed, LockHeld, LockLost, OutcomeUnknown, RaftStateError
 
 if TYPE_CHECKING:
@@ -90,6 +92,14 @@ class OnceContext:
         c = self._client
         wait = None if self._wait_s is None else Deadline.after(self._wait_s, c._clock)
         backoff = Backoff(c._rng, base_s=0.05, cap_s=max(0.05, min(1.0, self._claim_ttl_s / 4)))
+        waiter = ChangeWaiter(c, self._key, KEY_CHANGED, backoff)  # woken by the key's change
+        try:
+            return await self._claim_or_wait(wait, waiter)
+        finally:
+            await waiter.close()
+
+    async def _claim_or_wait(self, wait: Deadline | None, waiter: ChangeWaiter) -> bool:
+        c = self._client
         while True:
             sent_at = c._clock()
             try:
@@ -113,17 +123,17 @@ class OnceContext:
             if marker_state(entry.value) == DONE:
                 return False
             holder = entry.value.get("owner") if isinstance(entry.value, dict) else None
-            delay = backoff.next_delay()
-            if wait is not None:
-                if wait.remaining() <= 0:
-                    raise LockHeld(
-                        f"once key {self._key!r} is being run by {holder or 'another worker'} "
-                        f"(claim expires at {entry.expires_at}); gave up after waiting {self._wait_s:g}s "
-                        "— retry later",
-                        details={"key": self._key, "owner": holder},
-                    )
-                delay = min(delay, wait.remaining())
-            await asyncio.sleep(delay)
+            if wait is not None and wait.remaining() <= 0:
+                raise LockHeld(
+                    f"once key {self._key!r} is being run by {holder or 'another worker'} "
+                    f"(claim expires at {entry.expires_at}); gave up after waiting {self._wait_s:g}s "
+                    "— retry later",
+                    details={"key": self._key, "owner": holder},
+                )
+            if not waiter.started:
+                await waiter.start()
+                continue  # a change between the read and the watch's start: look again now
+            await waiter.wait(None if wait is None else wait.remaining())
 
     # ----------------------------------------------------------------- exit: mark done or release
 

@@ -47,6 +47,7 @@ from raftstate.client._session import Registration, SessionManager, Ticket
 from raftstate.client._time import Ttl, When, expiry_fields, from_epoch, ttl_seconds
 from raftstate.client._transport import Request, Response, Transport
 from raftstate.client._types import Consistency, Entry, Fence, LockInfo, LockLease
+from raftstate.client._waiter import LOCK_GONE, ChangeWaiter
 from raftstate.client.config import client_args
 from raftstate.client.errors import (
     ClientClosed,
@@ -64,6 +65,7 @@ from raftstate.client.errors import (
     error_from_body,
 )
 from raftstate.client.stream import StreamingTransport
+from raftstate.client.watch import Watch
 
 __all__ = ["AsyncClient"]
 
@@ -401,6 +403,27 @@ class AsyncClient:
                 return
             after = nxt
 
+    # ================================================================= watch
+
+    def watch(
+        self,
+        prefix: str,
+        start_revision: int | None = None,
+        *,
+        progress: bool = False,
+        relist: bool = False,
+        node: str | None = None,
+    ) -> Watch:
+        """``async for event in state.watch("imports:42:")``: every change under ``prefix`` in revision
+        order (docs/watch.md). Without ``start_revision``, from the next change after the call (a
+        linearizable start on the leader); with one, history is replayed from it first. Polls any
+        node (``node``: start on this one) and resumes on another after a failure, without a gap or
+        a duplicate. ``progress=True`` also yields Progress(revision) when a poll ends empty;
+        ``relist=True`` yields a Snapshot of the prefix first (and again when the history a resume
+        needs is gone) instead of raising Compacted. Close it (``async with``) to stop polling."""
+        self._check_open()
+        return Watch(self, prefix, start_revision, progress=progress, relist=relist, node=node)
+
     # ================================================================= locks
 
     def lock(
@@ -556,25 +579,30 @@ class AsyncClient:
     async def _acquire_and_renew(
         self, name: str, ttl_s: float, wait_s: float | None, owner: str | None
     ) -> Lock:
-        """Acquire, polling with jittered backoff while someone else holds it, then start renewing."""
+        """Acquire — while someone else holds it, wait for its release/expiry event (client/_waiter.py:
+        a slow poll as safety net; jittered polling on a cluster without watch) — then start renewing."""
         wait = None if wait_s is None else Deadline.after(wait_s, self._clock)
         backoff = Backoff(self._rng, base_s=0.05, cap_s=max(0.05, min(1.0, ttl_s / 2)))
-        while True:
-            try:
-                lease, started = await self._acquire(name, ttl_s, owner, None)
-                break
-            except LockHeld as held:
-                delay = backoff.next_delay()
-                if wait is not None:
-                    if wait.remaining() <= 0:
+        waiter = ChangeWaiter(self, name, LOCK_GONE, backoff)  # woken by the release (_waiter.py)
+        try:
+            while True:
+                try:
+                    lease, started = await self._acquire(name, ttl_s, owner, None)
+                    break
+                except LockHeld as held:
+                    if wait is not None and wait.remaining() <= 0:
                         raise LockHeld(
                             f"lock {name!r} is held by {held.owner or 'someone else'} "
                             f"(until {held.expires_at}); gave up after waiting {wait_s:g}s",
                             node=held.node,
                             details=held.details,
                         ) from held
-                    delay = min(delay, wait.remaining())
-                await asyncio.sleep(delay)
+                    if not waiter.started:
+                        await waiter.start()
+                        continue  # a release between the refusal and the watch's start: try now
+                    await waiter.wait(None if wait is None else wait.remaining())
+        finally:
+            await waiter.close()
         lock = Lock(self, lease, ttl_s, started, self._clock)
         lock._start_renewing()
         return lock

@@ -53,6 +53,7 @@ from raftstate.client.cli_options import (
     target_of,
     timeout_of,
 )
+from raftstate.client.cli_watch import add_watch_command
 from raftstate.client.config import TOKEN_ENV
 from raftstate.client.errors import InvalidRequest, RaftStateError, VersionMismatch
 from raftstate.client.sync_client import Client
@@ -113,7 +114,7 @@ def add_client_commands(subparsers: Subparsers) -> None:
         help="run CMD (everything after --run) while holding the lock, renewing it; must come last. "
         "CMD gets RAFTSTATE_LOCK_NAME and RAFTSTATE_LOCK_TOKEN",
     )
-    # One more command module: its add_commands(subparsers) here, e.g. `cli_watch.add_commands(subparsers)`.
+    add_watch_command(command)  # `raftstate watch PREFIX` (client/cli_watch.py)
 
 
 def run_client_command(args: argparse.Namespace, client: Client | None = None) -> int:

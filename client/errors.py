@@ -10,6 +10,7 @@
     ├── LockHeld            someone else holds the lock (or the once() claim); ``owner``, ``expires_at``
     ├── LockLost            a fenced write, renew or release whose token no longer holds the lock
     ├── NotFound            a lock or session that does not exist (a missing key is None, not an error)
+    ├── Compacted           a watch asked for history older than the node keeps; ``oldest``, ``revision``
     ├── InvalidRequest      also a ValueError: a malformed request, refused locally or by the node
     │   └── TooLarge        a key, value or request over the cluster's limit; ``limit`` in bytes
     ├── AuthError           401 unauthorized (no/unknown token) or 403 forbidden (role too weak)
@@ -46,6 +47,7 @@ from raftstate.client import protocol as p
 __all__ = [
     "AuthError",
     "ClientClosed",
+    "Compacted",
     "ConnectFailed",
     "InvalidRequest",
     "LimitExceeded",
@@ -212,6 +214,25 @@ class NotFound(RaftStateError):
     default_code = p.NOT_FOUND
 
 
+class Compacted(RaftStateError):
+    """A watch asked for history the node no longer keeps (docs/watch.md). Re-list the prefix and
+    watch again from the listing's revision + 1 — or pass ``relist=True`` to ``watch()``."""
+
+    default_code = p.COMPACTED
+
+    @property
+    def oldest(self) -> int | None:
+        """The oldest revision the node still keeps."""
+        v = self.details.get("oldest")
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+    @property
+    def revision(self) -> int | None:
+        """The node's current revision when it answered."""
+        v = self.details.get("revision")
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
 class InvalidRequest(RaftStateError, ValueError):
     """The request is malformed: a bad argument caught locally (``code`` None) or refused by the
     node (``invalid_request``). The message names the field."""
@@ -307,6 +328,7 @@ ERROR_OF_CODE: Final[dict[str, type[RaftStateError]]] = {
     p.TOO_MANY_LOCKS: LimitExceeded,
     p.REQUEST_TIMEOUT: Unavailable,  # the body arrived too slowly: not applied, safe to retry
     p.INTERNAL: ServerError,
+    p.COMPACTED: Compacted,
 }
 
 

@@ -24,6 +24,7 @@ from raftstate.client._types import Consistency, Entry, Fence, LockInfo, LockLea
 from raftstate.client.async_client import AsyncClient
 from raftstate.client.config import client_args
 from raftstate.client.errors import ClientClosed
+from raftstate.client.watch import Event, Progress, Snapshot, Watch
 
 __all__ = ["Client", "SyncLock"]
 
@@ -293,6 +294,34 @@ class Client:
         finally:
             if not self._closed:
                 self._run(agen.aclose())
+
+    # ----------------------------------------------------------------- watch
+
+    def watch(
+        self,
+        prefix: str,
+        start_revision: int | None = None,
+        *,
+        progress: bool = False,
+        relist: bool = False,
+        node: str | None = None,
+    ) -> Iterator[Event | Progress | Snapshot]:
+        """Blocking ``AsyncClient.watch``: ``for event in state.watch("imports:42:")``. Stop the
+        iteration (break, close the generator) to stop polling."""
+
+        async def make() -> Watch:
+            return self._async.watch(prefix, start_revision, progress=progress, relist=relist, node=node)
+
+        w = self._run(make())
+        try:
+            while True:
+                try:
+                    yield self._run(w.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            if not self._closed:
+                self._run(w.close())
 
     # ----------------------------------------------------------------- locks
 

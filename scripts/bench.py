@@ -10,6 +10,8 @@
     .venv/bin/python scripts/bench.py --markers 1000000 --step 250000 --out m.json --plot m.png
                                    # random webhook markers through the client: rows per step,
                                    # restart, wiped follower, [--expiry-storm N] (node/bench/markers.py)
+    .venv/bin/python scripts/bench.py --watchers 1000 --concurrency 64   # write rate with/without
+                                   # 1,000 watchers on the leader, delivery latency, memory per watcher
 
 Each system is a fresh 3-node cluster in a temp dir (fsync on, default timeouts) on 127.0.0.1; the
 load comes from node/bench/loadgen.py in its OWN process (asyncio, aiohttp, one request per
@@ -227,6 +229,10 @@ def main() -> int:
         "--scale", type=int, metavar="KEYS", help="memory/snapshot/restart with KEYS keys of 100 B"
     )
     ap.add_argument("--no-fault-minutes", type=float, help="count term changes under load without faults")
+    wg = ap.add_argument_group("--watchers: N watchers on the leader while put runs")
+    wg.add_argument("--watchers", type=int, metavar="N", help="write rate with/without N watchers; latency")
+    wg.add_argument("--watch-connections", type=int, default=10, help="client connections the watchers share")
+    wg.add_argument("--watch-poll-s", type=float, default=5.0, help="each watch poll's wait (default 5)")
     mk = ap.add_argument_group("--markers: random webhook markers through the client library")
     mk.add_argument("--markers", type=int, metavar="KEYS", help="write KEYS random markers, a row per --step")
     mk.add_argument("--step", type=int, default=500_000, help="keys per row (default 500000)")
@@ -252,6 +258,10 @@ def main() -> int:
     args.concurrency = [int(x) for x in (args.concurrency or "1,16,64,256").split(",")]
     if args.quick:
         args.concurrency, args.duration, args.warmup = [1, 16], 0.5, 0.1
+    if args.watchers:
+        from raftstate.node.bench.watch_bench import run_watch_bench
+
+        return run_watch_bench(args, loadgen_cmd, run_loadgen)
     if args.failover:
         return bench_failover(args)
     if args.no_fault_minutes:

@@ -57,7 +57,7 @@ from raftstate.node.state.machine import KVStateMachine
 from raftstate.node.state.sessions import Outcome, Session
 from raftstate.raft import NotLeader, Role
 
-__all__ = ["FakeCluster", "FakeTransport", "ManualClock"]
+__all__ = ["FakeCluster", "FakeHistory", "FakeTransport", "ManualClock"]
 
 
 @dataclass
@@ -105,6 +105,11 @@ class FakeCluster:
             )
             for nid in self.ids
         }
+        # One replicated state, so one watch hub (node/api/watch.py) for every node: it takes each
+        # applied entry's events from the state's history and wakes the polls they concern.
+        hub = self.nodes[self.ids[0]].watch_hub
+        for api in self.nodes.values():
+            api.watch_hub = hub
         #: called (node, request) before each request is handled (tests move the leader here)
         self.on_request: Callable[[str, Request], None] | None = None
 
@@ -178,6 +183,7 @@ class FakeCluster:
         ref = decode(data).session
         fresh = ref is not None and not self._remembers(ref.id, ref.seq)
         outcome = self.sm.apply(self.sm.applied_index + 1, self.now_ms(), data)
+        self.nodes[self.ids[0]].watch_hub.on_batch()
         if ref is not None and fresh and self._remembers(ref.id, ref.seq):
             self.applied[(ref.id, ref.seq)] += 1  # executed now, not a remembered outcome
         return outcome
@@ -364,3 +370,119 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+# =========================================================================== a history served as /v1/watch
+
+
+class FakeHistory:
+    """A Transport serving ``/v1/watch`` (and the reads a re-list makes) from a scripted history, for
+    the client's watch loop (docs/watch.md): a few nodes, each applied up to its own revision
+    (``lag``), a kept history from ``oldest``, nodes that are ``down`` or whose next answers are
+    lost, and a log of every poll. Writes are made by the test (``put``/``delete``/``other``)."""
+
+    def __init__(self, nodes: tuple[str, ...] = ("n1", "n2", "n3")) -> None:
+        self.endpoints = [f"http://{n}:7001" for n in nodes]
+        self.events: list[dict[str, Any]] = []
+        self.revision = 0  #: the last committed revision
+        self.oldest = 1  #: the oldest revision kept (older: compacted)
+        self.kv: dict[str, tuple[Any, int]] = {}
+        self.applied: dict[str, int] = {}  #: endpoint -> its applied revision when it lags behind
+        self.down: set[str] = set()
+        self.lose: dict[str, int] = {}  #: endpoint -> how many answers to lose (ResponseLost)
+        self.polls: list[tuple[str, int | None]] = []  #: (endpoint, from) of every watch request
+        self._changed = asyncio.Event()
+
+    # ----------------------------------------------------------------- making history
+
+    def _commit(self, evs: list[dict[str, Any]]) -> int:
+        self.revision += 1
+        for e in evs:
+            self.events.append({**e, "revision": self.revision})
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return self.revision
+
+    def put(self, key: str, value: Any) -> int:
+        rev = self._commit([{"type": "put", "key": key, "value": value, "version": self.revision + 1}])
+        self.kv[key] = (value, rev)
+        return rev
+
+    def delete(self, key: str) -> int:
+        self.kv.pop(key, None)
+        return self._commit([{"type": "delete", "key": key}])
+
+    def event(self, type_: str, key: str, **fields: Any) -> int:
+        """Any other event (lock_acquire, lock_release, lock_expire, expire) at a new revision."""
+        return self._commit([{"type": type_, "key": key, **fields}])
+
+    def other(self) -> int:
+        """A change outside every prefix the tests watch (the revision moves on)."""
+        return self._commit([{"type": "put", "key": "~other", "value": 0}])
+
+    def compact(self, oldest: int) -> None:
+        self.oldest = oldest
+
+    def at(self, endpoint: str) -> int:
+        return min(self.applied.get(endpoint, self.revision), self.revision)
+
+    # ----------------------------------------------------------------- Transport
+
+    async def send(self, endpoint: str, request: Request, timeout_s: float) -> Response:
+        await asyncio.sleep(0)
+        if endpoint in self.down:
+            raise ConnectFailed(f"cannot connect to {endpoint}: refused", node=endpoint)
+        q = dict(request.query)
+        if request.op == p.WATCH:
+            self.polls.append((endpoint, int(q["from"]) if "from" in q else None))
+            resp = await self._watch(endpoint, q, timeout_s)
+        elif request.op == p.KEYS_LIST:
+            keys = sorted(k for k in self.kv if k.startswith(q.get("prefix", "")) and k > q.get("after", ""))
+            page = keys[: int(q.get("limit", "1000"))]
+            resp = Response(200, {"keys": page, "next": page[-1] if len(page) < len(keys) else None})
+        elif request.op == p.KV_GET:
+            if request.name not in self.kv:
+                resp = Response(404, {"error": {"code": p.NOT_FOUND, "message": "no such key"}})
+            else:
+                v, ver = self.kv[request.name]
+                resp = Response(200, {"value": v, "version": ver, "expires_at": None})
+        else:
+            resp = Response(404, f"FakeHistory does not serve {request.describe()}")
+        if self.lose.get(endpoint, 0) > 0:
+            self.lose[endpoint] -= 1
+            raise ResponseLost(f"connection to {endpoint} reset (scripted)", node=endpoint)
+        return resp
+
+    async def _watch(self, endpoint: str, q: dict[str, str], timeout_s: float) -> Response:
+        prefix = q.get("prefix", "")
+        if "from" not in q:
+            return Response(200, {"events": [], "revision": self.at(endpoint)})
+        frm = int(q["from"])
+        if frm < self.oldest:
+            err = {"code": p.COMPACTED, "message": f"revision {frm} is compacted", "oldest": self.oldest}
+            return Response(410, {"error": {**err, "revision": self.revision}})
+        limit = int(q.get("limit", "1000"))
+        wait_s = float(q.get("timeout", "10"))
+        loop = asyncio.get_running_loop()
+        until = loop.time() + wait_s
+        while True:
+            upto = self.at(endpoint)
+            evs = [e for e in self.events if frm <= e["revision"] <= upto and e["key"].startswith(prefix)]
+            if evs or loop.time() >= until:
+                break
+            changed = self._changed
+            try:
+                await asyncio.wait_for(changed.wait(), min(until - loop.time(), timeout_s))
+            except TimeoutError:
+                if timeout_s < wait_s:
+                    raise ResponseLost(
+                        f"no answer from {endpoint} within {timeout_s:.2f}s", node=endpoint
+                    ) from None
+        if len(evs) > limit:
+            cut = evs[limit - 1]["revision"]
+            evs = [e for e in evs if e["revision"] <= cut]
+            upto = cut
+        return Response(200, {"events": [dict(e) for e in evs], "revision": upto})
+
+    async def aclose(self) -> None:
+        pass

@@ -141,3 +141,21 @@ async def test_explicit_lock_calls() -> None:
         assert await state.release_lock("job", lease.token) is False
         with pytest.raises(LockLost):
             await state.renew_lock("job", lease.token)
+
+
+async def test_a_waiter_is_woken_by_the_release_event_not_by_polling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake serves watches with the node's own hub: with the safety poll made too slow to
+    matter, the waiter still takes the lock at once after the release — and sent two acquires."""
+    monkeypatch.setattr("raftstate.client._waiter.SAFETY_POLL_S", 60.0)
+    fc = FakeCluster()
+    async with client(fc, owner="a") as a, client(fc, owner="b") as b:
+        la = await a.lock("job", ttl=30).__aenter__()
+        waiter = asyncio.create_task(b.lock("job", ttl=30, timeout=20).__aenter__())
+        await asyncio.sleep(1.0)
+        assert not waiter.done()
+        await la.release()
+        lb = await asyncio.wait_for(waiter, 5)
+        assert lb.token > la.token
+        await lb.release()
+    acquires = [r for n, r in fc.log if r.op.name == "lock_acquire" and r.body.get("owner") == "b"]
+    assert len(acquires) == 3  # refused, refused right after the watch began, granted on the event

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import tempfile
 import threading
 import time
@@ -35,11 +36,13 @@ from raftstate.node.chaos.checkers import (
     preloaded,
     replicas,
     ttl,
+    watch,
 )
 from raftstate.node.chaos.faults import Injector
 from raftstate.node.chaos.history import History, Op
 from raftstate.node.chaos.proxy import ProxyLayer
 from raftstate.node.chaos.report import write_report
+from raftstate.node.chaos.watchers import Watchers
 from raftstate.node.chaos.workload import Workers, WorkloadConfig
 from raftstate.node.ops.local_cluster import LocalCluster, http
 from raftstate.node.test_hooks import TestHooks
@@ -128,6 +131,7 @@ def run(cfg: RunConfig) -> RunResult:
             error = None
             final: dict[str, Any] = {}
             end = _End()
+            watchers = Watchers([], (), 1.0)
             t0 = time.monotonic()
             try:
                 if cfg.preload:
@@ -135,7 +139,7 @@ def run(cfg: RunConfig) -> RunResult:
                         cluster, cfg.preload, f"preload-{cfg.seed}", lambda line: print(line, flush=True)
                     )
                     end.copies_preload = faults_mod.copies_sent(cluster)
-                t0 = asyncio.run(_drive(cfg, cluster, history, injector, schedule, stop))
+                t0, watchers = asyncio.run(_drive(cfg, cluster, history, injector, schedule, stop))
                 injector.heal_all()
                 cluster.wait_leader(timeout=HEAL_TIMEOUT_S)
                 final = asyncio.run(_read_back(cluster, history, HEAL_TIMEOUT_S))
@@ -150,9 +154,11 @@ def run(cfg: RunConfig) -> RunResult:
                 error = f"the run itself failed: {type(exc).__name__}: {exc}"
             history.close()
             results = check(history.ops, final, injector) + end.checks() if error is None else []
-            out = RunResult(
-                cfg, results, injector.counts, len(history.ops), report_dir, error, end.notes(injector)
-            )
+            if error is None and cfg.workload.watchers:
+                results.append(watch.check(watchers.logs, history.ops))
+            _write_watch_logs(report_dir, watchers)
+            notes = end.notes(injector) + watchers.notes()
+            out = RunResult(cfg, results, injector.counts, len(history.ops), report_dir, error, notes)
             write_report(report_dir, out, history.ops, injector.windows, t0, replay_command(cfg))
             return out
         finally:
@@ -173,18 +179,28 @@ async def _drive(
     injector: Injector,
     schedule: list[faults_mod.PlannedFault],
     stop: threading.Event,
-) -> float:
+) -> tuple[float, Watchers]:
     endpoints = [f"http://{a}" for a in cluster.addr.values()]
     workers = Workers(endpoints, history, cfg.workload, cfg.seed)
+    watchers = Watchers(endpoints, cfg.workload.watchers, cfg.workload.call_timeout_s)
     t0 = time.monotonic()
     work = asyncio.create_task(workers.run())
+    watching = asyncio.create_task(watchers.run())
     faults = asyncio.create_task(asyncio.to_thread(injector.run, schedule, t0))
     await asyncio.sleep(cfg.duration_s)
     stop.set()
     workers.stop()
     await faults
     await work
-    return t0
+    await watchers.stop()  # after the last write: each watcher catches up to it first
+    await watching
+    return t0, watchers
+
+
+def _write_watch_logs(report_dir: Path, watchers: Watchers) -> None:
+    with (report_dir / "watch.jsonl").open("w", encoding="utf-8") as f:
+        for wlog in watchers.logs:
+            f.write(json.dumps(wlog.to_json(), default=repr) + "\n")
 
 
 FINAL_FS = ("write", "cas", "read", "uwrite", "fenced-write", "incr", "claim")

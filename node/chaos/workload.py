@@ -28,6 +28,7 @@ from raftstate.client.errors import (
     VersionMismatch,
 )
 from raftstate.node.chaos.history import History, Op
+from raftstate.node.chaos.watchers import DEFAULT_WATCHERS, WatcherSpec
 
 REFUSALS = (Unavailable, LockHeld, LockLost, InvalidRequest, VersionMismatch, NotFound)
 
@@ -48,6 +49,8 @@ class WorkloadConfig:
     pause_s: float = 0.02  #: think time between a worker's ops (keeps 2 cores usable)
     lock_ttl_s: float = 2.0
     marker_ttl_s: float = 6.0  #: TTL markers expire this long after they are written
+    #: watchers of a few prefixes (node/chaos/watchers.py), checked by checkers/watch.py
+    watchers: tuple[WatcherSpec, ...] = DEFAULT_WATCHERS
 
 
 def register_key(i: int) -> str:
