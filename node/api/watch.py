@@ -156,13 +156,16 @@ class _Poll:
     """One parked poll: woken (its future done) when an event under its prefix is applied, when
     the node reaches its revision, or when the node shuts down."""
 
-    __slots__ = ("future", "prefix")
+    __slots__ = ("future", "prefix", "woken")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        #: set by every wake, also once the wait timed out (the timeout cancels ``future``)
+        self.woken = False
 
     def wake(self) -> None:
+        self.woken = True
         if not self.future.done():
             self.future.set_result(None)
 
@@ -337,7 +340,7 @@ class WatchHub:
                     await poll.future
             except TimeoutError:
                 self._sync()  # still parked: an event under the prefix applied just now wakes it
-                if not poll.future.done() and from_rev <= applied + 1:  # parked by prefix
+                if not poll.woken and from_rev <= applied + 1:  # parked by prefix, never woken
                     # Never woken: nothing under the prefix from from_rev (<= the applied index
                     # when it parked, + 1) up to _synced (>= that applied index). The
                     # progress answer, without scanning the (unrelated) events of the wait.
