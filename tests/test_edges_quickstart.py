@@ -59,10 +59,15 @@ def test_the_quickstart_runs(cluster: LocalCluster) -> None:
 
 @pytest.mark.cluster
 def test_an_unknown_route_is_404(cluster: LocalCluster) -> None:
-    for method, path in (("GET", "/v1/nope"), ("PATCH", "/v1/kv/a"), ("GET", "/v2/kv/a")):
+    """An unknown path is 404; a known path with a method it does not take is 405 (issue 18)."""
+    for method, path, status in (
+        ("GET", "/v1/nope", 404),
+        ("PATCH", "/v1/kv/a", 405),
+        ("GET", "/v2/kv/a", 404),
+    ):
         with pytest.raises(HttpError) as err:
             http(method, cluster.url(cluster.ids[0], path))
-        assert err.value.status == 404 and err.value.code == p.UNKNOWN_ENDPOINT, err.value.body
+        assert err.value.status == status and err.value.code == p.UNKNOWN_ENDPOINT, err.value.body
 
 
 @pytest.mark.cluster

@@ -271,12 +271,14 @@ def test_size_limits_and_bad_input_are_refused_and_never_kill_a_node(c: Cluster)
         ("GET", "/v1/keys?limit=0", {}),
         ("GET", "/v1/kv/v?consistency=maybe", {}),
     ]
-    #: no such route: 404 with its own code (issue 19), never read as a missing key
-    unknown = [("GET", "/v1/nothing/here", {}), ("PATCH", "/v1/kv/v", {"body": {}})]
+    #: no such route: 404 with its own code (issue 19), never read as a missing key; a method the
+    #: path does not take: 405 (issue 18)
+    unknown = {("GET", "/v1/nothing/here"): 404, ("PATCH", "/v1/kv/v"): 405}
     for nid in (leader, follower):
-        for method, path, kw in bad + unknown:
+        for method, path, kw in [*bad, ("GET", "/v1/nothing/here", {}), ("PATCH", "/v1/kv/v", {"body": {}})]:
             r = c.call(nid, method, path, **kw)
-            want = (404, p.UNKNOWN_ENDPOINT) if (method, path, kw) in unknown else (400, "invalid_request")
+            status = unknown.get((method, path))
+            want = (status, p.UNKNOWN_ENDPOINT) if status else (400, "invalid_request")
             assert (r.status, r.code) == want, (nid, method, path, r)
             assert r.error["message"]
     # nothing was half-applied, and every node still serves

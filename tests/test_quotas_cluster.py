@@ -126,10 +126,14 @@ def test_the_issues_attack_is_refused_and_an_admin_still_acquires(cluster: Local
     assert got == [200, 200, 429]
     got = [call(cluster, "write2", "POST", "/v1/sessions", {})[0] for _ in range(2)]
     assert got == [200, 200]
-    # 5 open (write3's from the stream test too): the writers' share of max_sessions: 6 is 5...
-    assert cluster.status(leader)["state"]["sessions"] == 5
-    got = [call(cluster, "write3", "POST", "/v1/sessions", {})[0]]
-    assert got == [429]
+    # 4 open here, plus write3's from the stream test if its client did not close it (clients close
+    # their sessions now): fill to the writers' share of max_sessions, 6 is 5...
+    n = cluster.status(leader)["state"]["sessions"]
+    assert n in (4, 5), n
+    if n == 4:
+        assert call(cluster, "write3", "POST", "/v1/sessions", {})[0] == 200
+    status, err = call(cluster, "write3", "POST", "/v1/sessions", {})
+    assert (status, err["code"], err["limit"]) == (429, "too_many_sessions", 5), err
     assert call(cluster, "admin", "POST", "/v1/sessions", {})[0] == 200  # ...the admin may fill all 6
     status, err = call(cluster, "admin", "POST", "/v1/sessions", {})
     assert (status, err["code"]) == (429, "too_many_sessions")
