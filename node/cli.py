@@ -323,6 +323,9 @@ def _port_free(port: int) -> bool:
     import socket
 
     with socket.socket() as s:
+        # As the nodes bind (aiohttp sets SO_REUSEADDR): connections of a cluster that just stopped,
+        # left in TIME_WAIT for a minute, must not read as "in use".
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -217,3 +217,28 @@ def test_init_with_auth_writes_secrets_only_the_owner_can_read(tmp_path: Path) -
     doc = yaml.safe_load(path.read_text())
     assert {t["role"] for t in doc["auth"]["tokens"]} == {"admin", "write", "read"}
     assert (secrets / "admin.token").read_text().strip() not in path.read_text()
+
+
+def test_a_port_left_in_time_wait_by_a_stopped_cluster_is_free() -> None:
+    """`cluster up --dev` right after another cluster stopped: its connections sit in TIME_WAIT on
+    the ports for a minute; the nodes bind with SO_REUSEADDR, so the check must too (it refused
+    to start before the fix)."""
+    import socket
+
+    from raftstate.node.cli import _port_free
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+    cli = socket.create_connection(("127.0.0.1", port))
+    conn, _ = srv.accept()
+    conn.close()  # the server side closes first: its end goes to TIME_WAIT
+    cli.close()
+    srv.close()
+    assert _port_free(port)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert not _port_free(busy.getsockname()[1])
