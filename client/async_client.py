@@ -675,7 +675,8 @@ class AsyncClient:
                     maybe_applied |= op.is_write
                     continue  # the leader changed under us: go there at once
                 except ConnectFailed as exc:
-                    last = exc
+                    if not (exc.ran_out and last is not None):  # "within 0.00s" explains nothing
+                        last = exc
                     self._leader.failed(endpoint)
                     if exc.misaddressed:
                         misaddressed[endpoint] = exc

@@ -290,9 +290,14 @@ class ConnectFailed(TransportError):
     http node); None otherwise. A client that never reached a node of its cluster and finds every endpoint
     misaddressed says so early instead of retrying until its deadline."""
 
-    def __init__(self, message: str, *, misaddressed: str | None = None, **kw: Any) -> None:
+    def __init__(
+        self, message: str, *, misaddressed: str | None = None, ran_out: bool = False, **kw: Any
+    ) -> None:
         super().__init__(message, **kw)
         self.misaddressed = misaddressed
+        #: the caller's own deadline ran out before a connection was made: says nothing of the
+        #: node, so the client keeps the attempt before it as the reason it gives up
+        self.ran_out = ran_out
 
 
 class ResponseLost(TransportError):

@@ -65,7 +65,7 @@ class StreamConnection:
             ws = await asyncio.wait_for(self._connect(), timeout_s)
         except TimeoutError:
             raise ConnectFailed(
-                f"no stream to {self.endpoint} within {timeout_s:.2f}s", node=self.endpoint
+                f"no stream to {self.endpoint} within {timeout_s:.2f}s", node=self.endpoint, ran_out=True
             ) from None
         rid = next(self._ids)
         req: dict[str, Any] = {"id": rid, "op": op}

@@ -88,3 +88,33 @@ async def test_a_client_that_reached_its_cluster_keeps_trying_until_its_deadline
             await state.get("k")
     assert time.monotonic() - t0 >= MISADDRESSED_GIVE_UP_S + 1.0
     assert "no leader answered" in str(err.value)
+
+
+class _CertThenDeadline:
+    """A node whose certificate is not trusted; once the caller's deadline is nearly gone, the
+    stream's connect gives up with "no stream within 0.00s" (as the TLS cluster test saw)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def send(self, endpoint: str, request: object, timeout_s: float) -> object:
+        self.calls += 1
+        if timeout_s < 0.5:
+            raise ConnectFailed(f"no stream to {endpoint} within 0.00s", node=endpoint, ran_out=True)
+        why = f"cannot connect to {endpoint}: its TLS certificate is not trusted"
+        raise ConnectFailed(why, node=endpoint)
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_giving_up_names_the_last_real_failure_not_the_deadline_running_out() -> None:
+    """Regression (test_tls_cluster flaked): the reason given was the last attempt's "no stream
+    within 0.00s", which says nothing; the attempt before it said why (an untrusted certificate)."""
+    tr = _CertThenDeadline()
+    endpoints = ["https://127.0.0.1:1", "https://127.0.0.1:2"]
+    async with AsyncClient(endpoints, transport=tr, timeout=1.5) as state:
+        with pytest.raises(Unavailable) as err:
+            await state.get("k")
+    assert tr.calls >= 2
+    assert "TLS certificate is not trusted" in str(err.value.cause), err.value
