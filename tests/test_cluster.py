@@ -100,7 +100,8 @@ def test_restarted_follower_catches_up_by_snapshot(tmp_path: Path) -> None:
         c.start(f)
         wait_until(lambda: c.get("k149", nid=f, stale=True)["value"] == 149, 20, f"{f} to catch up")
         assert c.get("k0", nid=f, stale=True)["value"] == 0
-        assert c.status(f)["snapshot_index"] > 0
+        # The received store is installed (and readable) just before the snapshot is saved: wait.
+        wait_until(lambda: c.status(f)["snapshot_index"] > 0, 10, f"{f}'s snapshot to be saved")
         assert "installed a snapshot" in c.log_text(f)
 
 
